@@ -1,0 +1,28 @@
+"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class SsdTrtError(Exception):
+    """A problem the user can act on. ``str()`` says what is wrong and what to do, on one line."""
+
+    exit_code = 2
+
+
+class MissingExtraError(SsdTrtError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"{module} is not installed; install it with: pip install 'ssd-trt[{extra}]'"
+        )
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency, naming the pip extra when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(module, extra) from exc
