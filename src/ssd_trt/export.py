@@ -1,0 +1,354 @@
+"""Export stage: TF OD API SSD -> ONNX with box decoding and NMS in the graph.
+
+tf2onnx converts the SSD body (preprocessed image -> box encodings, class scores); onnx-graphsurgeon
+then adds what the TF graph did around it, in ops that ONNX Runtime and TensorRT both run:
+an NCHW ``images`` input, box decoding with the model's anchors, and NMS + a fixed-size top-K.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .errors import SsdTrtError, require
+from .labels import label_map
+from .nms import NmsSettings
+from .tfgraph import BOX_ENCODINGS, CLASS_SCORES, PREPROCESSED, SsdGraph
+
+NmsMode = Literal["onnx", "efficient", "none"]
+NMS_MODES: tuple[str, ...] = ("onnx", "efficient", "none")
+OPSET = 17
+INPUT_NAME = "images"
+DETECTION_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+RAW_OUTPUTS = ("boxes", "scores")  # --nms none: [N, A, 4] decoded boxes, [N, A, C] class scores
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    nms: NmsMode = "onnx"
+    max_detections: int | None = None  # K; None: the model's max_total_detections
+    score_threshold: float | None = None
+    iou_threshold: float | None = None
+    max_per_class: int | None = None
+    labels: str = "coco"  # label map kind, see labels.label_map
+    model_name: str = ""
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    output: Path
+    inputs: list[str]
+    outputs: list[str]
+    nodes: int
+    opset: int
+    nms: str
+    settings: NmsSettings
+
+    def lines(self) -> list[str]:
+        s = self.settings
+        return [
+            f"wrote {self.output}",
+            f"  inputs:  {', '.join(self.inputs)}",
+            f"  outputs: {', '.join(self.outputs)}",
+            f"  nodes: {self.nodes}  opset: {self.opset}  nms: {self.nms}",
+            f"  top-K {s.max_total}, score >= {s.score_threshold:g}, IoU {s.iou_threshold:g}, "
+            f"per class {s.max_per_class}",
+        ]
+
+
+def _settings(ssd: SsdGraph, options: ExportOptions) -> NmsSettings:
+    s = ssd.nms
+    # TopK cannot ask for more than classes * anchors candidates.
+    most = ssd.num_classes * ssd.anchors.shape[0]
+    return NmsSettings(
+        score_threshold=_first(options.score_threshold, s.score_threshold),
+        iou_threshold=_first(options.iou_threshold, s.iou_threshold),
+        max_per_class=int(_first(options.max_per_class, s.max_per_class)),
+        max_total=min(int(_first(options.max_detections, s.max_total)), most),
+    )
+
+
+def _first(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def convert_body(ssd: SsdGraph) -> Any:
+    """tf2onnx conversion of the cut SSD graph; returns an onnx.ModelProto."""
+    tf2onnx = require("tf2onnx", "export")
+    model, _ = tf2onnx.convert.from_graph_def(
+        ssd.graph_def,
+        input_names=[f"{PREPROCESSED}:0"],
+        output_names=[f"{BOX_ENCODINGS}:0", f"{CLASS_SCORES}:0"],
+        opset=OPSET,
+    )
+    return model
+
+
+def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
+    """Wrap the converted body with NCHW input, box decoding and the chosen NMS."""
+    gs = require("onnx_graphsurgeon", "export")
+    onnx = require("onnx", "export")
+    settings = _settings(ssd, options)
+    if options.nms not in NMS_MODES:
+        raise SsdTrtError(f"unknown NMS mode {options.nms!r}; use one of {', '.join(NMS_MODES)}")
+    if settings.max_total < 1 or settings.max_per_class < 1:
+        raise SsdTrtError("--max-detections and --max-per-class must be at least 1")
+    if not 0.0 < settings.iou_threshold <= 1.0:
+        raise SsdTrtError(f"--iou-threshold {settings.iou_threshold} must be in (0, 1]")
+
+    graph = gs.import_onnx(body)
+    (old_input,) = graph.inputs
+    encodings, class_scores = graph.outputs
+    height, width = ssd.input_size
+
+    # NCHW input feeding the NHWC body.
+    images = gs.Variable(INPUT_NAME, dtype=np.float32, shape=["N", 3, height, width])
+    nhwc = graph.layer(op="Transpose", inputs=[images], outputs=["images_nhwc"],
+                       attrs={"perm": [0, 2, 3, 1]})[0]  # fmt: skip
+    for node in list(old_input.outputs):
+        node.inputs = [nhwc if t is old_input else t for t in node.inputs]
+    graph.inputs = [images]
+
+    boxes = _decode(graph, gs, encodings, ssd)
+    # Background is class 0 in TF OD API score tensors.
+    scores = graph.layer(
+        op="Slice",
+        inputs=[class_scores, _c(gs, "bg_start", [1]), _c(gs, "bg_end", [2**31 - 1]),
+                _c(gs, "bg_axis", [2])],
+        outputs=["class_scores_fg"],
+    )[0]  # fmt: skip
+
+    if options.nms == "none":
+        boxes.dtype, scores.dtype = np.float32, np.float32
+        graph.outputs = [boxes, scores]
+    elif options.nms == "efficient":
+        graph.outputs = _efficient_nms(graph, gs, boxes, scores, settings)
+    else:
+        graph.outputs = _onnx_nms(graph, gs, boxes, scores, settings, ssd.num_classes,
+                                  ssd.anchors.shape[0])
+    names = RAW_OUTPUTS if options.nms == "none" else DETECTION_OUTPUTS
+    for out, name in zip(graph.outputs, names):
+        out.name = name  # graph.layer() suffixes names; outputs are the contract
+        out.shape = _output_shape(name, settings.max_total, ssd)
+
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph, do_type_check=True)
+    model.opset_import[0].version = OPSET
+    model.producer_name = "ssd_trt"
+    labels = label_map(options.labels, ssd.num_classes)
+    meta = {
+        "ssd_trt.model": options.model_name,
+        "ssd_trt.input_size": json.dumps(list(ssd.input_size)),
+        "ssd_trt.input_scale": repr(ssd.input_scale),
+        "ssd_trt.input_offset": repr(ssd.input_offset),
+        "ssd_trt.color": "RGB",
+        "ssd_trt.nms": options.nms,
+        "ssd_trt.nms_settings": json.dumps(asdict(settings)),
+        "ssd_trt.labels": json.dumps({str(k): v for k, v in labels.items()}),
+    }
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    if options.nms != "efficient":  # the checker does not know TensorRT plugin ops
+        onnx.checker.check_model(model)
+    return model
+
+
+def _c(gs: Any, name: str, values: Any, dtype: Any = np.int64) -> Any:
+    return gs.Constant(name, np.asarray(values, dtype=dtype))
+
+
+def _output_shape(name: str, k: int, ssd: SsdGraph) -> list[Any]:
+    anchors = ssd.anchors.shape[0]
+    return {
+        "num_detections": ["N", 1],
+        "detection_boxes": ["N", k, 4],
+        "detection_scores": ["N", k],
+        "detection_classes": ["N", k],
+        "boxes": ["N", anchors, 4],
+        "scores": ["N", anchors, ssd.num_classes],
+    }[name]
+
+
+def _decode(graph: Any, gs: Any, encodings: Any, ssd: SsdGraph) -> Any:
+    """TF's FasterRcnnBoxCoder.decode, then clipping to the image as TF's postprocessor does."""
+    a = ssd.anchors.astype(np.float64)
+    size = np.stack([a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]], axis=1)  # (h, w)
+    center = np.stack([a[:, 0], a[:, 1]], axis=1) + size / 2
+    sy, sx, sh, sw = ssd.scale_factors
+    f32 = np.float32
+    rel = graph.layer(op="Slice", inputs=[encodings, _c(gs, "enc_c0", [0]), _c(gs, "enc_c1", [2]),
+                                          _c(gs, "enc_axis", [2])], outputs=["enc_center"])[0]
+    log = graph.layer(op="Slice", inputs=[encodings, _c(gs, "enc_s0", [2]), _c(gs, "enc_s1", [4]),
+                                          _c(gs, "enc_axis2", [2])], outputs=["enc_size"])[0]
+    rel = graph.layer(op="Mul", inputs=[rel, _c(gs, "inv_center_scale", [1 / sy, 1 / sx], f32)],
+                      outputs=["enc_center_scaled"])[0]
+    rel = graph.layer(op="Mul", inputs=[rel, _c(gs, "anchor_size", size, f32)],
+                      outputs=["center_offset"])[0]
+    ctr = graph.layer(op="Add", inputs=[rel, _c(gs, "anchor_center", center, f32)],
+                      outputs=["box_center"])[0]
+    log = graph.layer(op="Mul", inputs=[log, _c(gs, "inv_size_scale", [1 / sh, 1 / sw], f32)],
+                      outputs=["enc_size_scaled"])[0]
+    ext = graph.layer(op="Exp", inputs=[log], outputs=["size_ratio"])[0]
+    ext = graph.layer(op="Mul", inputs=[ext, _c(gs, "anchor_half_size", size / 2, f32)],
+                      outputs=["box_half_size"])[0]
+    lo = graph.layer(op="Sub", inputs=[ctr, ext], outputs=["box_min"])[0]
+    hi = graph.layer(op="Add", inputs=[ctr, ext], outputs=["box_max"])[0]
+    box = graph.layer(op="Concat", inputs=[lo, hi], outputs=["boxes_unclipped"],
+                      attrs={"axis": 2})[0]
+    return graph.layer(op="Clip", inputs=[box, _c(gs, "clip_lo", 0.0, f32), _c(gs, "clip_hi", 1.0, f32)],
+                       outputs=["boxes_decoded"])[0]  # fmt: skip
+
+
+def _onnx_nms(
+    graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings, classes: int, anchors: int
+) -> list:
+    """Per-class ONNX NonMaxSuppression, then the best K over all classes, as TF does it.
+
+    NonMaxSuppression returns a data-dependent list of (batch, class, anchor) triples; scattering
+    the kept scores into a dense [N, C*A] tensor and taking TopK gives static output shapes.
+    """
+    f32, i64 = np.float32, np.int64
+    scores_ca = graph.layer(op="Transpose", inputs=[scores], outputs=["scores_nca"],
+                            attrs={"perm": [0, 2, 1]})[0]
+    selected = graph.layer(
+        op="NonMaxSuppression",
+        inputs=[boxes, scores_ca, _c(gs, "nms_max_per_class", [s.max_per_class]),
+                _c(gs, "nms_iou", [s.iou_threshold], f32), _c(gs, "nms_score", [s.score_threshold], f32)],
+        outputs=["nms_selected"],
+    )[0]  # fmt: skip
+    kept = graph.layer(op="GatherND", inputs=[scores_ca, selected], outputs=["nms_kept_scores"])[0]
+    shape = graph.layer(op="Shape", inputs=[scores_ca], outputs=["scores_nca_shape"])[0]
+    empty = graph.layer(op="ConstantOfShape", inputs=[shape], outputs=["nms_empty"],
+                        attrs={"value": gs.Constant("neg_one", np.array([-1.0], f32))})[0]
+    dense = graph.layer(op="ScatterND", inputs=[empty, selected, kept], outputs=["nms_dense"])[0]
+    flat = graph.layer(op="Reshape", inputs=[dense, _c(gs, "flat_shape", [0, -1])],
+                       outputs=["nms_flat"])[0]
+    top = graph.layer(op="TopK", inputs=[flat, _c(gs, "topk_k", [s.max_total])],
+                      outputs=["top_scores", "top_index"], attrs={"axis": 1, "largest": 1, "sorted": 1})
+    top_scores, top_index = top
+    valid = graph.layer(op="Greater", inputs=[top_scores, _c(gs, "valid_min", [-0.5], f32)],
+                        outputs=["top_valid"])[0]
+    n_anchors = _c(gs, "num_anchors", [anchors], i64)
+    cls = graph.layer(op="Div", inputs=[top_index, n_anchors], outputs=["top_class0"])[0]
+    anchor = graph.layer(op="Mod", inputs=[top_index, n_anchors], outputs=["top_anchor"])[0]
+    cls = graph.layer(op="Add", inputs=[cls, _c(gs, "one_i64", [1])], outputs=["top_class"])[0]
+    anchor = graph.layer(op="Unsqueeze", inputs=[anchor, _c(gs, "last_axis", [2])],
+                         outputs=["top_anchor_idx"])[0]
+    top_boxes = graph.layer(op="GatherND", inputs=[boxes, anchor], outputs=["top_boxes"],
+                            attrs={"batch_dims": 1})[0]
+    valid3 = graph.layer(op="Unsqueeze", inputs=[valid, _c(gs, "last_axis2", [2])],
+                         outputs=["top_valid3"])[0]
+    det_boxes = graph.layer(op="Where", inputs=[valid3, top_boxes, _c(gs, "zero_f", [0.0], f32)],
+                            outputs=["detection_boxes"])[0]
+    det_scores = graph.layer(op="Where", inputs=[valid, top_scores, _c(gs, "zero_f2", [0.0], f32)],
+                             outputs=["detection_scores"])[0]
+    cls = graph.layer(op="Where", inputs=[valid, cls, _c(gs, "zero_i", [0])], outputs=["cls64"])[0]
+    det_classes = graph.layer(op="Cast", inputs=[cls], outputs=["detection_classes"],
+                              attrs={"to": onnx_int32()})[0]
+    count = graph.layer(op="Cast", inputs=[valid], outputs=["valid_i32"], attrs={"to": onnx_int32()})[0]
+    num = graph.layer(op="ReduceSum", inputs=[count, _c(gs, "sum_axis", [1])],
+                      outputs=["num_detections"], attrs={"keepdims": 1})[0]
+    det_boxes.dtype, det_scores.dtype = np.float32, np.float32
+    det_classes.dtype, num.dtype = np.int32, np.int32
+    return [num, det_boxes, det_scores, det_classes]
+
+
+def onnx_int32() -> int:
+    return int(require("onnx", "export").TensorProto.INT32)
+
+
+def _efficient_nms(graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings) -> list:
+    """TensorRT's EfficientNMS_TRT plugin (TensorRT 10 only; ONNX Runtime cannot run it).
+
+    The plugin has no per-class limit and numbers classes from 0, so label ids get +1 after it.
+    """
+    outs = [gs.Variable(n) for n in ("num_detections", "detection_boxes", "detection_scores",
+                                     "nms_classes0")]  # fmt: skip
+    graph.layer(
+        op="EfficientNMS_TRT",
+        name="efficient_nms",
+        inputs=[boxes, scores],
+        outputs=outs,
+        attrs={
+            "plugin_version": "1",
+            "background_class": -1,
+            "max_output_boxes": s.max_total,
+            "score_threshold": max(s.score_threshold, 0.0),
+            "iou_threshold": s.iou_threshold,
+            "score_activation": 0,
+            "class_agnostic": 0,
+            "box_coding": 0,
+        },
+    )
+    classes = graph.layer(op="Add", inputs=[outs[3], _c(gs, "one_i32", [1], np.int32)],
+                          outputs=["detection_classes"])[0]  # fmt: skip
+    outs[0].dtype, outs[1].dtype, outs[2].dtype = np.int32, np.float32, np.float32
+    outs[3].dtype = classes.dtype = np.int32
+    return [outs[0], outs[1], outs[2], classes]
+
+
+def write_onnx_atomic(model: Any, output: Path) -> None:
+    """Serialize next to ``output`` and rename, so a failed or interrupted export leaves nothing."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString(deterministic=True))
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export(
+    source: Path,
+    output: Path,
+    options: ExportOptions = ExportOptions(),
+    pipeline_config: Path | None = None,
+    progress: bool = True,
+) -> ExportSummary:
+    """Export a TF OD API SSD graph file/directory to an ONNX file with the ssd_trt contract."""
+    from .tfgraph import analyze, load_graph_def
+
+    def step(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    if pipeline_config is None:
+        near = (source if source.is_dir() else source.parent) / "pipeline.config"
+        pipeline_config = near if near.exists() else None
+    step(f"[1/4] loading {source}")
+    graph_def = load_graph_def(source)
+    step("[2/4] analyzing the SSD graph (anchors, box coder, NMS settings)")
+    ssd = analyze(graph_def, pipeline_config, where=str(source))
+    step(f"[3/4] converting with tf2onnx (opset {OPSET})")
+    body = convert_body(ssd)
+    step(f"[4/4] adding box decoding and NMS ({options.nms})")
+    model = build_onnx(ssd, body, options)
+    write_onnx_atomic(model, output)
+    return ExportSummary(
+        output=output,
+        inputs=[_describe(v) for v in model.graph.input],
+        outputs=[_describe(v) for v in model.graph.output],
+        nodes=len(model.graph.node),
+        opset=OPSET,
+        nms=options.nms,
+        settings=_settings(ssd, options),
+    )
+
+
+def _describe(value: Any) -> str:
+    onnx = require("onnx", "export")
+    t = value.type.tensor_type
+    dims = [d.dim_param or str(d.dim_value) for d in t.shape.dim]
+    return f"{value.name} {onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}[{','.join(dims)}]"
+
+
