@@ -37,7 +37,7 @@ class ExportOptions:
     score_threshold: float | None = None
     iou_threshold: float | None = None
     max_per_class: int | None = None
-    labels: str = "coco"  # label map kind, see labels.label_map
+    labels: str = "auto"  # see labels.label_map
     model_name: str = ""
 
 

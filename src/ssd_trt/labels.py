@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+from .errors import SsdTrtError
+
 # The TF Object Detection API's mscoco_label_map: 90 ids, 80 of them used.
 COCO_LABELS: dict[int, str] = {
     1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus",
@@ -24,7 +29,36 @@ COCO_LABELS: dict[int, str] = {
 PERSON_LABELS: dict[int, str] = {1: "person"}
 
 
+def read_label_map_pbtxt(path: Path) -> dict[int, str]:
+    """A TF OD API label_map.pbtxt: ``item { id: N  name: "..."  display_name: "..." }``."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SsdTrtError(f"cannot read label map {path}: {exc}") from None
+    labels: dict[int, str] = {}
+    for item in re.findall(r"item\s*{([^}]*)}", text):
+        ident = re.search(r"\bid\s*:\s*(\d+)", item)
+        name = re.search(r'display_name\s*:\s*"([^"]*)"', item) or re.search(
+            r'\bname\s*:\s*"([^"]*)"', item
+        )
+        if ident and name:
+            labels[int(ident.group(1))] = name.group(1)
+    if not labels:
+        raise SsdTrtError(f"{path} holds no 'item {{ id: ... name: ... }}' entries; not a label map")
+    return labels
+
+
 def label_map(kind: str, num_classes: int) -> dict[int, str]:
-    """Names for ids 1..num_classes; ids a map lacks get a generic name."""
-    known = {"coco": COCO_LABELS, "person": PERSON_LABELS}.get(kind, {})
+    """Names for ids 1..num_classes; ids a map lacks get a generic name.
+
+    ``kind`` is ``coco``, ``person``, ``auto`` (COCO for 90-class models) or a .pbtxt path.
+    """
+    if kind == "auto":
+        kind = "coco" if num_classes == 90 else ""
+    if kind in ("coco", "person", ""):
+        known = {"coco": COCO_LABELS, "person": PERSON_LABELS}.get(kind, {})
+    elif Path(kind).is_file():
+        known = read_label_map_pbtxt(Path(kind))
+    else:
+        raise SsdTrtError(f"unknown label map {kind!r}; use coco, person or a label_map.pbtxt path")
     return {i: known.get(i, f"class_{i}") for i in range(1, num_classes + 1)}
