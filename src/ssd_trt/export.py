@@ -153,12 +153,64 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         "ssd_trt.nms_settings": json.dumps(asdict(settings)),
         "ssd_trt.labels": json.dumps({str(k): v for k, v in labels.items()}),
     }
+    _canonicalize(model)
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
     if options.nms != "efficient":  # the checker does not know TensorRT plugin ops
         onnx.checker.check_model(model)
     return model
+
+
+def _canonicalize(model: Any) -> None:
+    """Give the graph an order and names that depend only on its structure.
+
+    tf2onnx's optimizers pick names and node order in ways that vary between runs (a shared
+    constant is named after whichever user it met first), so the same model would export to
+    different bytes. Walk the graph depth-first from its outputs and name everything by position;
+    the graph's inputs and outputs keep their names (they are the contract).
+    """
+    g = model.graph
+    producer = {out: node for node in g.node for out in node.output}
+    inits = {t.name: t for t in g.initializer}
+    order: list[Any] = []
+    seen: set[int] = set()
+    for out in g.output:  # iterative post-order DFS: deep graphs overflow recursion
+        stack = [(producer[out.name], False)] if out.name in producer else []
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            stack.append((node, True))
+            for name in reversed(node.input):
+                if name in producer and id(producer[name]) not in seen:
+                    stack.append((producer[name], False))
+    keep = {v.name for v in (*g.input, *g.output)}
+    rename: dict[str, str] = {}
+    new_inits = []
+    for k, node in enumerate(order):
+        node.name = f"{node.op_type}_{k}"
+        for slot, name in enumerate(node.input):
+            if name in inits and name not in rename:
+                rename[name] = f"{node.name}/in{slot}"
+                new_inits.append(inits[name])
+        for j, name in enumerate(node.output):
+            if name and name not in keep:
+                rename[name] = f"{node.name}/out{j}"
+    for node in order:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    for t in new_inits:
+        t.name = rename[t.name]
+    # value_info is only a shape hint (with tf2onnx's random dim names); runtimes re-infer it.
+    del g.node[:], g.initializer[:], g.value_info[:]
+    g.node.extend(order)
+    g.initializer.extend(new_inits)
+    g.name = "ssd_trt"
 
 
 def _c(gs: Any, name: str, values: Any, dtype: Any = np.int64) -> Any:
