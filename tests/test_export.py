@@ -40,8 +40,12 @@ def exported(registry_graphs, tmp_path_factory):
     def get(name: str, nms: str = "onnx") -> Path:
         if (name, nms) not in done:
             path = out_dir / f"{name}_{nms}.onnx"
-            export(registry_graphs[name], path, ExportOptions(nms=nms, labels=LABELS[name]),
-                   progress=False)  # fmt: skip
+            export(
+                registry_graphs[name],
+                path,
+                ExportOptions(nms=nms, labels=LABELS[name]),
+                progress=False,
+            )
             done[name, nms] = path
         return done[name, nms]
 
@@ -51,7 +55,7 @@ def exported(registry_graphs, tmp_path_factory):
 def run_onnx(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, {"images": batch})))
+    return dict(zip(names, sess.run(None, {"images": batch}), strict=False))
 
 
 def run_tensorflow(graph_path: Path, batch_nchw: np.ndarray) -> dict[str, np.ndarray]:
@@ -84,9 +88,14 @@ def run_tensorflow(graph_path: Path, batch_nchw: np.ndarray) -> dict[str, np.nda
         boxes, scores = sess.run(["Postprocessor/ExpandDims_1:0", "Postprocessor/Slice:0"], feed)
     s = NmsSettings()
     nmsed = tf.image.combined_non_max_suppression(
-        np.clip(boxes, 0.0, 1.0), scores, s.max_per_class, s.max_total, s.iou_threshold,
-        s.score_threshold, clip_boxes=False,
-    )  # fmt: skip
+        np.clip(boxes, 0.0, 1.0),
+        scores,
+        s.max_per_class,
+        s.max_total,
+        s.iou_threshold,
+        s.score_threshold,
+        clip_boxes=False,
+    )
     return {
         "num_detections": nmsed.valid_detections.numpy().astype(np.int32).reshape(-1, 1),
         "detection_boxes": nmsed.nmsed_boxes.numpy(),
@@ -98,10 +107,14 @@ def run_tensorflow(graph_path: Path, batch_nchw: np.ndarray) -> dict[str, np.nda
 def detections(out: dict[str, np.ndarray], i: int, min_score: float) -> list[tuple]:
     n = int(out["num_detections"][i, 0])
     return [
-        (float(out["detection_scores"][i, j]), int(out["detection_classes"][i, j]),
-         out["detection_boxes"][i, j])
-        for j in range(n) if out["detection_scores"][i, j] >= min_score
-    ]  # fmt: skip
+        (
+            float(out["detection_scores"][i, j]),
+            int(out["detection_classes"][i, j]),
+            out["detection_boxes"][i, j],
+        )
+        for j in range(n)
+        if out["detection_scores"][i, j] >= min_score
+    ]
 
 
 def assert_same_detections(got, want, min_score=0.3, tol=1e-3) -> int:
@@ -117,10 +130,16 @@ def assert_same_detections(got, want, min_score=0.3, tol=1e-3) -> int:
         used = set()
         for score, cls, box in b:
             hit = next(
-                (j for j, (s2, c2, b2) in enumerate(a) if j not in used and c2 == cls
-                 and abs(s2 - score) <= tol and np.abs(b2 - box).max() <= tol),
+                (
+                    j
+                    for j, (s2, c2, b2) in enumerate(a)
+                    if j not in used
+                    and c2 == cls
+                    and abs(s2 - score) <= tol
+                    and np.abs(b2 - box).max() <= tol
+                ),
                 None,
-            )  # fmt: skip
+            )
             if hit is None:
                 assert score < min_score + tol, f"image {i}: missing {cls} {score:.4f} {box}"
                 continue
@@ -196,10 +215,12 @@ def test_batch_of_four_equals_four_single_runs(name, exported, test_images):
         alone = run_onnx(path, batch[i : i + 1])
         n = int(alone["num_detections"][0, 0])
         assert n == together["num_detections"][i, 0]
-        np.testing.assert_allclose(alone["detection_scores"][0], together["detection_scores"][i],
-                                   atol=1e-5)  # fmt: skip
-        np.testing.assert_allclose(alone["detection_boxes"][0], together["detection_boxes"][i],
-                                   atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            alone["detection_scores"][0], together["detection_scores"][i], atol=1e-5
+        )
+        np.testing.assert_allclose(
+            alone["detection_boxes"][0], together["detection_boxes"][i], atol=1e-5
+        )
         # Near-equal scores may swap places; compare the classes as a multiset.
         assert sorted(alone["detection_classes"][0]) == sorted(together["detection_classes"][i])
 
@@ -219,8 +240,12 @@ def test_nms_none_then_project_nms_equals_graph_nms(name, exported, test_images)
 
 def test_efficient_nms_graph(registry_graphs, tmp_path):
     out = tmp_path / "eff.onnx"
-    summary = export(registry_graphs["ssdlite_mobilenet_v2_person"], out,
-                     ExportOptions(nms="efficient", max_detections=50), progress=False)  # fmt: skip
+    summary = export(
+        registry_graphs["ssdlite_mobilenet_v2_person"],
+        out,
+        ExportOptions(nms="efficient", max_detections=50),
+        progress=False,
+    )
     assert summary.nms == "efficient"
     model = onnx.load(str(out))
     (node,) = [n for n in model.graph.node if n.op_type == "EfficientNMS_TRT"]
@@ -235,13 +260,18 @@ def test_efficient_nms_graph(registry_graphs, tmp_path):
 
 def test_export_is_deterministic(registry_graphs, exported, tmp_path):
     again = tmp_path / "again.onnx"
-    export(registry_graphs["ssdlite_mobilenet_v2_person"], again,
-           ExportOptions(labels="person"), progress=False)  # fmt: skip
+    export(
+        registry_graphs["ssdlite_mobilenet_v2_person"],
+        again,
+        ExportOptions(labels="person"),
+        progress=False,
+    )
     assert again.read_bytes() == exported("ssdlite_mobilenet_v2_person").read_bytes()
 
 
-def test_saved_model_directory_exports_like_frozen_graph(registry_graphs, exported, tmp_path,
-                                                         test_images):  # fmt: skip
+def test_saved_model_directory_exports_like_frozen_graph(
+    registry_graphs, exported, tmp_path, test_images
+):
     import tensorflow as tf
 
     graph_def = load_graph_def(registry_graphs["ssdlite_mobilenet_v2_person"])
@@ -260,9 +290,12 @@ def test_saved_model_directory_exports_like_frozen_graph(registry_graphs, export
     out = tmp_path / "from_saved.onnx"
     export(saved, out, ExportOptions(labels="person"), progress=False)
     batch = preprocess(test_images[:4], CONFIG)
-    assert_same_detections(run_onnx(out, batch),
-                           run_onnx(exported("ssdlite_mobilenet_v2_person"), batch),
-                           min_score=0.05, tol=1e-6)  # fmt: skip
+    assert_same_detections(
+        run_onnx(out, batch),
+        run_onnx(exported("ssdlite_mobilenet_v2_person"), batch),
+        min_score=0.05,
+        tol=1e-6,
+    )
 
 
 # ------------------------------------------------------------------------------------ the CLI
@@ -270,9 +303,12 @@ def test_saved_model_directory_exports_like_frozen_graph(registry_graphs, export
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ssd_trt.cli", *args], capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-m", "ssd_trt.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -283,8 +319,16 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
 
 def test_cli_export_by_registry_name_prints_summary(model_cache, registry_graphs, tmp_path):
     out = tmp_path / "person.onnx"
-    proc = cli("export", "ssdlite_mobilenet_v2_person", "-o", str(out), "--max-detections", "20",
-               "--cache-dir", str(model_cache))  # fmt: skip
+    proc = cli(
+        "export",
+        "ssdlite_mobilenet_v2_person",
+        "-o",
+        str(out),
+        "--max-detections",
+        "20",
+        "--cache-dir",
+        str(model_cache),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "images float32[N,3,300,300]" in proc.stdout
     assert "detection_classes int32[N,20]" in proc.stdout
@@ -320,8 +364,14 @@ def test_cli_rejects_tf_graph_that_is_not_an_ssd(tmp_path):
 
 
 def test_cli_rejects_unknown_model_name(tmp_path):
-    proc = cli("export", "ssd_resnet9000_coco", "-o", str(tmp_path / "o.onnx"),
-               "--cache-dir", str(tmp_path / "cache"))  # fmt: skip
+    proc = cli(
+        "export",
+        "ssd_resnet9000_coco",
+        "-o",
+        str(tmp_path / "o.onnx"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert proc.returncode == 2
     assert "unknown model 'ssd_resnet9000_coco'" in error_line(proc)
     assert not (tmp_path / "o.onnx").exists()
@@ -334,8 +384,9 @@ def test_cli_rejects_unknown_model_name(tmp_path):
 def http_dir(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler,
-                                                           directory=str(root)))  # fmt: skip
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{server.server_address[1]}"
@@ -347,7 +398,9 @@ PIPELINE_CONFIG = """model {
   ssd {
     num_classes: 1
     image_resizer { fixed_shape_resizer { height: 300 width: 300 } }
-    box_coder { faster_rcnn_box_coder { y_scale: 10.0 x_scale: 10.0 height_scale: 5.0 width_scale: 5.0 } }
+    box_coder {
+      faster_rcnn_box_coder { y_scale: 10.0 x_scale: 10.0 height_scale: 5.0 width_scale: 5.0 }
+    }
     post_processing {
       batch_non_max_suppression {
         score_threshold: 0.05

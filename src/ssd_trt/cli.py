@@ -44,14 +44,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     spec = get_model(args.name)
     path = fetch_model(
-        spec, default_cache_dir(args.cache_dir), url=args.url, progress=not args.quiet,
+        spec,
+        default_cache_dir(args.cache_dir),
+        url=args.url,
+        progress=not args.quiet,
         force=args.force,
-    )  # fmt: skip
+    )
     print(path)
     return EXIT_OK
 
 
-def resolve_model(name_or_path: str, cache_dir: str | None, progress: bool) -> tuple[Path, str, str]:
+def resolve_model(
+    name_or_path: str, cache_dir: str | None, progress: bool
+) -> tuple[Path, str, str]:
     """A registry name (fetched on demand) or a local path -> (graph path, label kind, name)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -105,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="show library logs too")
     common.add_argument(
         "--cache-dir",
-        help="model cache (default: $SSD_TRT_CACHE, else $XDG_CACHE_HOME/ssd_trt or ~/.cache/ssd_trt)",
+        help="model cache (default: $SSD_TRT_CACHE, $XDG_CACHE_HOME/ssd_trt or ~/.cache/ssd_trt)",
     )
 
     parser = argparse.ArgumentParser(
@@ -115,36 +120,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    p = verbs.add_parser("models", parents=[common], help="list the known models",
-                         description="List the known models, their source and cache state.")  # fmt: skip
+    p = verbs.add_parser(
+        "models",
+        parents=[common],
+        help="list the known models",
+        description="List the known models, their source and cache state.",
+    )
     p.set_defaults(func=cmd_models)
 
     p = verbs.add_parser(
-        "fetch", parents=[common], help="download a known model into the cache",
+        "fetch",
+        parents=[common],
+        help="download a known model into the cache",
         description="Download a known model into the cache (no-op when it is already there).",
-    )  # fmt: skip
+    )
     p.add_argument("name", help="a model name from 'ssd-trt models'")
     p.add_argument("--url", help="fetch a zoo tarball from this URL instead (a mirror)")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=cmd_fetch)
 
     p = verbs.add_parser(
-        "export", parents=[common], help="convert a TF SSD to ONNX with NMS in the graph",
+        "export",
+        parents=[common],
+        help="convert a TF SSD to ONNX with NMS in the graph",
         description=(
             "Convert a TF Object Detection API SSD (registry name, frozen .pb, SavedModel "
             "directory or TF.js model.json) to ONNX: input 'images' float32[N,3,H,W] RGB, "
             "preprocessed; outputs num_detections, detection_boxes, detection_scores, "
             "detection_classes. NMS settings default to the model's pipeline.config."
         ),
-    )  # fmt: skip
+    )
     p.add_argument("model", help="registry name or path")
     p.add_argument("-o", "--output", help="ONNX file to write (default: NAME.onnx)")
     p.add_argument(
-        "--nms", choices=("onnx", "efficient", "none"), default="onnx",
+        "--nms",
+        choices=("onnx", "efficient", "none"),
+        default="onnx",
         help="onnx: standard NonMaxSuppression (ONNX Runtime, TensorRT); efficient: "
         "EfficientNMS_TRT plugin (TensorRT 10 only); none: end at decoded boxes and scores "
         "(TensorRT-RTX), NMS runs after the engine",
-    )  # fmt: skip
+    )
     p.add_argument("--max-detections", type=_positive_int, help="K, detections per image")
     p.add_argument("--score-threshold", type=float, help="drop detections scoring at or below")
     p.add_argument("--iou-threshold", type=float, help="NMS IoU threshold")

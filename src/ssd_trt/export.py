@@ -8,9 +8,7 @@ an NCHW ``images`` input, box decoding with the model's anchors, and NMS + a fix
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import SsdTrtError, require
+from .fsutil import atomic_write
 from .labels import label_map
 from .nms import NmsSettings
 from .tfgraph import BOX_ENCODINGS, CLASS_SCORES, PREPROCESSED, SsdGraph
@@ -110,8 +109,9 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
 
     # NCHW input feeding the NHWC body.
     images = gs.Variable(INPUT_NAME, dtype=np.float32, shape=["N", 3, height, width])
-    nhwc = graph.layer(op="Transpose", inputs=[images], outputs=["images_nhwc"],
-                       attrs={"perm": [0, 2, 3, 1]})[0]  # fmt: skip
+    nhwc = graph.layer(
+        op="Transpose", inputs=[images], outputs=["images_nhwc"], attrs={"perm": [0, 2, 3, 1]}
+    )[0]
     for node in list(old_input.outputs):
         node.inputs = [nhwc if t is old_input else t for t in node.inputs]
     graph.inputs = [images]
@@ -120,10 +120,14 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
     # Background is class 0 in TF OD API score tensors.
     scores = graph.layer(
         op="Slice",
-        inputs=[class_scores, _c(gs, "bg_start", [1]), _c(gs, "bg_end", [2**31 - 1]),
-                _c(gs, "bg_axis", [2])],
+        inputs=[
+            class_scores,
+            _c(gs, "bg_start", [1]),
+            _c(gs, "bg_end", [2**31 - 1]),
+            _c(gs, "bg_axis", [2]),
+        ],
         outputs=["class_scores_fg"],
-    )[0]  # fmt: skip
+    )[0]
 
     if options.nms == "none":
         boxes.dtype, scores.dtype = np.float32, np.float32
@@ -131,10 +135,11 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
     elif options.nms == "efficient":
         graph.outputs = _efficient_nms(graph, gs, boxes, scores, settings)
     else:
-        graph.outputs = _onnx_nms(graph, gs, boxes, scores, settings, ssd.num_classes,
-                                  ssd.anchors.shape[0])
+        graph.outputs = _onnx_nms(
+            graph, gs, boxes, scores, settings, ssd.num_classes, ssd.anchors.shape[0]
+        )
     names = RAW_OUTPUTS if options.nms == "none" else DETECTION_OUTPUTS
-    for out, name in zip(graph.outputs, names):
+    for out, name in zip(graph.outputs, names, strict=False):
         out.name = name  # graph.layer() suffixes names; outputs are the contract
         out.shape = _output_shape(name, settings.max_total, ssd)
 
@@ -236,27 +241,46 @@ def _decode(graph: Any, gs: Any, encodings: Any, ssd: SsdGraph) -> Any:
     center = np.stack([a[:, 0], a[:, 1]], axis=1) + size / 2
     sy, sx, sh, sw = ssd.scale_factors
     f32 = np.float32
-    rel = graph.layer(op="Slice", inputs=[encodings, _c(gs, "enc_c0", [0]), _c(gs, "enc_c1", [2]),
-                                          _c(gs, "enc_axis", [2])], outputs=["enc_center"])[0]
-    log = graph.layer(op="Slice", inputs=[encodings, _c(gs, "enc_s0", [2]), _c(gs, "enc_s1", [4]),
-                                          _c(gs, "enc_axis2", [2])], outputs=["enc_size"])[0]
-    rel = graph.layer(op="Mul", inputs=[rel, _c(gs, "inv_center_scale", [1 / sy, 1 / sx], f32)],
-                      outputs=["enc_center_scaled"])[0]
-    rel = graph.layer(op="Mul", inputs=[rel, _c(gs, "anchor_size", size, f32)],
-                      outputs=["center_offset"])[0]
-    ctr = graph.layer(op="Add", inputs=[rel, _c(gs, "anchor_center", center, f32)],
-                      outputs=["box_center"])[0]
-    log = graph.layer(op="Mul", inputs=[log, _c(gs, "inv_size_scale", [1 / sh, 1 / sw], f32)],
-                      outputs=["enc_size_scaled"])[0]
+    rel = graph.layer(
+        op="Slice",
+        inputs=[encodings, _c(gs, "enc_c0", [0]), _c(gs, "enc_c1", [2]), _c(gs, "enc_axis", [2])],
+        outputs=["enc_center"],
+    )[0]
+    log = graph.layer(
+        op="Slice",
+        inputs=[encodings, _c(gs, "enc_s0", [2]), _c(gs, "enc_s1", [4]), _c(gs, "enc_axis2", [2])],
+        outputs=["enc_size"],
+    )[0]
+    rel = graph.layer(
+        op="Mul",
+        inputs=[rel, _c(gs, "inv_center_scale", [1 / sy, 1 / sx], f32)],
+        outputs=["enc_center_scaled"],
+    )[0]
+    rel = graph.layer(
+        op="Mul", inputs=[rel, _c(gs, "anchor_size", size, f32)], outputs=["center_offset"]
+    )[0]
+    ctr = graph.layer(
+        op="Add", inputs=[rel, _c(gs, "anchor_center", center, f32)], outputs=["box_center"]
+    )[0]
+    log = graph.layer(
+        op="Mul",
+        inputs=[log, _c(gs, "inv_size_scale", [1 / sh, 1 / sw], f32)],
+        outputs=["enc_size_scaled"],
+    )[0]
     ext = graph.layer(op="Exp", inputs=[log], outputs=["size_ratio"])[0]
-    ext = graph.layer(op="Mul", inputs=[ext, _c(gs, "anchor_half_size", size / 2, f32)],
-                      outputs=["box_half_size"])[0]
+    ext = graph.layer(
+        op="Mul", inputs=[ext, _c(gs, "anchor_half_size", size / 2, f32)], outputs=["box_half_size"]
+    )[0]
     lo = graph.layer(op="Sub", inputs=[ctr, ext], outputs=["box_min"])[0]
     hi = graph.layer(op="Add", inputs=[ctr, ext], outputs=["box_max"])[0]
-    box = graph.layer(op="Concat", inputs=[lo, hi], outputs=["boxes_unclipped"],
-                      attrs={"axis": 2})[0]
-    return graph.layer(op="Clip", inputs=[box, _c(gs, "clip_lo", 0.0, f32), _c(gs, "clip_hi", 1.0, f32)],
-                       outputs=["boxes_decoded"])[0]  # fmt: skip
+    box = graph.layer(op="Concat", inputs=[lo, hi], outputs=["boxes_unclipped"], attrs={"axis": 2})[
+        0
+    ]
+    return graph.layer(
+        op="Clip",
+        inputs=[box, _c(gs, "clip_lo", 0.0, f32), _c(gs, "clip_hi", 1.0, f32)],
+        outputs=["boxes_decoded"],
+    )[0]
 
 
 def _onnx_nms(
@@ -268,46 +292,78 @@ def _onnx_nms(
     the kept scores into a dense [N, C*A] tensor and taking TopK gives static output shapes.
     """
     f32, i64 = np.float32, np.int64
-    scores_ca = graph.layer(op="Transpose", inputs=[scores], outputs=["scores_nca"],
-                            attrs={"perm": [0, 2, 1]})[0]
+    scores_ca = graph.layer(
+        op="Transpose", inputs=[scores], outputs=["scores_nca"], attrs={"perm": [0, 2, 1]}
+    )[0]
     selected = graph.layer(
         op="NonMaxSuppression",
-        inputs=[boxes, scores_ca, _c(gs, "nms_max_per_class", [s.max_per_class]),
-                _c(gs, "nms_iou", [s.iou_threshold], f32), _c(gs, "nms_score", [s.score_threshold], f32)],
+        inputs=[
+            boxes,
+            scores_ca,
+            _c(gs, "nms_max_per_class", [s.max_per_class]),
+            _c(gs, "nms_iou", [s.iou_threshold], f32),
+            _c(gs, "nms_score", [s.score_threshold], f32),
+        ],
         outputs=["nms_selected"],
-    )[0]  # fmt: skip
+    )[0]
     kept = graph.layer(op="GatherND", inputs=[scores_ca, selected], outputs=["nms_kept_scores"])[0]
     shape = graph.layer(op="Shape", inputs=[scores_ca], outputs=["scores_nca_shape"])[0]
-    empty = graph.layer(op="ConstantOfShape", inputs=[shape], outputs=["nms_empty"],
-                        attrs={"value": gs.Constant("neg_one", np.array([-1.0], f32))})[0]
+    empty = graph.layer(
+        op="ConstantOfShape",
+        inputs=[shape],
+        outputs=["nms_empty"],
+        attrs={"value": gs.Constant("neg_one", np.array([-1.0], f32))},
+    )[0]
     dense = graph.layer(op="ScatterND", inputs=[empty, selected, kept], outputs=["nms_dense"])[0]
-    flat = graph.layer(op="Reshape", inputs=[dense, _c(gs, "flat_shape", [0, -1])],
-                       outputs=["nms_flat"])[0]
-    top = graph.layer(op="TopK", inputs=[flat, _c(gs, "topk_k", [s.max_total])],
-                      outputs=["top_scores", "top_index"], attrs={"axis": 1, "largest": 1, "sorted": 1})
+    flat = graph.layer(
+        op="Reshape", inputs=[dense, _c(gs, "flat_shape", [0, -1])], outputs=["nms_flat"]
+    )[0]
+    top = graph.layer(
+        op="TopK",
+        inputs=[flat, _c(gs, "topk_k", [s.max_total])],
+        outputs=["top_scores", "top_index"],
+        attrs={"axis": 1, "largest": 1, "sorted": 1},
+    )
     top_scores, top_index = top
-    valid = graph.layer(op="Greater", inputs=[top_scores, _c(gs, "valid_min", [-0.5], f32)],
-                        outputs=["top_valid"])[0]
+    valid = graph.layer(
+        op="Greater", inputs=[top_scores, _c(gs, "valid_min", [-0.5], f32)], outputs=["top_valid"]
+    )[0]
     n_anchors = _c(gs, "num_anchors", [anchors], i64)
     cls = graph.layer(op="Div", inputs=[top_index, n_anchors], outputs=["top_class0"])[0]
     anchor = graph.layer(op="Mod", inputs=[top_index, n_anchors], outputs=["top_anchor"])[0]
     cls = graph.layer(op="Add", inputs=[cls, _c(gs, "one_i64", [1])], outputs=["top_class"])[0]
-    anchor = graph.layer(op="Unsqueeze", inputs=[anchor, _c(gs, "last_axis", [2])],
-                         outputs=["top_anchor_idx"])[0]
-    top_boxes = graph.layer(op="GatherND", inputs=[boxes, anchor], outputs=["top_boxes"],
-                            attrs={"batch_dims": 1})[0]
-    valid3 = graph.layer(op="Unsqueeze", inputs=[valid, _c(gs, "last_axis2", [2])],
-                         outputs=["top_valid3"])[0]
-    det_boxes = graph.layer(op="Where", inputs=[valid3, top_boxes, _c(gs, "zero_f", [0.0], f32)],
-                            outputs=["detection_boxes"])[0]
-    det_scores = graph.layer(op="Where", inputs=[valid, top_scores, _c(gs, "zero_f2", [0.0], f32)],
-                             outputs=["detection_scores"])[0]
+    anchor = graph.layer(
+        op="Unsqueeze", inputs=[anchor, _c(gs, "last_axis", [2])], outputs=["top_anchor_idx"]
+    )[0]
+    top_boxes = graph.layer(
+        op="GatherND", inputs=[boxes, anchor], outputs=["top_boxes"], attrs={"batch_dims": 1}
+    )[0]
+    valid3 = graph.layer(
+        op="Unsqueeze", inputs=[valid, _c(gs, "last_axis2", [2])], outputs=["top_valid3"]
+    )[0]
+    det_boxes = graph.layer(
+        op="Where",
+        inputs=[valid3, top_boxes, _c(gs, "zero_f", [0.0], f32)],
+        outputs=["detection_boxes"],
+    )[0]
+    det_scores = graph.layer(
+        op="Where",
+        inputs=[valid, top_scores, _c(gs, "zero_f2", [0.0], f32)],
+        outputs=["detection_scores"],
+    )[0]
     cls = graph.layer(op="Where", inputs=[valid, cls, _c(gs, "zero_i", [0])], outputs=["cls64"])[0]
-    det_classes = graph.layer(op="Cast", inputs=[cls], outputs=["detection_classes"],
-                              attrs={"to": onnx_int32()})[0]
-    count = graph.layer(op="Cast", inputs=[valid], outputs=["valid_i32"], attrs={"to": onnx_int32()})[0]
-    num = graph.layer(op="ReduceSum", inputs=[count, _c(gs, "sum_axis", [1])],
-                      outputs=["num_detections"], attrs={"keepdims": 1})[0]
+    det_classes = graph.layer(
+        op="Cast", inputs=[cls], outputs=["detection_classes"], attrs={"to": onnx_int32()}
+    )[0]
+    count = graph.layer(
+        op="Cast", inputs=[valid], outputs=["valid_i32"], attrs={"to": onnx_int32()}
+    )[0]
+    num = graph.layer(
+        op="ReduceSum",
+        inputs=[count, _c(gs, "sum_axis", [1])],
+        outputs=["num_detections"],
+        attrs={"keepdims": 1},
+    )[0]
     det_boxes.dtype, det_scores.dtype = np.float32, np.float32
     det_classes.dtype, num.dtype = np.int32, np.int32
     return [num, det_boxes, det_scores, det_classes]
@@ -322,8 +378,10 @@ def _efficient_nms(graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings)
 
     The plugin has no per-class limit and numbers classes from 0, so label ids get +1 after it.
     """
-    outs = [gs.Variable(n) for n in ("num_detections", "detection_boxes", "detection_scores",
-                                     "nms_classes0")]  # fmt: skip
+    outs = [
+        gs.Variable(n)
+        for n in ("num_detections", "detection_boxes", "detection_scores", "nms_classes0")
+    ]
     graph.layer(
         op="EfficientNMS_TRT",
         name="efficient_nms",
@@ -340,24 +398,18 @@ def _efficient_nms(graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings)
             "box_coding": 0,
         },
     )
-    classes = graph.layer(op="Add", inputs=[outs[3], _c(gs, "one_i32", [1], np.int32)],
-                          outputs=["detection_classes"])[0]  # fmt: skip
+    classes = graph.layer(
+        op="Add", inputs=[outs[3], _c(gs, "one_i32", [1], np.int32)], outputs=["detection_classes"]
+    )[0]
     outs[0].dtype, outs[1].dtype, outs[2].dtype = np.int32, np.float32, np.float32
     outs[3].dtype = classes.dtype = np.int32
     return [outs[0], outs[1], outs[2], classes]
 
 
 def write_onnx_atomic(model: Any, output: Path) -> None:
-    """Serialize next to ``output`` and rename, so a failed or interrupted export leaves nothing."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString(deterministic=True))
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A failed or interrupted export leaves no partial ONNX file."""
+    with atomic_write(output) as f:
+        f.write(model.SerializeToString(deterministic=True))
 
 
 def export(
@@ -401,6 +453,6 @@ def _describe(value: Any) -> str:
     onnx = require("onnx", "export")
     t = value.type.tensor_type
     dims = [d.dim_param or str(d.dim_value) for d in t.shape.dim]
-    return f"{value.name} {onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}[{','.join(dims)}]"
-
-
+    return (
+        f"{value.name} {onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name}[{','.join(dims)}]"
+    )

@@ -33,6 +33,7 @@ from typing import IO
 from tqdm import tqdm
 
 from .errors import SsdTrtError
+from .fsutil import atomic_write
 from .models import ModelSpec
 
 __all__ = [
@@ -99,37 +100,27 @@ def download_url(
     The bytes go to a temp file next to ``dest`` and are renamed into place only once complete
     and verified, so ``dest`` is never a partial or unverified file.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                _stream(url, out, h, dest.name, progress)
-            except urllib.error.HTTPError as exc:
-                raise SsdTrtError(
-                    f"could not download {url}: HTTP {exc.code} {_one_line(exc.reason)}; "
-                    f"{_NETWORK_HINT}"
-                ) from exc
-            except urllib.error.URLError as exc:
-                raise SsdTrtError(
-                    f"could not download {url}: {_one_line(exc.reason)}; {_NETWORK_HINT}"
-                ) from exc
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                # ValueError: a malformed URL; HTTPException: e.g. a garbled status line.
-                reason = _one_line(exc) or type(exc).__name__
-                raise SsdTrtError(f"could not download {url}: {reason}; {_NETWORK_HINT}") from exc
+    h = hashlib.sha256()
+    with atomic_write(Path(dest), suffix=".part") as out:
+        try:
+            _stream(url, out, h, Path(dest).name, progress)
+        except urllib.error.HTTPError as exc:
+            raise SsdTrtError(
+                f"could not download {url}: HTTP {exc.code} {_one_line(exc.reason)}; "
+                f"{_NETWORK_HINT}"
+            ) from exc
+        except urllib.error.URLError as exc:
+            raise SsdTrtError(
+                f"could not download {url}: {_one_line(exc.reason)}; {_NETWORK_HINT}"
+            ) from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # ValueError: a malformed URL; HTTPException: e.g. a garbled status line.
+            reason = _one_line(exc) or type(exc).__name__
+            raise SsdTrtError(f"could not download {url}: {reason}; {_NETWORK_HINT}") from exc
         actual = h.hexdigest()
         if expected_sha256 is not None and actual != expected_sha256.lower():
             raise _checksum_error(f"{dest} from {url}", expected_sha256, actual)
-        os.replace(tmp, dest)
-        return actual
-    except BaseException:
-        # BaseException so that Ctrl-C also leaves no stray .part file behind.
-        tmp.unlink(missing_ok=True)
-        raise
+    return actual
 
 
 def _stream(url: str, out: IO[bytes], h: hashlib._Hash, name: str, progress: bool) -> None:
@@ -328,9 +319,16 @@ def pip_download(spec: str, dest_dir: Path) -> Path:
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "-d", str(dest_dir), spec,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-d",
+        str(dest_dir),
+        spec,
+    ]
     proc = _run_tool(argv, "pip download")
     if proc.returncode != 0:
         line = _error_line(proc.stderr, ("ERROR:",), f"exit code {proc.returncode}")

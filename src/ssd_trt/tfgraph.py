@@ -1,4 +1,4 @@
-"""Load a TF Object Detection API SSD (frozen .pb, SavedModel or TF.js model.json) and find its parts.
+"""Load a TF OD API SSD (frozen .pb, SavedModel or TF.js model.json) and find its parts.
 
 The result is an :class:`SsdGraph`: a GraphDef cut down to preprocessed image -> raw box encodings
 and converted class scores, plus everything the rest of the graph did that we re-implement in ONNX
@@ -206,11 +206,15 @@ def read_pipeline_config(path: Path) -> dict[str, Any]:
         keys = ("y_scale", "x_scale", "height_scale", "width_scale")
         vals = [number(k, coder) for k in keys]
         out["scale_factors"] = tuple(
-            v if v is not None else d for v, d in zip(vals, DEFAULT_SCALE_FACTORS)
+            v if v is not None else d for v, d in zip(vals, DEFAULT_SCALE_FACTORS, strict=False)
         )
     nms = block("batch_non_max_suppression")
-    for key in ("score_threshold", "iou_threshold", "max_detections_per_class",
-                "max_total_detections"):  # fmt: skip
+    for key in (
+        "score_threshold",
+        "iou_threshold",
+        "max_detections_per_class",
+        "max_total_detections",
+    ):
         value = number(key, nms) if nms else None
         if value is not None:
             out[key] = value
@@ -242,7 +246,9 @@ def _graph_nms(graph_def: Any) -> dict[str, float]:
 
 def _scale_factors_from_graph(graph_def: Any) -> tuple[float, ...] | None:
     # TF1 exports divide by the factors; the TF.js converter folded them into reciprocals.
-    direct = [_const(graph_def, f"Postprocessor/Decode/truediv{s}/y") for s in ("", "_1", "_2", "_3")]
+    direct = [
+        _const(graph_def, f"Postprocessor/Decode/truediv{s}/y") for s in ("", "_1", "_2", "_3")
+    ]
     if all(v is not None for v in direct):
         return tuple(float(v) for v in direct)
     recip = [
