@@ -64,7 +64,10 @@ class Detections:
         if classes is not None:
             wanted = set(classes)
             keep &= np.array(
-                [c in wanted or lab in wanted for c, lab in zip(self.class_ids, self.labels)],
+                [
+                    c in wanted or lab in wanted
+                    for c, lab in zip(self.class_ids, self.labels, strict=True)
+                ],
                 dtype=bool,
             ).reshape(-1)
         return self[keep]

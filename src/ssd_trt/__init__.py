@@ -1,0 +1,8 @@
+"""ssd_trt: TF Object Detection API SSDs -> ONNX with NMS -> ONNX Runtime / TensorRT, on video."""
+
+from .detections import Detection, Detections
+from .detector import Detector
+from .errors import SsdTrtError
+
+__all__ = ["Detector", "Detections", "Detection", "SsdTrtError"]
+__version__ = "0.1.0"

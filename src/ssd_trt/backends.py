@@ -1,0 +1,153 @@
+"""Inference backends behind one small interface: preprocessed batch in, the graph's outputs out.
+
+Every backend takes ``images`` float32 [N, 3, H, W] and returns the exported graph's outputs by
+name. Graphs exported with ``--nms none`` get the project's NMS here, so callers always see
+num_detections / detection_boxes / detection_scores / detection_classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SsdTrtError, require
+from .nms import NmsSettings, batched_nms
+from .preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+RAW_OUTPUTS = ("boxes", "scores")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the exported ONNX's ``ssd_trt.*`` metadata says about the model."""
+
+    preprocess: PreprocessConfig
+    labels: dict[int, str]
+    nms: str
+    nms_settings: NmsSettings
+    name: str = ""
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], where: str) -> ModelInfo:
+        try:
+            height, width = json.loads(meta["ssd_trt.input_size"])
+            return cls(
+                preprocess=PreprocessConfig(
+                    height=int(height),
+                    width=int(width),
+                    scale=float(meta["ssd_trt.input_scale"]),
+                    offset=float(meta["ssd_trt.input_offset"]),
+                ),
+                labels={int(k): v for k, v in json.loads(meta["ssd_trt.labels"]).items()},
+                nms=meta.get("ssd_trt.nms", "onnx"),
+                nms_settings=NmsSettings(**json.loads(meta["ssd_trt.nms_settings"])),
+                name=meta.get("ssd_trt.model", ""),
+            )
+        except (KeyError, ValueError, TypeError):
+            raise SsdTrtError(
+                f"{where} has no ssd_trt metadata; export it with 'ssd-trt export' first"
+            ) from None
+
+
+class Backend(ABC):
+    """A loaded model that runs preprocessed batches."""
+
+    name: str = "backend"
+    info: ModelInfo
+
+    @abstractmethod
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """images float32 [N, 3, H, W] -> the four detection outputs."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
+        """Release sessions, buffers and streams."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ort_providers_available() -> list[str]:
+    ort = require("onnxruntime", "ort")
+    return list(ort.get_available_providers())
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime: CPU by default; CUDA or TensorRT execution providers when installed."""
+
+    PROVIDERS = {
+        "cpu": ["CPUExecutionProvider"],
+        "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    }
+
+    def __init__(self, model: Path, device: str = "cpu", threads: int | None = None) -> None:
+        ort = require("onnxruntime", "ort")
+        if device not in self.PROVIDERS:
+            raise SsdTrtError(f"unknown ONNX Runtime device {device!r}; use cpu, cuda or tensorrt")
+        wanted = self.PROVIDERS[device]
+        if wanted[0] not in ort.get_available_providers():
+            raise SsdTrtError(
+                f"ONNX Runtime here has no {wanted[0]}; install onnxruntime-gpu "
+                "(pip install 'ssd-trt[gpu]') or use the cpu backend"
+            )
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(model), options, providers=wanted)
+        except Exception as exc:
+            raise SsdTrtError(
+                f"ONNX Runtime cannot load {model}: {str(exc).splitlines()[0][:200]}"
+            ) from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = ModelInfo.from_metadata(meta, str(model))
+        self.name = f"onnxruntime-{device}"
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self._raw = self.outputs == list(RAW_OUTPUTS)
+
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        out = dict(zip(self.outputs, self.session.run(None, {"images": images}), strict=True))
+        if self._raw:
+            return batched_nms(out["boxes"], out["scores"], self.info.nms_settings)
+        return out
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)
+
+
+def select_backend(model: Path, backend: str = "auto", threads: int | None = None) -> Backend:
+    """Open ``model`` with the named backend; ``auto`` picks the fastest one available here."""
+    if model.suffix in (".engine", ".plan", ".trt"):
+        raise SsdTrtError(
+            f"{model}: TensorRT engines are not supported by this version yet; pass an .onnx"
+        )
+    if backend == "auto":
+        available = ort_providers_available()
+        device = "cpu"
+        for candidate, provider in (
+            ("tensorrt", "TensorrtExecutionProvider"),
+            ("cuda", "CUDAExecutionProvider"),
+        ):
+            if provider in available:
+                device = candidate
+                break
+        chosen: Backend = OnnxRuntimeBackend(model, device, threads)
+        log.info("backend auto -> %s", chosen.name)
+        return chosen
+    if backend in ("onnxruntime", "ort", "cpu"):
+        return OnnxRuntimeBackend(model, "cpu", threads)
+    if backend in ("cuda", "onnxruntime-cuda"):
+        return OnnxRuntimeBackend(model, "cuda", threads)
+    if backend in ("onnxruntime-tensorrt",):
+        return OnnxRuntimeBackend(model, "tensorrt", threads)
+    raise SsdTrtError(f"unknown backend {backend!r}; use auto, cpu, cuda or onnxruntime-tensorrt")

@@ -1,0 +1,279 @@
+"""The video pipeline: capture -> detect -> draw -> outputs, asynchronous or as a plain loop.
+
+Asynchronous mode runs capture and inference in their own threads with bounded queues between
+them, and draws/outputs on the calling thread (GUI toolkits want the main thread). Live sources
+drop the oldest waiting frame when inference falls behind, so latency stays low; files are
+processed frame by frame, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .detector import Detector
+from .outputs import FrameResult, Output, StopPipeline
+from .overlay import draw_banner, draw_detections
+from .sources import Frame, Source
+
+log = logging.getLogger(__name__)
+
+_END = object()  # end-of-stream marker passed down the queues
+STAGES = ("decode", "preprocess", "inference", "postprocess", "draw", "output")
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    dropped: int = 0  # live frames dropped because inference was busy
+    skipped: int = 0  # unreadable frames the source skipped
+    reconnects: int = 0
+    seconds: float = 0.0
+    stopped_by: str = "end of stream"
+    stage_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def mean_ms(self, stage: str) -> float:
+        values = self.stage_ms[stage]
+        return float(np.mean(values)) if values else 0.0
+
+    def summary(self) -> str:
+        text = f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} FPS)"
+        if self.dropped:
+            text += f", {self.dropped} dropped to keep up"
+        if self.skipped:
+            text += f", {self.skipped} unreadable skipped"
+        if self.reconnects:
+            text += f", {self.reconnects} reconnects"
+        return f"{text}; stopped by {self.stopped_by}"
+
+
+class _Fps:
+    """Exponentially smoothed rate of calls to tick()."""
+
+    def __init__(self) -> None:
+        self.last: float | None = None
+        self.value = 0.0
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        if self.last is not None and now > self.last:
+            rate = 1.0 / (now - self.last)
+            self.value = rate if self.value == 0 else 0.9 * self.value + 0.1 * rate
+        self.last = now
+        return self.value
+
+
+class Pipeline:
+    """Run ``detector`` over ``source`` into ``outputs``.
+
+    ``sync=True`` runs the plain capture/infer/draw loop (for comparison). ``queue_size`` bounds
+    each hand-off between stages. ``on_frame`` is called after each frame's outputs (progress).
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        source: Source,
+        outputs: Sequence[Output] = (),
+        *,
+        sync: bool = False,
+        queue_size: int = 4,
+        draw: bool = True,
+        max_frames: int | None = None,
+        on_frame: Callable[[FrameResult], None] | None = None,
+    ) -> None:
+        self.detector = detector
+        self.source = source
+        self.outputs = list(outputs)
+        self.sync = sync
+        self.queue_size = max(1, queue_size)
+        self.draw = draw
+        self.max_frames = max_frames
+        self.on_frame = on_frame
+        self.stats = RunStats()
+        self._stop = threading.Event()
+        self._fps = _Fps()
+
+    # ------------------------------------------------------------------------ stage functions
+
+    def _capture(self) -> Frame | None:
+        t0 = time.perf_counter()
+        frame = self.source.read()
+        self.stats.stage_ms["decode"].append((time.perf_counter() - t0) * 1000)
+        return frame
+
+    def _infer(self, frame: Frame) -> tuple[Frame, Any, float, float]:
+        d, ms = self.detector, self.stats.stage_ms
+        t0 = time.perf_counter()
+        batch = d.preprocess([frame.image])
+        t1 = time.perf_counter()
+        outputs = d.infer(batch)
+        t2 = time.perf_counter()
+        (detections,) = d.postprocess(outputs, [frame.image.shape[:2]])
+        t3 = time.perf_counter()
+        ms["preprocess"].append((t1 - t0) * 1000)
+        ms["inference"].append((t2 - t1) * 1000)
+        ms["postprocess"].append((t3 - t2) * 1000)
+        return frame, detections, (t3 - t0) * 1000, t0
+
+    def _emit(self, frame: Frame, detections: Any, infer_ms: float, captured: float) -> None:
+        t0 = time.perf_counter()
+        image = frame.image
+        if self.draw:
+            image = draw_detections(image.copy(), detections)
+            draw_banner(image, self._fps.value, infer_ms, self.detector.backend_name)
+        t1 = time.perf_counter()
+        result = FrameResult(
+            frame=frame,
+            detections=detections,
+            inference_ms=infer_ms,
+            latency_ms=(t1 - captured) * 1000,
+            fps=self._fps.tick(),
+        )
+        for out in self.outputs:
+            out.write(result, image)
+        self.stats.stage_ms["draw"].append((t1 - t0) * 1000)
+        self.stats.stage_ms["output"].append((time.perf_counter() - t1) * 1000)
+        self.stats.frames += 1
+        if self.on_frame is not None:
+            self.on_frame(result)
+
+    def _done(self) -> bool:
+        return self._stop.is_set() or (
+            self.max_frames is not None and self.stats.frames >= self.max_frames
+        )
+
+    # -------------------------------------------------------------------------------- running
+
+    def run(self) -> RunStats:
+        """Process until the stream ends, an output stops it, or Ctrl-C; then finalize outputs.
+
+        Outputs are closed (finalized) on a normal end, on q/Esc and on Ctrl-C; on an error they
+        are aborted so no partial file is left.
+        """
+        start = time.perf_counter()
+        failed = False
+        try:
+            if self.sync:
+                self._run_sync()
+            else:
+                self._run_async()
+        except StopPipeline as stop:
+            self.stats.stopped_by = str(stop) or "output"
+        except KeyboardInterrupt:
+            self.stats.stopped_by = "Ctrl-C"
+            raise
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            self._stop.set()
+            self.stats.seconds = time.perf_counter() - start
+            self.stats.skipped = getattr(self.source, "frames_skipped", 0)
+            self.stats.reconnects = getattr(self.source, "reconnects", 0)
+            for out in self.outputs:
+                try:
+                    out.abort() if failed else out.close()
+                except Exception as exc:  # finalize the others regardless
+                    log.warning("closing %s failed: %s", type(out).__name__, exc)
+        return self.stats
+
+    def _run_sync(self) -> None:
+        while not self._done():
+            frame = self._capture()
+            if frame is None:
+                return
+            self._emit(*self._infer(frame))
+
+    def _run_async(self) -> None:
+        frames: queue.Queue[Any] = queue.Queue(self.queue_size)
+        results: queue.Queue[Any] = queue.Queue(self.queue_size)
+        errors: list[BaseException] = []
+        live = getattr(self.source, "live", False)
+
+        def put(q: queue.Queue[Any], item: Any) -> bool:
+            while not self._stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def capture() -> None:
+            try:
+                while not self._stop.is_set():
+                    frame = self._capture()
+                    if frame is None:
+                        break
+                    if live:
+                        # Newest frame wins: drop the oldest waiting one instead of queueing up.
+                        while True:
+                            try:
+                                frames.put_nowait(frame)
+                                break
+                            except queue.Full:
+                                try:
+                                    frames.get_nowait()
+                                    self.stats.dropped += 1
+                                except queue.Empty:
+                                    pass
+                    elif not put(frames, frame):
+                        return
+            except BaseException as exc:
+                errors.append(exc)
+            put(frames, _END)
+
+        def infer() -> None:
+            try:
+                while not self._stop.is_set():
+                    try:
+                        frame = frames.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                    if frame is _END:
+                        break
+                    if not put(results, self._infer(frame)):
+                        return
+            except BaseException as exc:
+                errors.append(exc)
+            put(results, _END)
+
+        threads = [
+            threading.Thread(target=capture, name="ssd-trt-capture", daemon=True),
+            threading.Thread(target=infer, name="ssd-trt-infer", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while not self._done():
+                try:
+                    item = results.get(timeout=0.1)
+                except queue.Empty:
+                    if errors:
+                        break
+                    continue
+                if item is _END:
+                    break
+                self._emit(*item)
+        finally:
+            self._stop.set()
+            for t in threads:
+                t.join(timeout=10)
+            alive = [t.name for t in threads if t.is_alive()]
+            if alive:
+                print(f"ssd-trt: warning: threads still running: {alive}", file=sys.stderr)
+        if errors:
+            raise errors[0]
