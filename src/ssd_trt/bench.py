@@ -1,0 +1,196 @@
+"""Benchmarks: backend latency per batch size, per-stage costs on a video, sync vs async FPS.
+
+Numbers are only comparable within one run on one machine; the JSON records the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .detector import Detector
+from .errors import SsdTrtError
+from .pipeline import STAGES, Pipeline
+from .sources import open_source
+
+
+@dataclass
+class LatencyResult:
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    images_per_s: float
+
+
+@dataclass
+class BenchReport:
+    model: str
+    backend: str
+    machine: dict[str, Any]
+    latency: list[LatencyResult] = field(default_factory=list)
+    overhead: dict[str, float] = field(default_factory=dict)
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    video: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        lines = [f"model {self.model}  backend {self.backend}  ({self.machine.get('cpu', '?')})"]
+        if self.latency:
+            lines.append("batch   p50 ms   p90 ms   p99 ms   images/s")
+            for r in self.latency:
+                lines.append(
+                    f"{r.batch:5d} {r.p50_ms:8.2f} {r.p90_ms:8.2f} {r.p99_ms:8.2f} "
+                    f"{r.images_per_s:10.1f}"
+                )
+        if self.overhead:
+            o = self.overhead
+            lines.append(
+                f"batch 1: backend {o['backend_ms']:.2f} ms, Detector.detect {o['detect_ms']:.2f}"
+                f" ms (+{o['overhead_pct']:.1f}%)"
+            )
+        if self.stages_ms:
+            lines.append(
+                "per-stage mean ms: " + ", ".join(f"{k} {v:.2f}" for k, v in self.stages_ms.items())
+            )
+        if self.video:
+            v = self.video
+            lines.append(
+                f"video {v['frames']} frames: sync {v['sync_fps']:.1f} FPS, async "
+                f"{v['async_fps']:.1f} FPS ({v['async_over_sync']:.2f}x)"
+            )
+        return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "numpy": np.__version__,
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    for module in ("onnxruntime", "cv2"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    try:
+        import onnxruntime
+
+        info["ort_providers"] = onnxruntime.get_available_providers()
+    except ImportError:
+        pass
+    try:
+        gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        if gpus.returncode == 0:
+            info["gpus"] = gpus.stdout.strip().splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return info
+
+
+def _timed(fn: Any, iterations: int, warmup: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    times = np.empty(iterations)
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = (time.perf_counter() - t0) * 1000
+    return times
+
+
+def latency(
+    detector: Detector,
+    images: list[np.ndarray],
+    batch_sizes: list[int],
+    iterations: int,
+    warmup: int,
+) -> list[LatencyResult]:
+    out = []
+    for b in batch_sizes:
+        batch = detector.preprocess([images[i % len(images)] for i in range(b)])
+        t = _timed(lambda batch=batch: detector.infer(batch), iterations, warmup)
+        p50, p90, p99 = np.percentile(t, [50, 90, 99])
+        out.append(LatencyResult(b, float(p50), float(p90), float(p99), b * 1000 / float(p50)))
+    return out
+
+
+def detect_overhead(
+    detector: Detector, image: np.ndarray, iterations: int, warmup: int
+) -> dict[str, float]:
+    """Detector.detect (preprocess + backend + postprocess) against the bare backend call."""
+    batch = detector.preprocess([image])
+    # Interleave the two so drifting machine load hits both alike.
+    backend, detect = [], []
+    for _ in range(3):
+        backend.append(np.median(_timed(lambda: detector.infer(batch), iterations, warmup)))
+        detect.append(np.median(_timed(lambda: detector.detect(image), iterations, warmup)))
+    b, d = float(np.median(backend)), float(np.median(detect))
+    return {"backend_ms": b, "detect_ms": d, "overhead_pct": (d / b - 1) * 100}
+
+
+def video_run(
+    detector: Detector, video: str, sync: bool, max_frames: int | None, outputs: list | None = None
+) -> Pipeline:
+    with open_source(video) as source:
+        pipeline = Pipeline(detector, source, outputs or [], sync=sync, max_frames=max_frames)
+        pipeline.run()
+    return pipeline
+
+
+def _first_frames(video: str, n: int) -> list[np.ndarray]:
+    with open_source(video) as source:
+        frames = [f.image for f, _ in zip(source, range(n), strict=False)]
+    if not frames:
+        raise SsdTrtError(f"{video} yielded no frames to benchmark with")
+    return frames
+
+
+def run(
+    detector: Detector,
+    video: str,
+    batch_sizes: list[int],
+    iterations: int = 50,
+    warmup: int = 5,
+    max_frames: int | None = None,
+    model: str = "",
+) -> BenchReport:
+    report = BenchReport(model=model, backend=detector.backend_name, machine=machine_info())
+    frames = _first_frames(video, 16)
+    report.latency = latency(detector, frames, batch_sizes, iterations, warmup)
+    report.overhead = detect_overhead(detector, frames[0], max(10, iterations // 3), warmup)
+    # Sync first and async second, then once more in reverse order, to even out warm-up effects.
+    runs: dict[bool, list[Pipeline]] = {True: [], False: []}
+    for sync in (True, False, False, True):
+        runs[sync].append(video_run(detector, video, sync, max_frames))
+    sync_fps = float(np.mean([p.stats.fps for p in runs[True]]))
+    async_fps = float(np.mean([p.stats.fps for p in runs[False]]))
+    stages = runs[True][0].stats
+    report.stages_ms = {s: round(stages.mean_ms(s), 3) for s in STAGES}
+    report.video = {
+        "path": str(video),
+        "frames": stages.frames,
+        "sync_fps": sync_fps,
+        "async_fps": async_fps,
+        "async_over_sync": async_fps / sync_fps if sync_fps else 0.0,
+        "async_dropped": sum(p.stats.dropped for p in runs[False]),
+    }
+    return report
