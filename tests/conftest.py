@@ -89,3 +89,29 @@ def test_images(coco_mini: Path, bikes_video: Path) -> list:
     frames = read_frames(bikes_video, every=30)
     assert len(photos) == 16 and len(frames) >= 8
     return photos + frames
+
+
+LABELS = {"ssdlite_mobilenet_v2_coco": "coco", "ssdlite_mobilenet_v2_person": "person"}
+
+
+@pytest.fixture(scope="session")
+def exported(registry_graphs, tmp_path_factory):
+    """Export each (model, nms mode) once per session."""
+    out_dir = tmp_path_factory.mktemp("onnx")
+    done: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, nms: str = "onnx") -> Path:
+        from ssd_trt.export import ExportOptions, export
+
+        if (name, nms) not in done:
+            path = out_dir / f"{name}_{nms}.onnx"
+            export(
+                registry_graphs[name],
+                path,
+                ExportOptions(nms=nms, labels=LABELS[name]),
+                progress=False,
+            )
+            done[name, nms] = path
+        return done[name, nms]
+
+    return get

@@ -24,32 +24,10 @@ from ssd_trt.preprocess import PreprocessConfig, preprocess
 from ssd_trt.tfgraph import load_graph_def
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
-LABELS = {"ssdlite_mobilenet_v2_coco": "coco", "ssdlite_mobilenet_v2_person": "person"}
 CONFIG = PreprocessConfig()
 
 
 # ------------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="session")
-def exported(registry_graphs, tmp_path_factory):
-    """Export each (model, nms mode) once per session."""
-    out_dir = tmp_path_factory.mktemp("onnx")
-    done: dict[tuple[str, str], Path] = {}
-
-    def get(name: str, nms: str = "onnx") -> Path:
-        if (name, nms) not in done:
-            path = out_dir / f"{name}_{nms}.onnx"
-            export(
-                registry_graphs[name],
-                path,
-                ExportOptions(nms=nms, labels=LABELS[name]),
-                progress=False,
-            )
-            done[name, nms] = path
-        return done[name, nms]
-
-    return get
 
 
 def run_onnx(path: Path, batch: np.ndarray) -> dict[str, np.ndarray]:

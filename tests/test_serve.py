@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,9 +42,16 @@ HTTP_TIMEOUT_S = 5.0
 class Publisher(threading.Thread):
     """Publishes annotated frames (index drawn on each) at about ``fps``, like a live pipeline."""
 
-    def __init__(self, server: MjpegServer, frames: list[np.ndarray], fps: float = FPS) -> None:
+    def __init__(
+        self,
+        server: MjpegServer,
+        frames: list[np.ndarray],
+        fps: float = FPS,
+        start_after: threading.Event | None = None,
+    ) -> None:
         super().__init__(name="test-publisher", daemon=True)
         self.server, self.frames, self.period = server, frames, 1.0 / fps
+        self.start_after = start_after
         self.stop = threading.Event()
         self.published = 0
 
@@ -58,6 +66,8 @@ class Publisher(threading.Thread):
         self.published += 1
 
     def run(self) -> None:
+        if self.start_after is not None:
+            self.start_after.wait(30)
         index, fps, last = 1, 0.0, time.perf_counter()
         while not self.stop.wait(self.period):
             now = time.perf_counter()
@@ -65,6 +75,35 @@ class Publisher(threading.Thread):
             last = now
             self.publish_one(index, fps)
             index += 1
+
+
+class RequestLog(logging.Handler):
+    """Collects the paths the server logs at debug level: the server's own view of its clients."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.paths: list[str] = []
+        self.first_stats = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = re.search(r'"GET (\S+) ', record.getMessage())
+        if match:
+            self.paths.append(match.group(1))
+            if match.group(1) == "/stats.json":
+                self.first_stats.set()
+
+
+@contextlib.contextmanager
+def request_log() -> Iterator[RequestLog]:
+    logger = logging.getLogger("ssd_trt.serve")
+    handler, level = RequestLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -191,10 +230,23 @@ def test_page_shows_live_stream_in_chromium(frames: list[np.ndarray], tmp_path: 
         first = screenshot(server.url, tmp_path, "first")
         time.sleep(1.0)  # at 15 fps, well over 10 new frames
         second = screenshot(server.url, tmp_path, "second")
-        dom = run_chromium(
-            ["--dump-dom", "--virtual-time-budget=2000", server.url], tmp_path / "profile-dom"
-        )
         assert publisher.is_alive() and publisher.published > 20
+
+    # The stats line: publishing starts only once the page has fetched /stats.json, so numbers
+    # in it prove the page keeps polling, not just that it loaded stats once.
+    with request_log() as requests, MjpegServer(port=0) as server:
+        publisher = Publisher(server, frames, start_after=requests.first_stats)
+        publisher.start()
+        try:
+            dom = run_chromium(
+                ["--dump-dom", "--virtual-time-budget=3000", server.url], tmp_path / "profile-dom"
+            )
+        finally:
+            publisher.stop.set()
+            publisher.join(timeout=5)
+    polls = requests.paths.count("/stats.json")
+    assert polls >= 3, f"the page fetched /stats.json {polls} times: {requests.paths}"
+    assert "/stream.mjpg" in requests.paths
 
     for shot in (first, second):
         rows, cols = image_box(shot)
@@ -283,25 +335,52 @@ def test_no_frame_yet() -> None:
         assert json.loads(get(server.url + "stats.json")[2]) == {}
 
 
+def test_close_ends_waiting_streams() -> None:
+    """Streams waiting for a frame that never comes end on close(), and their threads with them."""
+    threads_before = threading.active_count()
+    server = MjpegServer(port=0).start()
+    streams = []
+    try:
+        for _ in range(3):
+            # urlopen returns once the headers arrived: the handler is then waiting for a frame.
+            streams.append(urllib.request.urlopen(server.url + "stream.mjpg", timeout=5))
+        t0 = time.monotonic()
+        server.close()
+        elapsed = time.monotonic() - t0
+        assert elapsed < 2.0, f"close() took {elapsed:.2f} s with clients waiting"
+        for stream in streams:
+            assert stream.read() == b""  # a clean end of stream, no frame
+        assert threading.active_count() == threads_before, threading.enumerate()
+    finally:
+        server.close()
+        for stream in streams:
+            stream.close()
+
+
 def test_slow_client_blocks_neither_publish_nor_close(frames: list[np.ndarray]) -> None:
-    """A client that never reads must not stall the pipeline, nor keep close() waiting."""
+    """A client that stops reading must not stall the pipeline, nor outlive close()."""
+    threads_before = threading.active_count()
     server = MjpegServer(port=0).start()
     jpeg = cv2.imencode(".jpg", frames[0])[1].tobytes()
     try:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=HTTP_TIMEOUT_S) as sock:
+        with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(HTTP_TIMEOUT_S)
+            sock.connect(("127.0.0.1", server.port))
             sock.sendall(b"GET /stream.mjpg HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            # Enough data to fill both socket buffers many times over if it were all sent.
+            assert sock.recv(16).startswith(b"HTTP/1.0 200")  # then never read again
+            # Far more data than the socket buffers hold, so the handler's write blocks.
             slowest = 0.0
             for i in range(300):
                 t0 = time.monotonic()
                 server.publish(jpeg, {"frame": i})
                 slowest = max(slowest, time.monotonic() - t0)
-                time.sleep(0.002)  # let the handler thread run, and block on the full socket
+                time.sleep(0.002)  # let the handler thread run into the full socket
             assert slowest < 0.1, f"publish() was held up by a slow client ({slowest:.3f} s)"
             t0 = time.monotonic()
             server.close()
             elapsed = time.monotonic() - t0
             assert elapsed < 2.0, f"close() took {elapsed:.2f} s with a stuck client"
+            assert threading.active_count() == threads_before, threading.enumerate()
     finally:
         server.close()

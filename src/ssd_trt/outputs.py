@@ -63,7 +63,7 @@ class WindowOutput(Output):
         cv2 = self.cv2
         if not self._opened:
             try:
-                cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE)
+                cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
             except cv2.error:
                 raise SsdTrtError(
                     "this OpenCV build cannot open windows (opencv-python-headless?); install "

@@ -18,6 +18,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,12 +37,15 @@ _WAIT_S = 0.25
 # A client that stops reading fills its socket buffer and blocks our write; give up on it then
 # instead of holding a thread forever.
 _CLIENT_TIMEOUT_S = 10.0
+# How long close() waits, in all, for client handler threads to finish.
+_JOIN_S = 1.0
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>ssd-trt live</title>
+<link rel="icon" href="data:,">
 <style>
   body { margin: 0; background: #111; color: #ddd; font: 14px/1.4 monospace; }
   main { display: flex; flex-direction: column; align-items: center; padding: 12px; gap: 8px; }
@@ -190,7 +194,8 @@ class MjpegServer:
         self._stats: dict[str, float | int | str] = {}
         self._seq = 0  # bumped on every publish; stream handlers wait for it to change
         self._closed = False
-        self._clients: set[socket.socket] = set()
+        # Open client connections and the threads serving them, so close() can end and join them.
+        self._clients: dict[socket.socket, threading.Thread] = {}
         self._httpd: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -228,13 +233,16 @@ class MjpegServer:
         return self
 
     def close(self) -> None:
-        """Stop serving, end every client stream and join the server thread. Idempotent."""
+        """Stop serving, end every client stream and join the server threads. Idempotent.
+
+        Returns within about a second even with clients connected, stuck ones included.
+        """
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             self._cond.notify_all()  # wake stream handlers so they see the flag and return
-            clients = list(self._clients)
+            clients = dict(self._clients)
         # A handler blocked writing to a client that stopped reading would not see the flag;
         # shutting its socket down makes that write fail at once.
         for conn in clients:
@@ -247,6 +255,11 @@ class MjpegServer:
             self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        # Handler threads are daemons (a stuck one must not keep the process alive), so the
+        # server does not join them; do it here, bounded, so no stream outlives close().
+        deadline = time.monotonic() + _JOIN_S
+        for thread in clients.values():
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> MjpegServer:
         return self.start()
@@ -294,6 +307,6 @@ class MjpegServer:
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._cond:
             if add:
-                self._clients.add(conn)
+                self._clients[conn] = threading.current_thread()
             else:
-                self._clients.discard(conn)
+                self._clients.pop(conn, None)

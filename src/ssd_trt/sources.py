@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://")
-# A decoder that fails this many frames in a row is at a real end (or hopelessly broken).
-MAX_CONSECUTIVE_FAILURES = 25
+# A decoder that fails this many reads in a row is at the end (or hopelessly broken).
+MAX_CONSECUTIVE_FAILURES = 100
+# A camera read can block for seconds before failing, so give up on a camera sooner.
+MAX_CAMERA_FAILURES = 5
 
 
 @dataclass
@@ -119,28 +121,35 @@ class FileSource(_CaptureSource):
     def read(self) -> Frame | None:
         if self._cap is None:
             return None
-        cv2 = self._cv2
         image, self._pending = self._pending, None
         failures = 0
         while image is None:
             ok, image = self._cap.read()
             if ok:
+                # Failed reads followed by a good frame were damaged frames, not the end.
+                self.frames_skipped += failures
                 break
             image = None
-            pos = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES))
-            # A failed read before the known end is a damaged frame, not the end of the file.
-            if pos >= self._frame_count or failures >= MAX_CONSECUTIVE_FAILURES:
-                if failures:
-                    log.warning(
-                        "%s: stopped after %d unreadable frames", self.description, failures
-                    )
-                self.close()
-                return None
             failures += 1
-            self.frames_skipped += 1
+            # FFmpeg cannot tell a damaged stretch from the end (POS_FRAMES stalls in both), so
+            # keep reading through a bounded run of failures; at EOF each try costs microseconds.
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                self._finish()
+                return None
         frame = Frame(self._index, self._media_time(), image)
         self._index += 1
         return frame
+
+    def _finish(self) -> None:
+        expected = self._frame_count
+        if expected > 0 and self._index + self.frames_skipped < expected:
+            log.warning(
+                "%s: ended after %d of %d frames; the rest could not be decoded",
+                self.description,
+                self._index + self.frames_skipped,
+                expected,
+            )
+        self.close()
 
     def _media_time(self) -> float:
         msec = self._cap.get(self._cv2.CAP_PROP_POS_MSEC)
@@ -178,7 +187,7 @@ class WebcamSource(_CaptureSource):
             # Cameras drop the odd frame; only a run of failures means it is gone.
             failures += 1
             self.frames_skipped += 1
-            if failures >= MAX_CONSECUTIVE_FAILURES:
+            if failures >= MAX_CAMERA_FAILURES:
                 log.warning("%s: no frames after %d reads; stopping", self.description, failures)
                 self.close()
         return None
@@ -315,7 +324,7 @@ def open_source(
     drop they retry with a doubling delay, ending the stream after that many failures in a row.
     ``timeout_s`` bounds each open and read of a stream.
     """
-    if isinstance(spec, int) or spec.strip().isdigit():
+    if isinstance(spec, int) or (spec.isascii() and spec.isdigit()):
         return WebcamSource(int(spec))
     if spec.lower().startswith(STREAM_PREFIXES):
         return StreamSource(
@@ -334,12 +343,12 @@ def open_source(
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             return FileSource(path)
-        source = ImageSource([path], str(path))
-        if source._cv2.imread(str(path)) is None:  # fail now, not at the first read
+        # Decode once up front so a broken image fails at open, not at the first read.
+        if require("cv2", "video").imread(str(path)) is None:
             raise SsdTrtError(
                 f"cannot decode {path} as video or image; check that it is a valid image file"
             )
-        return source
+        return ImageSource([path], str(path))
     if any(c in spec for c in "*?["):
         images = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if _is_image(Path(p)))
         if not images:
