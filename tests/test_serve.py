@@ -384,3 +384,63 @@ def test_slow_client_blocks_neither_publish_nor_close(frames: list[np.ndarray]) 
             assert threading.active_count() == threads_before, threading.enumerate()
     finally:
         server.close()
+
+
+# --- end to end: ssd-trt detect --serve ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_detect_serves_annotated_video(exported, bikes_video: Path, tmp_path: Path) -> None:
+    """The real app: detect on bikes.mp4 with --serve, watched in headless Chromium."""
+    import sys
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ssd_trt.cli",
+            "detect",
+            str(bikes_video),
+            "--model",
+            str(exported("ssdlite_mobilenet_v2_coco")),
+            "--serve",
+            f"127.0.0.1:{port}",
+            "--no-show",
+            "--sync",
+            "-q",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        stats: dict = {}
+        while time.monotonic() < deadline and stats.get("frame", 0) < 5:
+            time.sleep(0.5)
+            with contextlib.suppress(OSError, ValueError):
+                stats = json.loads(get(url + "stats.json")[2] or b"{}")
+        assert stats.get("frame", 0) >= 5, "the app never published frames"
+        first = screenshot(url, tmp_path, "app-first")
+        time.sleep(1.5)
+        second = screenshot(url, tmp_path, "app-second")
+        later = json.loads(get(url + "stats.json")[2])
+    finally:
+        app.send_signal(signal.SIGINT)
+        _, err = app.communicate(timeout=60)
+    assert app.returncode in (0, 130), err
+    assert later["frame"] > stats["frame"] and later["fps"] > 0
+    assert {"latency_ms", "inference_ms", "detections"} <= set(later)
+    rows, cols = image_box(first)
+    assert abs((rows.stop - rows.start) - FRAME_H) <= 4, (rows, cols)
+    change = np.abs(first[rows, cols].astype(int) - second[rows, cols].astype(int)).mean()
+    assert change > 5, f"the served image did not change (mean diff {change:.1f})"
+    # The FPS banner is drawn into the frame: light text on black at the top-left.
+    banner = first[rows.start : rows.start + 25, cols.start : cols.start + 200]
+    assert (banner.max(axis=2) > 200).sum() > 30 and (banner.max(axis=2) < 40).sum() > 300

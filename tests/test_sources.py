@@ -217,8 +217,10 @@ class RtspServer:
 @pytest.fixture
 def rtsp_server(tmp_path: Path) -> Iterator[RtspServer]:
     if not _gst_rtsp_available():
-        pytest.skip(
-            "needs GStreamer's RTSP server: apt-get install python3-gi "
+        # Fail, not skip, like the other system-tool tests: CI installs these, so a skip
+        # would only hide a broken reconnect path.
+        pytest.fail(
+            "GStreamer's RTSP server is missing: apt-get install -y python3-gi "
             "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good"
         )
     script = tmp_path / "rtsp_server.py"
