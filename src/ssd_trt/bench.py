@@ -18,7 +18,7 @@ import numpy as np
 from .detector import Detector
 from .errors import SsdTrtError
 from .pipeline import STAGES, Pipeline
-from .sources import open_source
+from .sources import PacedSource, open_source
 
 
 @dataclass
@@ -148,10 +148,14 @@ def detect_overhead(
 
 
 def video_run(
-    detector: Detector, video: str, sync: bool, max_frames: int | None, outputs: list | None = None
+    detector: Detector, video: str, sync: bool, max_frames: int | None, fps: float | None = None
 ) -> Pipeline:
-    with open_source(video) as source:
-        pipeline = Pipeline(detector, source, outputs or [], sync=sync, max_frames=max_frames)
+    """One pipeline run over ``video``; with ``fps`` the file is delivered at that rate."""
+    source = open_source(video)
+    if fps:
+        source = PacedSource(source, fps)
+    with source:
+        pipeline = Pipeline(detector, source, [], sync=sync, max_frames=max_frames)
         pipeline.run()
     return pipeline
 
@@ -172,21 +176,24 @@ def run(
     warmup: int = 5,
     max_frames: int | None = None,
     model: str = "",
+    paced_fps: float | None = None,
 ) -> BenchReport:
+    """All measurements; ``paced_fps`` delivers the video at that rate, like a camera."""
     report = BenchReport(model=model, backend=detector.backend_name, machine=machine_info())
     frames = _first_frames(video, 16)
     report.latency = latency(detector, frames, batch_sizes, iterations, warmup)
     report.overhead = detect_overhead(detector, frames[0], max(10, iterations // 3), warmup)
-    # Sync first and async second, then once more in reverse order, to even out warm-up effects.
+    # Sync, async, async, sync: evens out warm-up and drifting load.
     runs: dict[bool, list[Pipeline]] = {True: [], False: []}
     for sync in (True, False, False, True):
-        runs[sync].append(video_run(detector, video, sync, max_frames))
+        runs[sync].append(video_run(detector, video, sync, max_frames, paced_fps))
     sync_fps = float(np.mean([p.stats.fps for p in runs[True]]))
     async_fps = float(np.mean([p.stats.fps for p in runs[False]]))
     stages = runs[True][0].stats
     report.stages_ms = {s: round(stages.mean_ms(s), 3) for s in STAGES}
     report.video = {
         "path": str(video),
+        "paced_fps": paced_fps,
         "frames": stages.frames,
         "sync_fps": sync_fps,
         "async_fps": async_fps,

@@ -109,13 +109,17 @@ def run_video(args: argparse.Namespace, source_spec: str | int) -> int:
     from .detector import Detector
     from .outputs import JsonLinesOutput, ServeOutput, VideoOutput, WindowOutput, has_display
     from .pipeline import Pipeline
-    from .sources import open_source
+    from .sources import PacedSource, open_source
 
     show = args.show if args.show is not None else has_display()
     outputs: list = []
     detector = source = None
     try:
         source = open_source(source_spec)
+        if args.realtime:
+            if source.live:
+                raise SsdTrtError("--realtime is for files and images; live sources already are")
+            source = PacedSource(source, source.fps or 25.0)
         detector = Detector(
             args.model,
             args.backend,
@@ -218,6 +222,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             iterations=args.iterations,
             max_frames=args.max_frames,
             model=detector.model_path.name,
+            paced_fps=args.camera_fps,
         )
     print(report.table())
     if args.json:
@@ -337,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain capture/infer/draw loop instead of the async pipeline",
     )
     video.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
+    video.add_argument(
+        "--realtime",
+        action="store_true",
+        help="play a file at its own frame rate, like a camera (stale frames are dropped)",
+    )
 
     p = verbs.add_parser(
         "detect",
@@ -381,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=_positive_int, help="ONNX Runtime intra-op threads")
     p.add_argument("--max-frames", type=_positive_int, help="frames per pipeline run")
+    p.add_argument(
+        "--camera-fps",
+        type=float,
+        help="deliver the video at this rate, like a camera (default: as fast as it decodes)",
+    )
     p.add_argument("--json", help="write the results here")
     p.set_defaults(func=cmd_bench)
     return parser

@@ -50,6 +50,7 @@ class Source:
         self.size: tuple[int, int] | None = None  # (width, height), if known up front
         self.frames_skipped = 0  # unreadable frames or images, counted and skipped
         self.reconnects = 0
+        self.frame_count: int | None = None  # total frames, where known (files, images)
 
     def read(self) -> Frame | None:
         raise NotImplementedError
@@ -117,6 +118,7 @@ class FileSource(_CaptureSource):
         self._pending = image  # the probe frame is frame 0: hand it out on the first read
         self.fps, self.size = _capture_info(cv2, self._cap)
         self._frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = self._frame_count if self._frame_count > 0 else None
 
     def read(self) -> Frame | None:
         if self._cap is None:
@@ -283,6 +285,7 @@ class ImageSource(Source):
         super().__init__(description)
         self._cv2 = require("cv2", "video")
         self._paths = paths
+        self.frame_count = len(paths)
         self._next = 0
         self._index = 0
 
@@ -304,6 +307,37 @@ class ImageSource(Source):
                 "check that they are valid image files"
             )
         return None
+
+
+class PacedSource(Source):
+    """Plays another source at a fixed rate, as a camera would deliver it.
+
+    Reading a file this way makes it behave like a live source (stale frames get dropped), which
+    is what the async pipeline is for; the benchmark uses it so that capture costs what a
+    camera's frame interval costs.
+    """
+
+    live = True
+
+    def __init__(self, inner: Source, fps: float) -> None:
+        super().__init__(f"{inner.description} at {fps:g} fps")
+        self.inner, self.interval = inner, 1.0 / fps
+        self.fps, self.size, self.frame_count = fps, inner.size, inner.frame_count
+        self._due: float | None = None
+
+    def read(self) -> Frame | None:
+        now = time.monotonic()
+        if self._due is None:
+            self._due = now
+        elif now < self._due:
+            time.sleep(self._due - now)
+        self._due = max(self._due + self.interval, time.monotonic() - self.interval)
+        frame = self.inner.read()
+        self.frames_skipped = self.inner.frames_skipped
+        return frame
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def _is_image(path: Path) -> bool:
