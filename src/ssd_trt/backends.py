@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SsdTrtError, require
+from .export import RAW_OUTPUTS
 from .nms import NmsSettings, batched_nms
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
-
-RAW_OUTPUTS = ("boxes", "scores")
 
 
 @dataclass(frozen=True)

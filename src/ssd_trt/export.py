@@ -26,7 +26,8 @@ NMS_MODES: tuple[str, ...] = ("onnx", "efficient", "none")
 OPSET = 17
 INPUT_NAME = "images"
 DETECTION_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
-RAW_OUTPUTS = ("boxes", "scores")  # --nms none: [N, A, 4] decoded boxes, [N, A, C] class scores
+RAW_OUTPUTS = ("boxes", "scores")  # --nms none: [N, A, 4] decoded boxes, [N, A, C] scores
+POST_PREFIX = "post/"  # node-name prefix of the decoding/NMS nodes added after the network
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         raise SsdTrtError(f"--iou-threshold {settings.iou_threshold} must be in (0, 1]")
 
     graph = gs.import_onnx(body)
+    body_nodes = {id(n) for n in graph.nodes}
     (old_input,) = graph.inputs
     encodings, class_scores = graph.outputs
     height, width = ssd.input_size
@@ -143,6 +145,11 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         out.name = name  # graph.layer() suffixes names; outputs are the contract
         out.shape = _output_shape(name, settings.max_total, ssd)
 
+    # Name what we added around the network: precision conversion keeps it float32
+    # (box decoding, NMS, TopK) and INT8 quantization never touches it.
+    for node in graph.nodes:
+        if id(node) not in body_nodes and node.outputs and node.outputs[0] is not nhwc:
+            node.name = f"{POST_PREFIX}{node.name}"
     graph.cleanup().toposort()
     model = gs.export_onnx(graph, do_type_check=True)
     model.opset_import[0].version = OPSET
@@ -158,7 +165,7 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         "ssd_trt.nms_settings": json.dumps(asdict(settings)),
         "ssd_trt.labels": json.dumps({str(k): v for k, v in labels.items()}),
     }
-    _canonicalize(model)
+    canonicalize(model)
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.add(key=key, value=value)
@@ -167,7 +174,7 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
     return model
 
 
-def _canonicalize(model: Any) -> None:
+def canonicalize(model: Any) -> None:
     """Give the graph an order and names that depend only on its structure.
 
     tf2onnx's optimizers pick names and node order in ways that vary between runs (a shared
@@ -198,7 +205,8 @@ def _canonicalize(model: Any) -> None:
     rename: dict[str, str] = {}
     new_inits = []
     for k, node in enumerate(order):
-        node.name = f"{node.op_type}_{k}"
+        prefix = POST_PREFIX if node.name.startswith(POST_PREFIX) else ""
+        node.name = f"{prefix}{node.op_type}_{k}"
         for slot, name in enumerate(node.input):
             if name in inits and name not in rename:
                 rename[name] = f"{node.name}/in{slot}"
