@@ -55,6 +55,13 @@ class ModelInfo:
             ) from None
 
 
+def detection_outputs(out: dict[str, np.ndarray], info: ModelInfo) -> dict[str, np.ndarray]:
+    """Graphs exported with --nms none end at boxes and scores: run the project's NMS."""
+    if set(out) == set(RAW_OUTPUTS):
+        return batched_nms(out["boxes"], out["scores"], info.nms_settings)
+    return out
+
+
 class Backend(ABC):
     """A loaded model that runs preprocessed batches."""
 
@@ -112,25 +119,59 @@ class OnnxRuntimeBackend(Backend):
         self.info = ModelInfo.from_metadata(meta, str(model))
         self.name = f"onnxruntime-{device}"
         self.outputs = [o.name for o in self.session.get_outputs()]
-        self._raw = self.outputs == list(RAW_OUTPUTS)
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         out = dict(zip(self.outputs, self.session.run(None, {"images": images}), strict=True))
-        if self._raw:
-            return batched_nms(out["boxes"], out["scores"], self.info.nms_settings)
-        return out
+        return detection_outputs(out, self.info)
 
     def close(self) -> None:
         self.__dict__.pop("session", None)
 
 
-def select_backend(model: Path, backend: str = "auto", threads: int | None = None) -> Backend:
-    """Open ``model`` with the named backend; ``auto`` picks the fastest one available here."""
-    if model.suffix in (".engine", ".plan", ".trt"):
-        raise SsdTrtError(
-            f"{model}: TensorRT engines are not supported by this version yet; pass an .onnx"
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+BACKENDS = ("auto", "cpu", "cuda", "onnxruntime-tensorrt", "tensorrt")
+
+
+def _tensorrt_usable() -> bool:
+    from .trt_compat import load_trt, local_gpu
+
+    try:
+        load_trt()
+    except SsdTrtError:
+        return False
+    return local_gpu() is not None
+
+
+def select_backend(
+    model: Path,
+    backend: str = "auto",
+    threads: int | None = None,
+    *,
+    precision: str = "fp32",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> Backend:
+    """Open ``model`` (an .onnx, or an engine) with the named backend.
+
+    ``auto`` picks TensorRT when TensorRT and a GPU are present, else ONNX Runtime's TensorRT
+    or CUDA execution provider when onnxruntime-gpu is installed, else the CPU; it logs its pick.
+    """
+    if backend not in BACKENDS:
+        raise SsdTrtError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if model.suffix in ENGINE_SUFFIXES:
+        if backend not in ("auto", "tensorrt"):
+            raise SsdTrtError(f"{model} is a TensorRT engine; use backend tensorrt or auto")
+        from .trt_runtime import TensorRTBackend
+
+        return TensorRTBackend(model)
+    if backend == "tensorrt" or (backend == "auto" and _tensorrt_usable()):
+        from .fetch import default_cache_dir
+        from .trt_runtime import engine_for_onnx
+
+        chosen: Backend = engine_for_onnx(
+            model, precision, cache_dir or default_cache_dir(), progress=progress
         )
-    if backend == "auto":
+    elif backend == "auto":
         available = ort_providers_available()
         device = "cpu"
         for candidate, provider in (
@@ -140,13 +181,9 @@ def select_backend(model: Path, backend: str = "auto", threads: int | None = Non
             if provider in available:
                 device = candidate
                 break
-        chosen: Backend = OnnxRuntimeBackend(model, device, threads)
-        log.info("backend auto -> %s", chosen.name)
-        return chosen
-    if backend in ("onnxruntime", "ort", "cpu"):
-        return OnnxRuntimeBackend(model, "cpu", threads)
-    if backend in ("cuda", "onnxruntime-cuda"):
-        return OnnxRuntimeBackend(model, "cuda", threads)
-    if backend in ("onnxruntime-tensorrt",):
-        return OnnxRuntimeBackend(model, "tensorrt", threads)
-    raise SsdTrtError(f"unknown backend {backend!r}; use auto, cpu, cuda or onnxruntime-tensorrt")
+        chosen = OnnxRuntimeBackend(model, device, threads)
+    else:
+        device = {"cpu": "cpu", "cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}[backend]
+        chosen = OnnxRuntimeBackend(model, device, threads)
+    log.info("backend %s -> %s", backend, chosen.name)
+    return chosen

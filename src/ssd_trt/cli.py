@@ -126,6 +126,8 @@ def run_video(args: argparse.Namespace, source_spec: str | int) -> int:
             score_threshold=args.score_threshold,
             classes=args.classes.split(",") if args.classes else None,
             cache_dir=args.cache_dir,
+            precision=args.precision,
+            calib_images=args.calib_images,
             progress=not args.quiet,
         )
         if not args.quiet:
@@ -208,6 +210,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         args.backend,
         threads=args.threads,
         cache_dir=args.cache_dir,
+        precision=args.precision,
+        calib_images=args.calib_images,
         progress=not args.quiet,
     ) as detector:
         if not args.quiet:
@@ -228,6 +232,69 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         with atomic_write(Path(args.json)) as f:
             f.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .engine import BuildOptions, build_engine
+    from .export import ExportOptions, export
+    from .quantize import prepare
+    from .trt_compat import load_trt
+
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    if args.int8 and not (args.calib_images or args.calib_cache):
+        raise SsdTrtError(
+            "--int8 needs --calib-images DIR (real photos or a video), or a --calib-cache"
+        )
+    api = load_trt(args.trt)
+    source = Path(args.model)
+    if source.suffix != ".onnx":  # a registry name or TF graph: export it first
+        graph, labels, name = resolve_model(args.model, args.cache_dir, progress=not args.quiet)
+        nms = args.nms or ("onnx" if api.has_nms_layer else "none")
+        source = Path(args.output or f"{name}.engine").with_suffix(".onnx")
+        export(
+            graph,
+            source,
+            ExportOptions(nms=nms, labels=labels, model_name=name),
+            progress=not args.quiet,
+        )
+    elif not source.is_file():
+        raise SsdTrtError(f"{source} does not exist; export a model with 'ssd-trt export' first")
+    elif args.nms:
+        raise SsdTrtError(
+            "--nms applies when building from a model name or TF graph; for an "
+            ".onnx, export it again with 'ssd-trt export --nms ...'"
+        )
+    engine = Path(args.output) if args.output else source.with_suffix(".engine")
+    onnx_for_build = prepare(
+        source,
+        precision,
+        engine.parent,
+        calib_images=args.calib_images,
+        calib_cache=Path(args.calib_cache) if args.calib_cache else None,
+        calib_count=args.calib_count,
+        calib_batch=args.calib_batch,
+        progress=not args.quiet,
+    )
+    if onnx_for_build != source and not args.quiet:
+        print(f"{precision} ONNX (runs in ONNX Runtime too): {onnx_for_build}", file=sys.stderr)
+    options = BuildOptions(
+        precision=precision,
+        min_batch=args.min_batch,
+        opt_batch=args.opt_batch or args.min_batch,
+        max_batch=args.max_batch,
+        workspace=args.workspace * (1 << 20) if args.workspace else None,
+        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+        compute_capability=args.compute_capability,
+        verbose=args.verbose,
+    )
+    meta = build_engine(onnx_for_build, engine, options, progress=not args.quiet, trt_api=api)
+    if not args.quiet:
+        print(
+            f"wrote {engine} ({meta.engine_bytes / 1e6:.1f} MB, {meta.trt_flavour} "
+            f"{meta.trt_version}, {meta.compute_capability}, {meta.build_seconds:.1f} s) "
+            f"and {engine}.json"
+        )
     return EXIT_OK
 
 
@@ -320,6 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="minimum score to show (default: %(default)s)",
     )
     video.add_argument("--classes", help="comma-separated class names or ids to keep")
+    video.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="run an FP16 or INT8 (Q/DQ) version of the model",
+    )
+    video.add_argument("--calib-images", help="calibration images for --precision int8")
     video.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
     video.add_argument("--json", help="write one JSON line per frame here")
     video.add_argument(
@@ -368,6 +442,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_webcam)
 
     p = verbs.add_parser(
+        "build",
+        parents=[common],
+        help="build a TensorRT engine (FP32, FP16 or INT8)",
+        description="Build a TensorRT or TensorRT-RTX engine from an exported ONNX (or a model "
+        "name / TF graph, exported first). FP16 converts the ONNX to float16 tensors; INT8 "
+        "inserts Q/DQ nodes with entropy calibration on real images. Writes the engine, a JSON "
+        "metadata sidecar, and the converted ONNX beside it.",
+    )
+    p.add_argument("model", help="exported .onnx, registry name or TF graph")
+    p.add_argument("-o", "--output", help="engine file (default: MODEL.engine)")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="float16 network")
+    prec.add_argument("--int8", action="store_true", help="INT8 Q/DQ network (calibrated)")
+    p.add_argument("--calib-images", help="folder, glob or video of real calibration images")
+    p.add_argument("--calib-cache", help="calibration cache file (default: beside the engine)")
+    p.add_argument(
+        "--calib-count",
+        type=_positive_int,
+        default=64,
+        help="calibration images to use (default: %(default)s)",
+    )
+    p.add_argument(
+        "--calib-batch",
+        type=_positive_int,
+        default=8,
+        help="calibration batch size (default: %(default)s)",
+    )
+    p.add_argument("--min-batch", type=_positive_int, default=1, help="profile min batch")
+    p.add_argument("--opt-batch", type=_positive_int, help="profile opt batch (default: min)")
+    p.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=8,
+        help="profile max batch (default: %(default)s)",
+    )
+    p.add_argument("--workspace", type=_positive_int, help="builder workspace limit in MiB")
+    p.add_argument("--timing-cache", help="timing cache file, read and updated")
+    p.add_argument(
+        "--nms",
+        choices=("onnx", "efficient", "none"),
+        help="NMS mode when exporting a model name or TF graph (default: onnx, or "
+        "none on TensorRT-RTX, which has no NMS layer)",
+    )
+    p.add_argument(
+        "--compute-capability",
+        metavar="SM",
+        help="build ahead of time for this GPU, e.g. sm86 or sm89 (TensorRT-RTX)",
+    )
+    p.add_argument(
+        "--trt",
+        choices=("auto", "tensorrt", "tensorrt-rtx"),
+        default="auto",
+        help="which TensorRT to use (default: tensorrt, else tensorrt-rtx)",
+    )
+    p.set_defaults(func=cmd_build)
+
+    p = verbs.add_parser(
         "bench",
         parents=[common],
         help="latency, throughput, stage costs, sync vs async FPS",
@@ -397,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="deliver the video at this rate, like a camera (default: as fast as it decodes)",
     )
     p.add_argument("--json", help="write the results here")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="benchmark an FP16 or INT8 (Q/DQ) version of the model",
+    )
+    p.add_argument("--calib-images", help="calibration images for --precision int8")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -55,9 +55,11 @@ def resolve_onnx(
 class Detector:
     """Detect objects in BGR (or RGB) uint8 images.
 
-    ``model`` is a registry name (fetched and exported on first use), or an exported .onnx.
-    ``backend`` is ``auto`` (the fastest available, logged), ``cpu``, ``cuda`` or
-    ``onnxruntime-tensorrt``.
+    ``model`` is a registry name (fetched and exported on first use), an exported .onnx or a
+    TensorRT engine from ``ssd-trt build``. ``backend`` is ``auto`` (the fastest available,
+    logged), ``cpu``, ``cuda``, ``onnxruntime-tensorrt`` or ``tensorrt`` (builds an engine once
+    and reuses it from the cache). ``precision`` (fp32, fp16, int8) converts the ONNX first; INT8
+    calibrates on ``calib_images`` (a folder, glob or video of real images).
     """
 
     def __init__(
@@ -70,10 +72,33 @@ class Detector:
         rgb: bool = False,
         cache_dir: str | Path | None = None,
         threads: int | None = None,
+        precision: str = "fp32",
+        calib_images: str | None = None,
         progress: bool = True,
     ) -> None:
+        from .fetch import default_cache_dir
+        from .quantize import prepare
+
+        cache = default_cache_dir(cache_dir)
         self.model_path = resolve_onnx(model, cache_dir, progress)
-        self.backend: Backend = select_backend(self.model_path, backend, threads)
+        if self.model_path.suffix == ".onnx":
+            # FP16/INT8 variants are ONNX files too, so every backend can run them.
+            self.model_path = prepare(
+                self.model_path,
+                precision,
+                cache / "prepared",
+                calib_images=calib_images,
+                progress=progress,
+            )
+        self.precision = precision
+        self.backend: Backend = select_backend(
+            self.model_path,
+            backend,
+            threads,
+            precision=precision,
+            cache_dir=cache,
+            progress=progress,
+        )
         self.info = self.backend.info
         self.score_threshold = score_threshold
         self.rgb = rgb

@@ -356,3 +356,44 @@ def insert_qdq(model: Any, amax: dict[str, float]) -> Any:
     g.initializer.extend(kept)
     onnx.checker.check_model(model)
     return model
+
+
+# ---------------------------------------------------------------------------------- entry point
+
+
+def prepare(
+    onnx_path: Path,
+    precision: str,
+    out_dir: Path,
+    *,
+    calib_images: str | None = None,
+    calib_cache: Path | None = None,
+    calib_count: int = 64,
+    calib_batch: int = 8,
+    progress: bool = True,
+) -> Path:
+    """The ONNX to build or run for ``precision``: the FP32 export itself, or a converted copy.
+
+    Converted copies are named after the source's content hash, so a changed model never reuses
+    a stale conversion; the INT8 calibration cache defaults to the same folder.
+    """
+    if precision == "fp32":
+        return onnx_path
+    if precision not in ("fp16", "int8"):
+        raise SsdTrtError(f"unknown precision {precision!r}; use fp32, fp16 or int8")
+    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
+    target = out_dir / f"{onnx_path.stem}.{digest}.{precision}.onnx"
+    if precision == "fp16":
+        return target if target.exists() else to_fp16(onnx_path, target)
+    cache = calib_cache or out_dir / f"{onnx_path.stem}.{digest}.calib.json"
+    # The cache key check inside to_int8 decides whether calibration reruns.
+    path, _ = to_int8(
+        onnx_path,
+        target,
+        calib_images,
+        cache_path=cache,
+        count=calib_count,
+        batch=calib_batch,
+        progress=progress,
+    )
+    return path
