@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import iou
 
 from ssd_trt import Detections, Detector, SsdTrtError
 from ssd_trt.overlay import class_color
@@ -58,14 +59,6 @@ def count_frames(video: Path) -> tuple[int, tuple[int, int]]:
         n, size = n + 1, frame.shape[1::-1]
     cap.release()
     return n, size
-
-
-def iou(a, b) -> float:
-    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
-    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / area if area > 0 else 0.0
 
 
 # ------------------------------------------------------------------------------- the library

@@ -320,6 +320,7 @@ def build_engine(
     # 2. Parse.
     step(f"[2/4] parsing with {api.name}")
     log = api.logger(options.verbose)
+    api.init_plugins(log)
     builder = trt.Builder(log)
     network = api.create_network(builder)
     parser = trt.OnnxParser(network, log)

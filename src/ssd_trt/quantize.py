@@ -68,12 +68,61 @@ def to_fp16(src: Path, dst: Path) -> Path:
     converted = float16.convert_float_to_float16(
         model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False
     )
+    _drop_cast_round_trips(converted)
     # The converter appends casts out of order and reuses names; re-sort and rename.
     canonicalize(converted)
     _set_meta(converted, "ssd_trt.precision", "fp16")
     _onnx().checker.check_model(converted)
     _save(converted, dst)
     return dst
+
+
+def _drop_cast_round_trips(model: Any) -> None:
+    """Remove the float32 -> float16 -> float32 Cast chains the converter puts after blocked nodes.
+
+    They sit between decoding/NMS nodes that compute in float32 and only round values to
+    float16 on the way, which would cost box and score precision for nothing.
+    """
+    onnx = _onnx()
+    g = model.graph
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    producer = {o: n for n in g.node for o in n.output}
+    users: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+
+    def cast_to(node: Any) -> int | None:
+        if node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    drop: set[int] = set()
+    rename: dict[str, str] = {}
+    for first in g.node:
+        source = producer.get(first.input[0]) if cast_to(first) == f16 else None
+        if source is None or not source.name.startswith(POST_PREFIX):
+            continue
+        seconds = users.get(first.output[0], [])
+        if not seconds or any(cast_to(n) != f32 for n in seconds):
+            continue
+        drop.add(id(first))
+        for second in seconds:
+            drop.add(id(second))
+            rename[second.output[0]] = first.input[0]
+    # A dropped cast that produced a graph output hands its name to the float32 tensor instead.
+    outputs = {o.name for o in g.output}
+    for old, new in list(rename.items()):
+        if old in outputs:
+            for n in g.node:
+                n.output[:] = [old if o == new else o for o in n.output]
+                n.input[:] = [old if i == new else i for i in n.input]
+            rename = {k: (old if v == new else v) for k, v in rename.items() if k != old}
+    kept = [n for n in g.node if id(n) not in drop]
+    for n in kept:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+    del g.node[:]
+    g.node.extend(kept)
 
 
 # ---------------------------------------------------------------------------------- calibration

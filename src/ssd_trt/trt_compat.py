@@ -91,6 +91,12 @@ class TrtApi:
         flag = getattr(self.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
         return builder.create_network(0 if flag is None else 1 << int(flag))
 
+    def init_plugins(self, logger: Any) -> None:
+        """Register TensorRT's bundled plugins (EfficientNMS_TRT) before parsing an ONNX."""
+        init = getattr(self.trt, "init_libnvinfer_plugins", None)
+        if self.flavour == "tensorrt" and init is not None:
+            init(logger, "")
+
     def set_workspace(self, config: Any, nbytes: int) -> None:
         config.set_memory_pool_limit(self.trt.MemoryPoolType.WORKSPACE, int(nbytes))
 
@@ -160,7 +166,11 @@ def load_trt(prefer: str = "auto") -> TrtApi:
             if prefer == "auto":
                 continue
             raise MissingExtraError(_MODULES[flavour], _EXTRAS[flavour]) from exc
-        return TrtApi(trt=module, flavour=flavour, version=str(module.__version__))
+        version = str(module.__version__)
+        if flavour == "tensorrt" and int(version.split(".")[0]) < 10:
+            # TensorRT 8/9 need EXPLICIT_BATCH and have no strongly typed build path we rely on.
+            raise SsdTrtError(f"TensorRT {version} is too old; ssd-trt needs TensorRT 10 or newer")
+        return TrtApi(trt=module, flavour=flavour, version=version)
     raise NoTensorRTError()
 
 
