@@ -134,7 +134,7 @@ def coco_results(variants, coco_mini):
             variants(MODELS[0], precision), "cpu", score_threshold=EVAL_SCORE_THRESHOLD
         ) as d:
             results[precision] = coco_map(coco, coco_mini / "images", d.detect, d.info.labels)
-            detections[precision] = [x.filter(min_score=0.5) for x in d.detect(images)]
+            detections[precision] = d.detect(images)
     return results, detections
 
 
@@ -152,7 +152,9 @@ def test_fp16_and_int8_detections_agree_with_fp32(coco_results):
     for precision in ("fp16", "int8"):
         matched = total = 0
         for ref, other in zip(dets["fp32"], dets[precision], strict=True):
-            for d in ref:
+            # Every confident FP32 detection is found again, allowing some score drift.
+            other = other.filter(min_score=0.3)
+            for d in ref.filter(min_score=0.5):
                 total += 1
                 matched += any(o.class_id == d.class_id and iou(o.box, d.box) >= 0.5 for o in other)
         assert total >= 20 and matched / total >= 0.9, (precision, matched, total)
