@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import SsdTrtError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PRECISION_KEYS = ("fp32", "fp16", "int8")
 
 
 def _quiet_tensorflow(verbose: bool) -> None:
@@ -298,6 +299,125 @@ def cmd_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, load_images, parse_per_key, parse_precisions, write_json
+    from .detector import resolve_onnx
+    from .fetch import default_cache_dir
+
+    precisions = parse_precisions(args.precisions)
+    if "int8" in precisions and not args.calib_images:
+        raise SsdTrtError(
+            "int8 needs --calib-images DIR (real photos or a video, not the compared images)"
+        )
+    images = load_images(args.images, args.max_images)
+    coco = None
+    if args.coco_annotations:
+        from .evaluate import load_annotations
+
+        coco = load_annotations(Path(args.coco_annotations))
+    elif args.max_map_drop:
+        raise SsdTrtError("--max-map-drop needs --coco-annotations FILE for the --images")
+    onnx_path = resolve_onnx(args.model, args.cache_dir, progress=not args.quiet)
+    if onnx_path.suffix != ".onnx":
+        raise SsdTrtError(f"compare takes the FP32 .onnx export, not {onnx_path.name}")
+    report = compare(
+        onnx_path,
+        precisions,
+        images,
+        out_dir=default_cache_dir(args.cache_dir) / "prepared",
+        calib_images=args.calib_images,
+        atol=parse_per_key(args.atol, "--atol"),
+        rtol=parse_per_key(args.rtol, "--rtol"),
+        error_stat=args.error_stat,
+        score_threshold=args.score_threshold,
+        min_match=parse_per_key(args.min_match, "--min-match", PRECISION_KEYS),
+        max_drift=parse_per_key(args.max_drift, "--max-drift", PRECISION_KEYS),
+        max_map_drop=parse_per_key(args.max_map_drop, "--max-map-drop", PRECISION_KEYS),
+        coco=coco,
+        coco_images=Path(args.images) if coco is not None else None,
+        batch=args.batch,
+        progress=not args.quiet,
+        verbose=args.verbose,
+    )
+    print(report.table())
+    if args.json:
+        write_json(report, Path(args.json))
+    return EXIT_OK if report.passed else EXIT_FAILURE
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import machine_info
+    from .compare import parse_precisions
+    from .detector import Detector
+    from .evaluate import EVAL_SCORE_THRESHOLD, METRICS, coco_map, image_paths, load_annotations
+    from .fsutil import atomic_write
+
+    requested = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
+    precisions = [p for p in parse_precisions(args.precision) if p in requested]
+    if "int8" in precisions and not args.calib_images:
+        raise SsdTrtError(
+            "int8 needs --calib-images DIR (real photos or a video, not the evaluated images)"
+        )
+    is_engine = Path(args.model).suffix in (".engine", ".plan", ".trt")
+    if is_engine and precisions != ["fp32"]:
+        raise SsdTrtError(
+            "an engine has the one precision it was built with; evaluate the .onnx to compare "
+            "precisions"
+        )
+    coco = load_annotations(Path(args.coco_annotations))
+    images_dir = Path(args.images)
+    image_paths(coco, images_dir)  # missing images fail before any model work
+    results, where = {}, {}
+    for precision in precisions:
+        with Detector(
+            args.model,
+            args.backend,
+            score_threshold=EVAL_SCORE_THRESHOLD,
+            cache_dir=args.cache_dir,
+            precision="fp32" if is_engine else precision,
+            calib_images=args.calib_images,
+            progress=not args.quiet,
+        ) as detector:
+            if not args.quiet:
+                print(f"evaluating {precision} on {detector.backend_name}", file=sys.stderr)
+            results[precision] = coco_map(
+                coco, images_dir, detector.detect, detector.info.labels, batch=args.batch
+            )
+            where[precision] = (str(detector.model_path), detector.backend_name)
+    first = next(iter(results.values()))
+    print(
+        f"COCO bbox mAP of {Path(args.model).name} on {first.images} images "
+        f"(score >= {EVAL_SCORE_THRESHOLD:g}, {where[precisions[0]][1]})"
+    )
+    print(f"{'precision':<9}  " + "  ".join(f"{m:>6}" for m in METRICS) + "  detections")
+    for precision, r in results.items():
+        row = "  ".join(f"{r.metrics[m]:>6.3f}" for m in METRICS)
+        print(f"{precision:<9}  {row}  {r.detections:>10}")
+    if args.json:
+        data = {
+            "model": args.model,
+            "annotations": str(args.coco_annotations),
+            "images": first.images,
+            "score_threshold": EVAL_SCORE_THRESHOLD,
+            "precisions": {
+                p: {
+                    "metrics": r.metrics,
+                    "images": r.images,
+                    "detections": r.detections,
+                    "model_path": where[p][0],
+                    "backend": where[p][1],
+                }
+                for p, r in results.items()
+            },
+            "machine": machine_info(),
+        }
+        with atomic_write(Path(args.json)) as f:
+            f.write(json.dumps(data, indent=2).encode() + b"\n")
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -497,6 +617,108 @@ def build_parser() -> argparse.ArgumentParser:
         help="which TensorRT to use (default: tensorrt, else tensorrt-rtx)",
     )
     p.set_defaults(func=cmd_build)
+
+    p = verbs.add_parser(
+        "compare",
+        parents=[common],
+        help="accuracy of FP16/INT8 variants against FP32 (tensors and detections)",
+        description="Build the FP16/INT8 variants of an exported ONNX and compare each with "
+        "FP32 on real images: per output tensor (Polygraphy, ONNX Runtime CPU runners; TensorRT "
+        "runners where an engine can run here) and per detection (matched by class and IoU >= "
+        "0.5 at --score-threshold). Prints a table and PASS or FAIL. Default tolerances: match "
+        "rate >= 0.9 (fp16) / 0.8 (int8); mean score drift of matched detections <= 0.02 (fp16) "
+        "/ 0.05 (int8); with --coco-annotations, mAP drop <= 0.01 (fp16) / 0.03 (int8). Tensor "
+        "tolerances are reported and gate the verdict only when given (the detection tensors "
+        "come after TopK, so a tiny score change reorders rows). Exit 0 on PASS, 1 when a "
+        "tolerance is exceeded (usable in CI), 2 on bad input.",
+    )
+    p.add_argument("model", help="exported FP32 .onnx (or a registry name)")
+    p.add_argument(
+        "--precisions",
+        default="fp32,fp16",
+        help="comma-separated precisions; fp32 is the reference (default: %(default)s)",
+    )
+    p.add_argument("--images", help="folder (or glob or video) of real images to compare on")
+    p.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=64,
+        help="use at most this many images (default: %(default)s)",
+    )
+    p.add_argument("--calib-images", help="calibration images for int8 (not the --images)")
+    p.add_argument(
+        "--atol",
+        action="append",
+        metavar="[TENSOR=]X",
+        help="absolute tolerance, for all tensors or one (repeatable, e.g. "
+        "--atol detection_scores=0.01); reported at 1e-3 when not given",
+    )
+    p.add_argument(
+        "--rtol",
+        action="append",
+        metavar="[TENSOR=]X",
+        help="relative tolerance, like --atol (reported at 1e-3 when not given)",
+    )
+    p.add_argument(
+        "--error-stat",
+        choices=("elemwise", "max", "mean", "median"),
+        default="mean",
+        help="tensor error statistic checked against atol/rtol (default: %(default)s)",
+    )
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        help="detections compared score at least this (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-match",
+        action="append",
+        metavar="[PREC=]X",
+        help="minimum match rate, matched / (matched + lost + gained), e.g. 0.9 or int8=0.75",
+    )
+    p.add_argument(
+        "--max-drift",
+        action="append",
+        metavar="[PREC=]X",
+        help="maximum mean |score drift| of matched detections, e.g. 0.02 or fp16=0.01",
+    )
+    p.add_argument(
+        "--max-map-drop",
+        action="append",
+        metavar="[PREC=]X",
+        help="maximum COCO AP drop vs fp32 (needs --coco-annotations)",
+    )
+    p.add_argument("--coco-annotations", help="COCO instances json of --images: adds mAP")
+    p.add_argument(
+        "--batch", type=_positive_int, default=8, help="images per inference (default: 8)"
+    )
+    p.add_argument("--json", help="write all numbers here")
+    p.set_defaults(func=cmd_compare)
+
+    p = verbs.add_parser(
+        "eval",
+        parents=[common],
+        help="COCO mAP of a model, per precision",
+        description="COCO bbox mAP (AP, AP50, AP75, APs, APm, APl; pycocotools) of a registry "
+        "model, exported .onnx or engine on annotated images, for each requested precision, at "
+        "score >= 0.001. --json adds image and detection counts and machine details.",
+    )
+    p.add_argument("model", help="registry name, exported .onnx or engine")
+    p.add_argument("--coco-annotations", required=True, help="COCO instances json")
+    p.add_argument("--images", required=True, help="folder of the annotated images")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="comma-separated precisions, e.g. fp32,fp16,int8 (default: %(default)s)",
+    )
+    p.add_argument("--calib-images", help="calibration images for int8 (not the --images)")
+    p.add_argument("--backend", default="cpu", help="auto, cpu, cuda or onnxruntime-tensorrt")
+    p.add_argument(
+        "--batch", type=_positive_int, default=8, help="images per inference (default: 8)"
+    )
+    p.add_argument("--json", help="write the metrics here")
+    p.set_defaults(func=cmd_eval)
 
     p = verbs.add_parser(
         "bench",
