@@ -1,7 +1,7 @@
 """The ``ssd-trt`` command line: one verb per task.
 
-Exit codes: 0 success, 1 unexpected failure, 2 bad input or environment (a one-line message
-says what to do), 130 interrupted.
+Exit codes: 0 success; 1 an unexpected failure, or `compare` tolerances exceeded (FAIL);
+2 bad input or environment (a one-line message says what to do); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -183,7 +183,8 @@ def _progress_bar(args: argparse.Namespace, source):
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    return run_video(args, args.source)
+    source = args.source or str(sample_video(args.cache_dir, not args.quiet))
+    return run_video(args, source)
 
 
 def cmd_webcam(args: argparse.Namespace) -> int:
@@ -549,7 +550,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the detector over a video file, an RTSP/HTTP stream URL, a webcam "
         "index, an image, a directory of images or a glob. q or Esc in the window quits.",
     )
-    p.add_argument("source", help="video file, stream URL, webcam index, image, dir or glob")
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="video file, stream URL, webcam index, image, dir or glob "
+        "(default: the sample video, bikes.mp4, fetched once)",
+    )
     p.set_defaults(func=cmd_detect)
 
     p = verbs.add_parser(
