@@ -123,3 +123,35 @@ def iou(a, b) -> float:
     inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
     area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / area if area > 0 else 0.0
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 900):
+    """``ssd-trt ARGS`` in a subprocess, as a user runs it."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "ssd_trt.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def error_line(proc) -> str:
+    """The single 'ssd-trt: error:' line a failed command must print."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ssd-trt: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def calib_dir(bikes_video, tmp_path_factory) -> Path:
+    """Calibration images: frames of bikes.mp4, never the COCO images used for accuracy."""
+    import cv2
+
+    out = tmp_path_factory.mktemp("calib")
+    for i, frame in enumerate(read_frames(bikes_video, every=5)):
+        cv2.imwrite(str(out / f"{i:03d}.jpg"), frame)
+    return out

@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import read_frames
+from conftest import run_cli as cli
 
 from ssd_trt.compare import agreement, match
 from ssd_trt.detections import Detections
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 ANNOTATIONS = "instances_train2017_small.json"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ssd_trt.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=dict(os.environ),
-    )
-
-
-@pytest.fixture(scope="module")
-def calib_dir(bikes_video, tmp_path_factory) -> Path:
-    """Calibration images: frames of bikes.mp4, never the COCO images compared on."""
-    out = tmp_path_factory.mktemp("calib")
-    for i, frame in enumerate(read_frames(bikes_video, every=5)):
-        cv2.imwrite(str(out / f"{i:03d}.jpg"), frame)
-    return out
 
 
 @pytest.fixture

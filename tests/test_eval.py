@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
-import cv2
-import pytest
-from conftest import read_frames
+from conftest import run_cli as cli
 
 from ssd_trt import Detector
 from ssd_trt.evaluate import EVAL_SCORE_THRESHOLD, METRICS, coco_map, load_annotations
@@ -18,25 +13,6 @@ from ssd_trt.postprocess import to_detections
 
 MODEL = "ssdlite_mobilenet_v2_coco"
 ANNOTATIONS = "instances_train2017_small.json"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ssd_trt.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=dict(os.environ),
-    )
-
-
-@pytest.fixture(scope="module")
-def calib_dir(bikes_video, tmp_path_factory) -> Path:
-    """Calibration images: frames of bikes.mp4, never the COCO images that are scored."""
-    out = tmp_path_factory.mktemp("calib")
-    for i, frame in enumerate(read_frames(bikes_video, every=5)):
-        cv2.imwrite(str(out / f"{i:03d}.jpg"), frame)
-    return out
 
 
 def test_onnx_fp32_map_equals_tensorflow_map(exported, registry_graphs, coco_mini):

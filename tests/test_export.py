@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import threading
 from functools import partial
@@ -17,6 +15,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import error_line
+from conftest import run_cli as cli
 
 from ssd_trt.export import DETECTION_OUTPUTS, ExportOptions, export
 from ssd_trt.nms import NmsSettings, batched_nms
@@ -277,22 +277,6 @@ def test_saved_model_directory_exports_like_frozen_graph(
 
 
 # ------------------------------------------------------------------------------------ the CLI
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ssd_trt.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ssd-trt: error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_cli_export_by_registry_name_prints_summary(model_cache, registry_graphs, tmp_path):

@@ -4,9 +4,6 @@ TensorRT-RTX builds of every precision, and the TensorRT runtime's pure parts.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import iou
+from conftest import run_cli as cli
 
 from ssd_trt import Detector, SsdTrtError
 from ssd_trt.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
@@ -22,17 +20,6 @@ from ssd_trt.quantize import CalibrationCache, calibration_key, prepare, to_fp16
 from ssd_trt.trt_runtime import GraphPolicy, TensorSpec, check_batch, plan_buffers
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
-
-
-@pytest.fixture(scope="module")
-def calib_dir(bikes_video, tmp_path_factory) -> Path:
-    """Calibration images: frames of bikes.mp4, never the COCO images used for accuracy."""
-    from conftest import read_frames
-
-    out = tmp_path_factory.mktemp("calib")
-    for i, frame in enumerate(read_frames(bikes_video, every=5)):
-        cv2.imwrite(str(out / f"{i:03d}.jpg"), frame)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +36,6 @@ def variants(exported, calib_dir, tmp_path_factory):
         return done[name, precision, nms]
 
     return get
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ssd_trt.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=dict(os.environ),
-    )
 
 
 # ---------------------------------------------------------------------------------- structure

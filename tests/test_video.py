@@ -14,7 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import iou
+from conftest import error_line, iou
+from conftest import run_cli as cli
 
 from ssd_trt import Detections, Detector, SsdTrtError
 from ssd_trt.overlay import class_color
@@ -31,22 +32,6 @@ def coco_onnx(exported) -> Path:
 def detector(coco_onnx):
     with Detector(coco_onnx, "cpu", score_threshold=0.3) as d:
         yield d
-
-
-def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ssd_trt.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("ssd-trt: error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def count_frames(video: Path) -> tuple[int, tuple[int, int]]:
