@@ -215,7 +215,7 @@ def test_ctrl_c_finalizes_outputs_and_exits_130(coco_onnx, bikes_video, tmp_path
         text=True,
     )
     deadline = time.monotonic() + 120
-    partial = tmp_path / ".o.partial.jsonl"
+    partial = tmp_path / f".o.{proc.pid}.partial.jsonl"
     while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size):
         time.sleep(0.2)
     time.sleep(1.0)

@@ -117,7 +117,13 @@ class OnnxRuntimeBackend(Backend):
             ) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(model))
-        self.name = f"onnxruntime-{device}"
+        # onnxruntime-gpu lists its TensorRT provider even without TensorRT installed and then
+        # falls back to CUDA: name the backend after the provider the session really uses.
+        used = self.session.get_providers()[0]
+        self.name = "onnxruntime-" + {
+            "TensorrtExecutionProvider": "tensorrt",
+            "CUDAExecutionProvider": "cuda",
+        }.get(used, "cpu")
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -133,13 +139,15 @@ BACKENDS = ("auto", "cpu", "cuda", "onnxruntime-tensorrt", "tensorrt")
 
 
 def _tensorrt_usable() -> bool:
+    """Full TensorRT and a GPU. TensorRT-RTX is left to explicit use: it has no NMS layer for the
+    default export and does not run on every GPU (not on Hopper)."""
     from .trt_compat import load_trt, local_gpu
 
     try:
-        load_trt()
+        api = load_trt()
     except SsdTrtError:
         return False
-    return local_gpu() is not None
+    return api.flavour == "tensorrt" and local_gpu() is not None
 
 
 def select_backend(
@@ -164,26 +172,34 @@ def select_backend(
         from .trt_runtime import TensorRTBackend
 
         return TensorRTBackend(model)
+    chosen: Backend | None = None
     if backend == "tensorrt" or (backend == "auto" and _tensorrt_usable()):
         from .fetch import default_cache_dir
         from .trt_runtime import engine_for_onnx
 
-        chosen: Backend = engine_for_onnx(
-            model, precision, cache_dir or default_cache_dir(), progress=progress
-        )
-    elif backend == "auto":
-        available = ort_providers_available()
-        device = "cpu"
-        for candidate, provider in (
-            ("tensorrt", "TensorrtExecutionProvider"),
-            ("cuda", "CUDAExecutionProvider"),
-        ):
-            if provider in available:
-                device = candidate
-                break
-        chosen = OnnxRuntimeBackend(model, device, threads)
-    else:
-        device = {"cpu": "cpu", "cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}[backend]
+        try:
+            chosen = engine_for_onnx(
+                model, precision, cache_dir or default_cache_dir(), progress=progress
+            )
+        except SsdTrtError as exc:
+            if backend != "auto":
+                raise
+            log.warning("TensorRT unusable here (%s); falling back to ONNX Runtime", exc)
+    if chosen is None:
+        device = {"cpu": "cpu", "cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}.get(backend)
+        if device is None:  # auto: the best execution provider onnxruntime offers here
+            available = ort_providers_available()
+            device = next(
+                (
+                    d
+                    for d, p in (
+                        ("tensorrt", "TensorrtExecutionProvider"),
+                        ("cuda", "CUDAExecutionProvider"),
+                    )
+                    if p in available
+                ),
+                "cpu",
+            )
         chosen = OnnxRuntimeBackend(model, device, threads)
     log.info("backend %s -> %s", backend, chosen.name)
     return chosen

@@ -125,7 +125,7 @@ def run_video(args: argparse.Namespace, source_spec: str | int) -> int:
             args.model,
             args.backend,
             score_threshold=args.score_threshold,
-            classes=args.classes.split(",") if args.classes else None,
+            classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
             cache_dir=args.cache_dir,
             precision=args.precision,
             calib_images=args.calib_images,
@@ -188,7 +188,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_webcam(args: argparse.Namespace) -> int:
-    return run_video(args, int(args.camera))
+    return run_video(args, args.camera)
 
 
 def sample_video(cache_dir: str | None, progress: bool) -> Path:
@@ -206,7 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .fsutil import atomic_write
 
     video = args.video or str(sample_video(args.cache_dir, not args.quiet))
-    sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [1, 2, 4, 8]
+    sizes = _batch_sizes(args.batch_sizes) if args.batch_sizes else [1, 2, 4, 8]
     with Detector(
         args.model,
         args.backend,
@@ -419,6 +419,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise SsdTrtError(f"--batch-sizes {text!r}: expected positive integers like 1,2,4,8")
+    return sizes
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -438,7 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssd-trt",
         description="Pretrained TF Object Detection API SSDs -> ONNX with NMS -> TensorRT.",
-        parents=[common],
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
@@ -499,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="registry name or exported .onnx (default: %(default)s)",
     )
     video.add_argument(
-        "--backend", default="auto", help="auto, cpu, cuda or onnxruntime-tensorrt (default: auto)"
+        "--backend",
+        default="auto",
+        help="auto, cpu, cuda, onnxruntime-tensorrt or tensorrt (default: auto)",
     )
     video.add_argument(
         "--score-threshold",
@@ -564,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="live detection on a webcam",
         description="Live detection on a webcam, in a window (q or Esc quits).",
     )
-    p.add_argument("camera", nargs="?", default="0", help="camera index (default: 0)")
+    p.add_argument("camera", nargs="?", type=int, default=0, help="camera index (default: 0)")
     p.set_defaults(func=cmd_webcam)
 
     p = verbs.add_parser(
@@ -719,7 +730,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated precisions, e.g. fp32,fp16,int8 (default: %(default)s)",
     )
     p.add_argument("--calib-images", help="calibration images for int8 (not the --images)")
-    p.add_argument("--backend", default="cpu", help="auto, cpu, cuda or onnxruntime-tensorrt")
+    p.add_argument(
+        "--backend", default="cpu", help="auto, cpu, cuda, onnxruntime-tensorrt or tensorrt"
+    )
     p.add_argument(
         "--batch", type=_positive_int, default=8, help="images per inference (default: 8)"
     )
@@ -739,7 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="ssdlite_mobilenet_v2_coco",
         help="registry name or exported .onnx (default: %(default)s)",
     )
-    p.add_argument("--backend", default="auto", help="auto, cpu, cuda or onnxruntime-tensorrt")
+    p.add_argument(
+        "--backend", default="auto", help="auto, cpu, cuda, onnxruntime-tensorrt or tensorrt"
+    )
     p.add_argument("--video", help="video for the pipeline runs (default: the sample video)")
     p.add_argument("--batch-sizes", help="comma-separated batch sizes (default: 1,2,4,8)")
     p.add_argument(

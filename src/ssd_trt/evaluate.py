@@ -90,6 +90,9 @@ def coco_map(
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
         images = [cv2.imread(str(p)) for _, p in chunk]
+        broken = [p.name for (_, p), im in zip(chunk, images, strict=True) if im is None]
+        if broken:
+            raise SsdTrtError(f"cannot decode annotated image {broken[0]}; check the image folder")
         for (image_id, _), dets in zip(chunk, detect(images), strict=True):
             records += dets.to_coco(image_id)
     metrics = dict.fromkeys(METRICS, 0.0)

@@ -93,8 +93,10 @@ class _AtomicFileOutput(Output):
             raise SsdTrtError(f"output {self.path} is a directory; pass a file name")
         if not self.path.parent.exists():
             raise SsdTrtError(f"folder {self.path.parent} does not exist; create it first")
-        # Keep the real suffix last: OpenCV picks the container from it.
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        # Keep the real suffix last (OpenCV picks the container from it); the pid keeps two
+        # runs writing the same file from clobbering each other's temp file.
+        name = f".{self.path.stem}.{os.getpid()}.partial{self.path.suffix}"
+        self.tmp = self.path.with_name(name)
 
     def _finish(self) -> None:
         if self.tmp.exists():
@@ -126,7 +128,6 @@ class VideoOutput(_AtomicFileOutput):
         self.cv2 = require("cv2", "video")
         self.fps = fps if fps and 0 < fps < 1000 else 25.0
         self.writer = None
-        self.frames = 0
 
     def write(self, result: FrameResult, annotated: np.ndarray) -> None:
         cv2 = self.cv2
@@ -140,7 +141,6 @@ class VideoOutput(_AtomicFileOutput):
         if annotated.shape[1::-1] != self.size:  # image folders mix sizes
             annotated = cv2.resize(annotated, self.size)
         self.writer.write(annotated)
-        self.frames += 1
 
     def _release(self) -> None:
         if self.writer is not None:
@@ -153,7 +153,10 @@ class JsonLinesOutput(_AtomicFileOutput):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.file: IO[str] | None = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            self.file: IO[str] | None = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise SsdTrtError(f"cannot write {self.path}: {exc.strerror}") from None
 
     def write(self, result: FrameResult, annotated: np.ndarray) -> None:
         record = {

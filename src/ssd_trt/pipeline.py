@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .detector import Detector
 from .outputs import FrameResult, Output, StopPipeline
 from .overlay import draw_banner, draw_detections
@@ -38,15 +36,21 @@ class RunStats:
     reconnects: int = 0
     seconds: float = 0.0
     stopped_by: str = "end of stream"
-    stage_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    # Running sums, not lists: a webcam or --serve run may go on for days.
+    stage_total_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    stage_count: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    def add(self, stage: str, ms: float) -> None:
+        self.stage_total_ms[stage] += ms
+        self.stage_count[stage] += 1
+
     def mean_ms(self, stage: str) -> float:
-        values = self.stage_ms[stage]
-        return float(np.mean(values)) if values else 0.0
+        count = self.stage_count[stage]
+        return self.stage_total_ms[stage] / count if count else 0.0
 
     def summary(self) -> str:
         text = f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.1f} FPS)"
@@ -108,14 +112,17 @@ class Pipeline:
 
     # ------------------------------------------------------------------------ stage functions
 
-    def _capture(self) -> Frame | None:
+    def _capture(self) -> tuple[Frame, float] | None:
+        """The next frame and when it was captured (latency is measured from there)."""
         t0 = time.perf_counter()
         frame = self.source.read()
-        self.stats.stage_ms["decode"].append((time.perf_counter() - t0) * 1000)
-        return frame
+        t1 = time.perf_counter()
+        self.stats.add("decode", (t1 - t0) * 1000)
+        return None if frame is None else (frame, t1)
 
-    def _infer(self, frame: Frame) -> tuple[Frame, Any, float, float]:
-        d, ms = self.detector, self.stats.stage_ms
+    def _infer(self, captured: tuple[Frame, float]) -> tuple[Frame, Any, float, float]:
+        d, stats = self.detector, self.stats
+        frame, captured_at = captured
         t0 = time.perf_counter()
         batch = d.preprocess([frame.image])
         t1 = time.perf_counter()
@@ -123,10 +130,10 @@ class Pipeline:
         t2 = time.perf_counter()
         (detections,) = d.postprocess(outputs, [frame.image.shape[:2]])
         t3 = time.perf_counter()
-        ms["preprocess"].append((t1 - t0) * 1000)
-        ms["inference"].append((t2 - t1) * 1000)
-        ms["postprocess"].append((t3 - t2) * 1000)
-        return frame, detections, (t3 - t0) * 1000, t0
+        stats.add("preprocess", (t1 - t0) * 1000)
+        stats.add("inference", (t2 - t1) * 1000)
+        stats.add("postprocess", (t3 - t2) * 1000)
+        return frame, detections, (t3 - t0) * 1000, captured_at
 
     def _emit(self, frame: Frame, detections: Any, infer_ms: float, captured: float) -> None:
         t0 = time.perf_counter()
@@ -144,8 +151,8 @@ class Pipeline:
         )
         for out in self.outputs:
             out.write(result, image)
-        self.stats.stage_ms["draw"].append((t1 - t0) * 1000)
-        self.stats.stage_ms["output"].append((time.perf_counter() - t1) * 1000)
+        self.stats.add("draw", (t1 - t0) * 1000)
+        self.stats.add("output", (time.perf_counter() - t1) * 1000)
         self.stats.frames += 1
         if self.on_frame is not None:
             self.on_frame(result)
@@ -271,7 +278,9 @@ class Pipeline:
         finally:
             self._stop.set()
             for t in threads:
-                t.join(timeout=10)
+                # A stream read can block for its timeout plus a reconnect backoff; the source
+                # must not be closed under a thread still reading it.
+                t.join(timeout=30)
             alive = [t.name for t in threads if t.is_alive()]
             if alive:
                 print(f"ssd-trt: warning: threads still running: {alive}", file=sys.stderr)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import SsdTrtError, require
-from .export import POST_PREFIX, canonicalize
+from .export import POST_PREFIX, canonicalize, write_onnx_atomic
 from .fsutil import atomic_write
 from .preprocess import PreprocessConfig, preprocess
 
@@ -31,11 +31,6 @@ CALIBRATION_METHOD = "entropy"
 
 def _onnx():
     return require("onnx", "export")
-
-
-def _save(model: Any, path: Path) -> None:
-    with atomic_write(path) as f:
-        f.write(model.SerializeToString(deterministic=True))
 
 
 def _set_meta(model: Any, key: str, value: str) -> None:
@@ -59,8 +54,7 @@ def precision_of(path: Path) -> str:
 
 def to_fp16(src: Path, dst: Path) -> Path:
     """Convert the network part of an exported ONNX to float16."""
-    from onnxruntime.transformers import float16
-
+    float16 = require("onnxruntime.transformers.float16", "ort")
     model = _onnx().load(str(src))
     if _meta(model).get("ssd_trt.precision", "fp32") != "fp32":
         raise SsdTrtError(f"{src} is already {precision_of(src)}; convert an FP32 export")
@@ -73,7 +67,7 @@ def to_fp16(src: Path, dst: Path) -> Path:
     canonicalize(converted)
     _set_meta(converted, "ssd_trt.precision", "fp16")
     _onnx().checker.check_model(converted)
-    _save(converted, dst)
+    write_onnx_atomic(converted, dst)
     return dst
 
 
@@ -164,7 +158,12 @@ def calibration_images(spec: str, count: int) -> list[np.ndarray]:
     with open_source(spec) as source:
         total = source.frame_count
         step = max(1, total // count) if total else 1
-        images = [f.image for i, f in enumerate(source) if i % step == 0]
+        images = []
+        for i, frame in enumerate(source):
+            if len(images) >= count:
+                break  # also ends sources of unknown length (streams, cameras)
+            if i % step == 0:
+                images.append(frame.image)
     if not images:
         raise SsdTrtError(f"no calibration images in {spec}; pass a folder of real photos")
     return images[:count]
@@ -207,7 +206,8 @@ def calibrate(
             peak[name] = max(peak[name], float(np.abs(value).max()))
     # ReLU6 outputs keep their whole observed range: their mass sits near 0, so KL would clip
     # them to a tenth of it and lose the saturated values (measured: COCO AP 0.19 -> 0.00).
-    bounded = {n for n in names if n in _clip_bounds(model)}
+    bounds = _clip_bounds(model)
+    bounded = {n for n in names if n in bounds}
     hists = {name: np.zeros(HIST_BINS, np.int64) for name in names if name not in bounded}
     for acts in activations("pass 2/2"):
         for name in hists:
@@ -331,7 +331,7 @@ def to_int8(
             CalibrationCache(key, CALIBRATION_METHOD, len(images), amax).save(cache_path)
     quantized = insert_qdq(model, amax)
     _set_meta(quantized, "ssd_trt.precision", "int8")
-    _save(quantized, dst)
+    write_onnx_atomic(quantized, dst)
     return dst, reused
 
 

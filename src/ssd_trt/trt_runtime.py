@@ -199,45 +199,57 @@ class TensorRTBackend(Backend):
         self.name = f"{self.api.flavour}-{meta.precision}"
         trt = self.api.trt
         self._resources: list[tuple[Callable[..., Any], Any]] = []
-        self.cudart = cudart = _cudart()
-        self.runtime = trt.Runtime(self.api.logger())
-        self.engine = self.runtime.deserialize_cuda_engine(read_engine_bytes(engine_path, meta))
-        if self.engine is None:
-            raise SsdTrtError(f"TensorRT could not deserialize {engine_path}; rebuild it")
-        self.context = self.engine.create_execution_context()
-        specs = [
-            TensorSpec(
-                name,
-                self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))),
-                tuple(self.engine.get_tensor_shape(name)),
+        try:
+            self.cudart = cudart = _cudart()
+            self.runtime = trt.Runtime(self.api.logger())
+            self.engine = self.runtime.deserialize_cuda_engine(read_engine_bytes(engine_path, meta))
+            if self.engine is None:
+                raise SsdTrtError(f"TensorRT could not deserialize {engine_path}; rebuild it")
+            self.context = self.engine.create_execution_context()
+            specs = [
+                TensorSpec(
+                    name,
+                    self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                    np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))),
+                    tuple(self.engine.get_tensor_shape(name)),
+                )
+                for name in (
+                    self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
+                )
+            ]
+            self.inputs = [s for s in specs if s.is_input]
+            self.outputs = [s for s in specs if not s.is_input]
+            if [s.name for s in self.inputs] != ["images"]:
+                raise SsdTrtError(
+                    f"{engine_path} is not an ssd_trt engine (its inputs: {self.inputs})"
+                )
+            self.profile = tuple(
+                tuple(d) for d in self.engine.get_tensor_profile_shape("images", 0)
             )
-            for name in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
-        ]
-        self.inputs = [s for s in specs if s.is_input]
-        self.outputs = [s for s in specs if not s.is_input]
-        if [s.name for s in self.inputs] != ["images"]:
-            raise SsdTrtError(f"{engine_path} is not an ssd_trt engine (its inputs: {self.inputs})")
-        self.profile = tuple(tuple(d) for d in self.engine.get_tensor_profile_shape("images", 0))
-        self.plan = plan_buffers(specs, max_batch=self.profile[2][0])
+            self.plan = plan_buffers(specs, max_batch=self.profile[2][0])
 
-        self.stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
-        self._resources.append((cudart.cudaStreamDestroy, self.stream))
-        self.device: dict[str, int] = {}
-        self.host: dict[str, np.ndarray] = {}
-        self.allocators: dict[str, Any] = {}
-        for name, buf in self.plan.items():
-            if buf.data_dependent:
-                self.allocators[name] = _output_allocator(trt, cudart, self._resources, buf.dtype)
-                self.context.set_output_allocator(name, self.allocators[name])
-                continue
-            dptr = _check(cudart, cudart.cudaMalloc(buf.nbytes), "cudaMalloc")
-            self._resources.append((cudart.cudaFree, dptr))
-            hptr = _check(cudart, cudart.cudaMallocHost(buf.nbytes), "cudaMallocHost")
-            self._resources.append((cudart.cudaFreeHost, hptr))
-            self.device[name] = int(dptr)
-            self.host[name] = _host_array(int(hptr), buf.nbytes, buf.dtype, buf.shape)
-            self.context.set_tensor_address(name, int(dptr))
+            self.stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+            self._resources.append((cudart.cudaStreamDestroy, self.stream))
+            self.device: dict[str, int] = {}
+            self.host: dict[str, np.ndarray] = {}
+            self.allocators: dict[str, Any] = {}
+            for name, buf in self.plan.items():
+                if buf.data_dependent:
+                    self.allocators[name] = _output_allocator(
+                        trt, cudart, self._resources, buf.dtype
+                    )
+                    self.context.set_output_allocator(name, self.allocators[name])
+                    continue
+                dptr = _check(cudart, cudart.cudaMalloc(buf.nbytes), "cudaMalloc")
+                self._resources.append((cudart.cudaFree, dptr))
+                hptr = _check(cudart, cudart.cudaMallocHost(buf.nbytes), "cudaMallocHost")
+                self._resources.append((cudart.cudaFreeHost, hptr))
+                self.device[name] = int(dptr)
+                self.host[name] = _host_array(int(hptr), buf.nbytes, buf.dtype, buf.shape)
+                self.context.set_tensor_address(name, int(dptr))
+        except BaseException:
+            self.close()  # free what was allocated before the failure
+            raise
         self.graphs = GraphPolicy(
             self._enqueue, self._capture, self._launch, self._release, enabled=cuda_graphs
         )
@@ -304,7 +316,8 @@ class TensorRTBackend(Backend):
         return detection_outputs({k: v.copy() for k, v in out.items()}, self.info)
 
     def close(self) -> None:
-        self.graphs.drop()
+        if "graphs" in self.__dict__:
+            self.graphs.drop()
         for free, handle in reversed(self._resources):
             free(handle)
         self._resources.clear()
