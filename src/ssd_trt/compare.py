@@ -31,6 +31,7 @@ import numpy as np
 from .backends import ModelInfo
 from .detections import Detections
 from .errors import SsdTrtError, require
+from .nms import box_iou
 from .postprocess import to_detections
 from .preprocess import preprocess
 
@@ -272,19 +273,6 @@ def match(ref: Detections, other: Detections, iou_threshold: float = MATCH_IOU) 
             taken[candidates[best]] = True
             pairs.append((int(i), int(candidates[best]), float(ious[best])))
     return pairs
-
-
-def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of one [x1, y1, x2, y2] box with each of ``others``."""
-    x1 = np.maximum(box[0], others[:, 0])
-    y1 = np.maximum(box[1], others[:, 1])
-    x2 = np.minimum(box[2], others[:, 2])
-    y2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def agreement(refs: Sequence[Detections], others: Sequence[Detections]) -> Agreement:

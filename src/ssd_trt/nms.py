@@ -21,14 +21,14 @@ class NmsSettings:
     max_total: int = 100
 
 
-def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    y1 = np.maximum(box[0], others[:, 0])
-    x1 = np.maximum(box[1], others[:, 1])
-    y2 = np.minimum(box[2], others[:, 2])
-    x2 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(y2 - y1, 0, None) * np.clip(x2 - x1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU of one box with each of ``others``: corners as [y1, x1, y2, x2] or [x1, y1, x2, y2],
+    the same order for both (IoU does not care which axis comes first)."""
+    lo = np.maximum(box[:2], others[:, :2])
+    hi = np.minimum(box[2:], others[:, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
+    area = np.prod(box[2:] - box[:2])
+    areas = np.prod(others[:, 2:] - others[:, :2], axis=1)
     union = area + areas - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
@@ -42,7 +42,7 @@ def nms_single_class(boxes: np.ndarray, scores: np.ndarray, s: NmsSettings) -> n
         best = order[0]
         keep.append(int(best))
         rest = order[1:]
-        order = rest[_iou(boxes[best], boxes[rest]) <= s.iou_threshold]
+        order = rest[box_iou(boxes[best], boxes[rest]) <= s.iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
 
