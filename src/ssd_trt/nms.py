@@ -33,17 +33,37 @@ def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms_single_class(boxes: np.ndarray, scores: np.ndarray, s: NmsSettings) -> np.ndarray:
-    """Indices of the boxes kept for one class, best first."""
-    candidates = np.flatnonzero(scores > s.score_threshold)
-    order = candidates[np.argsort(-scores[candidates], kind="stable")]
-    keep: list[int] = []
-    while order.size and len(keep) < s.max_per_class:
-        best = order[0]
-        keep.append(int(best))
-        rest = order[1:]
-        order = rest[box_iou(boxes[best], boxes[rest]) <= s.iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+def nms_image(
+    boxes: np.ndarray, scores: np.ndarray, s: NmsSettings
+) -> list[tuple[float, int, int]]:
+    """(score, class index, anchor) of the kept detections of one image, best first.
+
+    Walks all (anchor, class) pairs in descending score order, keeping a pair when its class has
+    room and its box overlaps no box already kept for that class. That is per-class greedy NMS
+    exactly (a pair is only ever judged against higher-scoring boxes of its class), and it can
+    stop at ``max_total`` kept pairs because every later pair scores lower: a few thousand
+    pairs are looked at instead of greedy NMS over every class.
+    """
+    anchors, classes = scores.shape
+    flat = scores.ravel()  # index = anchor * classes + class
+    candidates = np.flatnonzero(flat > s.score_threshold)
+    order = candidates[np.argsort(-flat[candidates], kind="stable")]
+    kept_boxes = np.zeros((classes, s.max_per_class, 4), boxes.dtype)
+    kept_count = np.zeros(classes, np.int64)
+    out: list[tuple[float, int, int]] = []
+    for index in order:
+        anchor, cls = divmod(int(index), classes)
+        n = kept_count[cls]
+        if n >= s.max_per_class:
+            continue
+        if n and (box_iou(boxes[anchor], kept_boxes[cls, :n]) > s.iou_threshold).any():
+            continue
+        kept_boxes[cls, n] = boxes[anchor]
+        kept_count[cls] = n + 1
+        out.append((float(flat[index]), cls, anchor))
+        if len(out) == s.max_total:
+            break
+    return out
 
 
 def batched_nms(boxes: np.ndarray, scores: np.ndarray, s: NmsSettings) -> dict[str, np.ndarray]:
@@ -57,12 +77,7 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, s: NmsSettings) -> dict[s
         "detection_classes": np.zeros((n, k), np.int32),
     }
     for b in range(n):
-        picked: list[tuple[float, int, int]] = []
-        for c in range(scores.shape[2]):
-            col = scores[b, :, c]
-            picked += [(float(col[i]), c, int(i)) for i in nms_single_class(boxes[b], col, s)]
-        picked.sort(key=lambda t: -t[0])
-        picked = picked[:k]
+        picked = nms_image(boxes[b], scores[b], s)
         out["num_detections"][b, 0] = len(picked)
         for j, (score, c, i) in enumerate(picked):
             out["detection_boxes"][b, j] = boxes[b, i]
