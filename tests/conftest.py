@@ -155,3 +155,14 @@ def calib_dir(bikes_video, tmp_path_factory) -> Path:
     for i, frame in enumerate(read_frames(bikes_video, every=5)):
         cv2.imwrite(str(out / f"{i:03d}.jpg"), frame)
     return out
+
+
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+@pytest.fixture(scope="session")
+def vtest_video() -> Path:
+    """Debian opencv-doc's vtest.avi: 768x576, 795 frames of pedestrians."""
+    if not VTEST.is_file():
+        pytest.fail(f"{VTEST} is missing: apt-get install opencv-doc (.ci/run does)")
+    return VTEST

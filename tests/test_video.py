@@ -169,6 +169,36 @@ def test_detect_video_writes_every_frame_and_finds_the_cyclist(coco_onnx, bikes_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jsonl", "o.mp4"]
 
 
+def test_detect_pedestrians_in_vtest(exported, vtest_video, tmp_path):
+    """Debian opencv-doc's vtest.avi (a street with pedestrians) with the person model."""
+    jsonl = tmp_path / "vtest.jsonl"
+    person = exported("ssdlite_mobilenet_v2_person")
+    proc = cli(
+        "detect",
+        str(vtest_video),
+        "--model",
+        str(person),
+        "--json",
+        str(jsonl),
+        "--max-frames",
+        "150",
+        "--score-threshold",
+        "0.4",
+        "-q",
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(150))
+    counts = [len(r["detections"]) for r in records]
+    assert sum(c >= 1 for c in counts) >= 140, counts  # people are in every frame
+    assert max(counts) >= 3, counts  # and several at once
+    assert {d["label"] for r in records for d in r["detections"]} == {"person"}
+    for r in records:
+        for d in r["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 < x2 <= 768 and 0 <= y1 < y2 <= 576
+
+
 def test_sync_and_async_give_the_same_frames(coco_onnx, bikes_video, tmp_path):
     runs = {}
     for mode in ("--sync", None):
