@@ -731,7 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--calib-images", help="calibration images for int8 (not the --images)")
     p.add_argument(
-        "--backend", default="cpu", help="auto, cpu, cuda, onnxruntime-tensorrt or tensorrt"
+        "--backend",
+        default="cpu",
+        help="auto, cpu, cuda, onnxruntime-tensorrt or tensorrt (default: cpu, reproducible)",
     )
     p.add_argument(
         "--batch", type=_positive_int, default=8, help="images per inference (default: 8)"
