@@ -117,8 +117,8 @@ class FileSource(_CaptureSource):
             )
         self._pending = image  # the probe frame is frame 0: hand it out on the first read
         self.fps, self.size = _capture_info(cv2, self._cap)
-        self._frame_count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.frame_count = self._frame_count if self._frame_count > 0 else None
+        count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.frame_count = count if count > 0 else None
 
     def read(self) -> Frame | None:
         if self._cap is None:
@@ -143,8 +143,8 @@ class FileSource(_CaptureSource):
         return frame
 
     def _finish(self) -> None:
-        expected = self._frame_count
-        if expected > 0 and self._index + self.frames_skipped < expected:
+        expected = self.frame_count
+        if expected and self._index + self.frames_skipped < expected:
             log.warning(
                 "%s: ended after %d of %d frames; the rest could not be decoded",
                 self.description,

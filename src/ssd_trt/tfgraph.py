@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ class SsdGraph:
     scale_factors: tuple[float, float, float, float]
     num_classes: int  # without background
     nms: NmsSettings
-    config_source: dict[str, str] = field(default_factory=dict)  # which setting came from where
 
 
 def _tf():
@@ -271,10 +270,8 @@ def analyze(graph_def: Any, pipeline_config: Path | None = None, where: str = "m
             f"(no {', '.join(missing)} node); export an SSD from the TF OD API model zoo"
         )
     config = read_pipeline_config(pipeline_config) if pipeline_config else {}
-    source: dict[str, str] = {}
 
     size = config.get("input_size")
-    source["input_size"] = "pipeline.config" if size else "graph"
     if not size:
         stack = _const(graph_def, "Preprocessor/map/while/ResizeImage/stack")
         size = tuple(int(v) for v in stack) if stack is not None and stack.size == 2 else (300, 300)
@@ -283,24 +280,19 @@ def analyze(graph_def: Any, pipeline_config: Path | None = None, where: str = "m
     input_scale = float(scale) if scale is not None else 2.0 / 255.0
     input_offset = -float(offset) if offset is not None else -1.0
 
-    factors = config.get("scale_factors")
-    source["scale_factors"] = "pipeline.config" if factors else "graph"
+    factors = config.get("scale_factors") or _scale_factors_from_graph(graph_def)
     if not factors:
-        factors = _scale_factors_from_graph(graph_def)
-        if factors is None:
-            factors, source["scale_factors"] = DEFAULT_SCALE_FACTORS, "default"
+        factors = DEFAULT_SCALE_FACTORS
 
     graph_nms = _graph_nms(graph_def)
     defaults = NmsSettings()
 
     def pick(cfg_key: str, graph_key: str | None, default: float) -> float:
+        """pipeline.config first, then the frozen graph's own NMS, then the zoo default."""
         if cfg_key in config:
-            source[cfg_key] = "pipeline.config"
             return config[cfg_key]
         if graph_key and graph_key in graph_nms:
-            source[cfg_key] = "graph"
             return graph_nms[graph_key]
-        source[cfg_key] = "default"
         return default
 
     nms = NmsSettings(
@@ -344,7 +336,6 @@ def analyze(graph_def: Any, pipeline_config: Path | None = None, where: str = "m
         scale_factors=tuple(float(f) for f in factors),
         num_classes=int(scores.shape[2]) - 1,
         nms=nms,
-        config_source=source,
     )
 
 
