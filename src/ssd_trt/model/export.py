@@ -7,26 +7,25 @@ an NCHW ``images`` input, box decoding with the model's anchors, and NMS + a fix
 
 from __future__ import annotations
 
-import json
-import sys
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from .errors import SsdTrtError, require
-from .fsutil import atomic_write
+from ..contract import DETECTION_OUTPUTS, INPUT_NAME, NMS_MODES, RAW_OUTPUTS, ModelInfo
+from ..errors import SsdTrtError, require
+from ..fsutil import atomic_write
+from ..nms import NmsSettings
+from ..preprocess import PreprocessConfig
 from .labels import label_map
-from .nms import NmsSettings
-from .tfgraph import BOX_ENCODINGS, CLASS_SCORES, PREPROCESSED, SsdGraph
+from .tfgraph import BOX_ENCODINGS, CLASS_SCORES, PREPROCESSED, SsdGraph, analyze, load_graph_def
+
+log = logging.getLogger(__name__)
 
 NmsMode = Literal["onnx", "efficient", "none"]
-NMS_MODES: tuple[str, ...] = ("onnx", "efficient", "none")
 OPSET = 17
-INPUT_NAME = "images"
-DETECTION_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
-RAW_OUTPUTS = ("boxes", "scores")  # --nms none: [N, A, 4] decoded boxes, [N, A, C] scores
 POST_PREFIX = "post/"  # node-name prefix of the decoding/NMS nodes added after the network
 
 
@@ -154,20 +153,16 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
     model = gs.export_onnx(graph, do_type_check=True)
     model.opset_import[0].version = OPSET
     model.producer_name = "ssd_trt"
-    labels = label_map(options.labels, ssd.num_classes)
-    meta = {
-        "ssd_trt.model": options.model_name,
-        "ssd_trt.input_size": json.dumps(list(ssd.input_size)),
-        "ssd_trt.input_scale": repr(ssd.input_scale),
-        "ssd_trt.input_offset": repr(ssd.input_offset),
-        "ssd_trt.color": "RGB",
-        "ssd_trt.nms": options.nms,
-        "ssd_trt.nms_settings": json.dumps(asdict(settings)),
-        "ssd_trt.labels": json.dumps({str(k): v for k, v in labels.items()}),
-    }
+    info = ModelInfo(
+        preprocess=PreprocessConfig(height, width, ssd.input_scale, ssd.input_offset),
+        labels=label_map(options.labels, ssd.num_classes),
+        nms=options.nms,
+        nms_settings=settings,
+        name=options.model_name,
+    )
     canonicalize(model)
     del model.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in info.to_metadata().items():
         model.metadata_props.add(key=key, value=value)
     if options.nms != "efficient":  # the checker does not know TensorRT plugin ops
         onnx.checker.check_model(model)
@@ -425,15 +420,9 @@ def export(
     output: Path,
     options: ExportOptions = ExportOptions(),
     pipeline_config: Path | None = None,
-    progress: bool = True,
 ) -> ExportSummary:
     """Export a TF OD API SSD graph file/directory to an ONNX file with the ssd_trt contract."""
-    from .tfgraph import analyze, load_graph_def
-
-    def step(msg: str) -> None:
-        if progress:
-            print(msg, file=sys.stderr, flush=True)
-
+    step = log.info
     if pipeline_config is None:
         near = (source if source.is_dir() else source.parent) / "pipeline.config"
         pipeline_config = near if near.exists() else None

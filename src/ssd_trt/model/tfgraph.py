@@ -7,6 +7,7 @@ and converted class scores, plus everything the rest of the graph did that we re
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SsdTrtError, require
-from .nms import NmsSettings
+from ..errors import SsdTrtError, require
+from ..nms import NmsSettings
 
 # Tensor names that every TF OD API SSD export shares (TF1 zoo graphs and the TF.js conversion).
 PREPROCESSED = "Preprocessor/sub"
@@ -111,8 +112,6 @@ _TFJS_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 
 def _fix_tfjs_bytes(attr: dict[str, Any]) -> None:
     """Old TF.js converters wrote bytes fields as lists of ints; protobuf-JSON wants base64."""
-    import base64
-
     def b64(value: Any) -> Any:
         if isinstance(value, list) and all(isinstance(v, int) for v in value):
             return base64.b64encode(bytes(value)).decode()

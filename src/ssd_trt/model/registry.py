@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import SsdTrtError
+from ..errors import SsdTrtError
 
 ZOO_URL = "http://download.tensorflow.org/models/object_detection/{name}.tar.gz"
 

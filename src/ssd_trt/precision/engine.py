@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -21,16 +21,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import SsdTrtError, require
-from .export import INPUT_NAME
-from .fsutil import atomic_write
+from ..contract import INPUT_NAME, check_precision, metadata_of
+from ..errors import SsdTrtError, require
+from ..fsutil import atomic_write
 from .trt_compat import TrtApi, load_trt, local_gpu, normalize_cc
 
-PRECISIONS = ("fp32", "fp16", "int8")
+log = logging.getLogger(__name__)
 METADATA_FORMAT = 1
 NMS_OPS = ("NonMaxSuppression", "EfficientNMS_TRT")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _REBUILD = "rebuild it with ssd-trt build"
+_NO_NMS_LAYER = (
+    "{api} has no NMS layer but {onnx} has NMS in the graph; export it with --nms none, or "
+    "pass the model name (ssd-trt build MODEL_NAME exports --nms none by itself)"
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,7 @@ class BuildOptions:
     verbose: bool = False
 
     def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise SsdTrtError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise SsdTrtError(
                 f"batch sizes must satisfy 1 <= min <= opt <= max, got "
@@ -199,6 +202,19 @@ def _scan_onnx(onnx: Any, model: Any) -> tuple[set[str], bool]:
     return ops, has_f16
 
 
+def preflight(onnx_path: Path, api: TrtApi) -> None:
+    """The checks a build can make before calibration or parsing: an NMS op on a TensorRT
+    without an NMS layer."""
+    onnx = require("onnx", api.extra)
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise SsdTrtError(f"{onnx_path} is not a valid ONNX file; re-export it") from exc
+    ops, _ = _scan_onnx(onnx, model)
+    if not api.has_nms_layer and ops & set(NMS_OPS):
+        raise SsdTrtError(_NO_NMS_LAYER.format(api=api.name, onnx=onnx_path))
+
+
 def _check_precision(onnx_path: Path, precision: str, ops: set[str], has_f16: bool) -> None:
     has_qdq = bool(ops & set(QDQ_OPS))
     typed = "int8 (Q/DQ)" if has_qdq else "fp16" if has_f16 else "fp32"
@@ -224,7 +240,7 @@ def _first_parser_error(parser: Any, onnx_path: Path) -> SsdTrtError:
 def _make_monitor(
     api: TrtApi, step: Callable[[str], None], on_phase: Callable[[str], None] | None
 ) -> Any:
-    """A progress monitor that prints phases and turns Ctrl-C into a cancelled build.
+    """A progress monitor that logs phases and turns Ctrl-C into a cancelled build.
 
     TensorRT calls it on the main thread, so Ctrl-C raises KeyboardInterrupt inside a callback;
     it is stored and answered by cancelling (step_complete -> False), then re-raised after
@@ -255,11 +271,7 @@ def _make_monitor(
             pass
 
         def step_complete(self, phase_name: str, step_index: int) -> bool:
-            try:
-                return self.interrupt is None
-            except BaseException as exc:  # noqa: BLE001
-                self.interrupt = self.interrupt or exc
-                return False
+            return self.interrupt is None
 
     return _Monitor()
 
@@ -279,7 +291,6 @@ def build_engine(
     onnx_path: Path,
     engine_path: Path,
     options: BuildOptions = BuildOptions(),
-    progress: bool = True,
     *,
     trt_api: TrtApi | None = None,
     on_phase: Callable[[str], None] | None = None,
@@ -296,9 +307,7 @@ def build_engine(
     trt = api.trt
     onnx = require("onnx", api.extra)
 
-    def step(msg: str) -> None:
-        if progress:
-            print(msg, file=sys.stderr, flush=True)
+    step = log.info
 
     # 1. Read the ONNX once: its hash keys the cache, its ops and metadata are checked here.
     if not onnx_path.is_file():
@@ -312,18 +321,18 @@ def build_engine(
         raise SsdTrtError(f"{onnx_path} is not a valid ONNX file; re-export it") from exc
     ops, has_f16 = _scan_onnx(onnx, model)
     if not api.has_nms_layer and ops & set(NMS_OPS):
-        raise SsdTrtError("TensorRT-RTX has no NMS layer; export with --nms none")
+        raise SsdTrtError(_NO_NMS_LAYER.format(api=api.name, onnx=onnx_path))
     _check_precision(onnx_path, options.precision, ops, has_f16)
-    onnx_meta = {p.key: p.value for p in model.metadata_props if p.key.startswith("ssd_trt.")}
+    onnx_meta = metadata_of(model)
     del model, raw  # the parser gets the file path (external weights stay possible)
 
     # 2. Parse.
     step(f"[2/4] parsing with {api.name}")
-    log = api.logger(options.verbose)
-    api.init_plugins(log)
-    builder = trt.Builder(log)
+    trt_log = api.logger(options.verbose)
+    api.init_plugins(trt_log)
+    builder = api.builder(trt_log)
     network = api.create_network(builder)
-    parser = trt.OnnxParser(network, log)
+    parser = trt.OnnxParser(network, trt_log)
     if not parser.parse_from_file(str(onnx_path)):
         raise _first_parser_error(parser, onnx_path)
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
@@ -377,7 +386,7 @@ def build_engine(
     if monitor is not None and monitor.interrupt is not None:
         raise monitor.interrupt
     if serialized is None:
-        last = " ".join(log.errors[-1].split()) if log.errors else "no details"
+        last = " ".join(trt_log.errors[-1].split()) if trt_log.errors else "no details"
         if "BuildCanceled" in last:  # Ctrl-C escaped a callback; TensorRT cancelled the build
             raise KeyboardInterrupt
         raise SsdTrtError(f"{api.name} failed to build {onnx_path}: {last}")

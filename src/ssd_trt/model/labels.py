@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import SsdTrtError
+from ..errors import SsdTrtError
 
 # The TF Object Detection API's mscoco_label_map: 90 ids, 80 of them used.
 COCO_LABELS: dict[int, str] = {

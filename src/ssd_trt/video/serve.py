@@ -24,7 +24,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
-from .errors import SsdTrtError
+from ..errors import SsdTrtError
 
 log = logging.getLogger(__name__)
 

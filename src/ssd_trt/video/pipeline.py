@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .detector import Detector
+from ..detector import Detector
+from ..sources import Frame, Source
 from .outputs import FrameResult, Output, StopPipeline
 from .overlay import draw_banner, draw_detections
-from .sources import Frame, Source
 
 log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker passed down the queues
-STAGES = ("decode", "preprocess", "inference", "postprocess", "draw", "output")
+STAGES = ("decode", "preprocess", "inference", "nms", "postprocess", "draw", "output")
 
 
 @dataclass
@@ -128,12 +127,15 @@ class Pipeline:
         t1 = time.perf_counter()
         outputs = d.infer(batch)
         t2 = time.perf_counter()
-        (detections,) = d.postprocess(outputs, [frame.image.shape[:2]])
+        outputs = d.nms(outputs)
         t3 = time.perf_counter()
+        (detections,) = d.postprocess(outputs, [frame.image.shape[:2]])
+        t4 = time.perf_counter()
         stats.add("preprocess", (t1 - t0) * 1000)
         stats.add("inference", (t2 - t1) * 1000)
-        stats.add("postprocess", (t3 - t2) * 1000)
-        return frame, detections, (t3 - t0) * 1000, captured_at
+        stats.add("nms", (t3 - t2) * 1000)
+        stats.add("postprocess", (t4 - t3) * 1000)
+        return frame, detections, (t4 - t0) * 1000, captured_at
 
     def _emit(self, frame: Frame, detections: Any, infer_ms: float, captured: float) -> None:
         t0 = time.perf_counter()
@@ -283,6 +285,6 @@ class Pipeline:
                 t.join(timeout=30)
             alive = [t.name for t in threads if t.is_alive()]
             if alive:
-                print(f"ssd-trt: warning: threads still running: {alive}", file=sys.stderr)
+                log.warning("threads still running: %s", alive)
         if errors:
             raise errors[0]

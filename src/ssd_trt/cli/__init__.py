@@ -1,0 +1,52 @@
+"""The ``ssd-trt`` command line: one verb per task (see ``ssd-trt --help``).
+
+Exit codes: 0 success; 1 an unexpected failure, or `compare` tolerances exceeded (FAIL);
+2 bad input or environment (a one-line message says what to do); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import progress
+from ..errors import SsdTrtError
+from .args import build_parser
+from .verbs import EXIT_FAILURE, EXIT_INTERRUPTED, VERBS
+
+__all__ = ["main"]
+
+
+def _log_levels(verbose: bool, quiet: bool) -> None:
+    progress.configure(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    # TensorFlow, tf2onnx and absl are chatty at import and conversion time: errors only,
+    # unless -v. TF_CPP_MIN_LOG_LEVEL silences its C++ side (read when TF is imported).
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "tf2onnx", "absl", "h5py"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _log_levels(args.verbose, args.quiet)
+    try:
+        return int(VERBS[args.verb](args))
+    except SsdTrtError as exc:
+        print(f"ssd-trt: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ssd-trt: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.verbose:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"ssd-trt: error: unexpected {type(exc).__name__}: {message} "
+            "(run with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE

@@ -1,0 +1,426 @@
+"""The command line's arguments: shared groups defined once, then one small parser per verb.
+
+Choices come from the single constants in contract and runtime.select, so a new precision or
+backend shows up here by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..contract import NMS_MODES, PRECISIONS
+from ..detector import DEFAULT_MODEL
+from ..precision.trt_compat import FLAVOURS
+from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """A score or IoU threshold: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value:g}")
+    return value
+
+
+def batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2,4,8, got {text!r}")
+    return sizes
+
+
+# ------------------------------------------------------------------------------------ groups
+
+
+def common(suppress: bool) -> argparse.ArgumentParser:
+    """-q / -v / --cache-dir, accepted before and after the verb.
+
+    On the verbs' parsers the defaults are suppressed, so a value given before the verb is not
+    overwritten by the verb's default.
+    """
+    default = argparse.SUPPRESS if suppress else None
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("general")
+    g.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print only results and errors",
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="show library logs (and TensorFlow's) too",
+    )
+    g.add_argument(
+        "--cache-dir",
+        default=default,
+        help="model cache (default: $SSD_TRT_CACHE, $XDG_CACHE_HOME/ssd_trt or ~/.cache/ssd_trt)",
+    )
+    return p
+
+
+def backend_group(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    g = p.add_argument_group("backend")
+    g.add_argument(
+        "--backend",
+        default=default,
+        choices=(*BACKENDS, *ALIASES),
+        metavar="NAME",
+        help=f"{BACKEND_HELP} (default: {default})",
+    )
+
+
+def precision_group(p: argparse.ArgumentParser, multiple: bool = False) -> None:
+    g = p.add_argument_group("precision")
+    if multiple:
+        g.add_argument(
+            "--precision",
+            default="fp32",
+            help=f"comma-separated precisions from {','.join(PRECISIONS)} (default: fp32)",
+        )
+    else:
+        g.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            help="run an FP16 or INT8 (Q/DQ) version of the model (default: fp32; an engine "
+            "runs in the precision it was built with)",
+        )
+    g.add_argument("--calib-images", help="folder, glob or video of real images for int8")
+
+
+def detection_group(p: argparse.ArgumentParser, default_score: float) -> None:
+    g = p.add_argument_group("detections")
+    g.add_argument(
+        "--score-threshold",
+        type=unit_float,
+        default=default_score,
+        help=f"minimum score, 0 to 1 (default: {default_score:g})",
+    )
+
+
+def video_parent(live: bool) -> argparse.ArgumentParser:
+    """Model, backend, precision, detections and outputs of ``detect`` and ``webcam``."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="registry name, exported .onnx or engine (default: %(default)s)",
+    )
+    backend_group(p)
+    precision_group(p)
+    detection_group(p, 0.5)
+    p.add_argument("--classes", help="comma-separated class names or ids to keep")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
+    out.add_argument("--json", help="write one JSON line per frame here")
+    out.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        help="serve a live page with the annotated stream (e.g. 127.0.0.1:8080)",
+    )
+    shown = out.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--show",
+        dest="show",
+        action="store_true",
+        default=None,
+        help="open a window (default: when a display is available)",
+    )
+    shown.add_argument("--no-show", dest="show", action="store_false", help="no window")
+    run = p.add_argument_group("run")
+    run.add_argument(
+        "--sync", action="store_true", help="plain capture/infer/draw loop instead of async"
+    )
+    run.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
+    if not live:
+        run.add_argument(
+            "--realtime",
+            action="store_true",
+            help="play a file at its own frame rate, like a camera (stale frames are dropped)",
+        )
+    return p
+
+
+# ------------------------------------------------------------------------------------ verbs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssd-trt",
+        parents=[common(suppress=False)],
+        description="Pretrained TF Object Detection API SSDs -> ONNX with NMS -> TensorRT, run "
+        "on live video. Exit codes: 0 success; 1 unexpected failure or compare FAIL; 2 bad "
+        "input (one line says what to do); 130 interrupted.",
+    )
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    shared = common(suppress=True)
+
+    def verb(name: str, help: str, description: str, *parents: argparse.ArgumentParser):
+        return verbs.add_parser(
+            name, parents=[shared, *parents], help=help, description=description
+        )
+
+    verb("models", "list the known models", "List the known models, their source and cache state.")
+
+    p = verb(
+        "fetch",
+        "download a known model into the cache",
+        "Download a known model into the cache (no-op when it is already there).",
+    )
+    p.add_argument("name", help="a model name from 'ssd-trt models'")
+    p.add_argument("--url", help="fetch a zoo tarball from this URL or local file instead")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+
+    p = verb(
+        "export",
+        "convert a TF SSD to ONNX with NMS in the graph",
+        "Convert a TF Object Detection API SSD (registry name, frozen .pb, SavedModel "
+        "directory or TF.js model.json) to ONNX: input 'images' float32[N,3,H,W] RGB, "
+        "preprocessed; outputs num_detections, detection_boxes, detection_scores, "
+        "detection_classes. NMS settings default to the model's pipeline.config.",
+    )
+    p.add_argument("model", help="registry name or path")
+    p.add_argument("-o", "--output", help="ONNX file to write (default: NAME.onnx)")
+    p.add_argument(
+        "--nms",
+        choices=NMS_MODES,
+        default="onnx",
+        help="onnx: standard NonMaxSuppression (ONNX Runtime, TensorRT); efficient: "
+        "EfficientNMS_TRT plugin (TensorRT 10 only); none: end at decoded boxes and scores "
+        "(TensorRT-RTX, the GPU fast path), NMS runs after the network",
+    )
+    nms = p.add_argument_group("NMS settings (default: the model's own)")
+    nms.add_argument("--max-detections", type=positive_int, help="K, detections per image")
+    nms.add_argument(
+        "--score-threshold", type=unit_float, help="drop detections scoring at or below (0..1)"
+    )
+    nms.add_argument("--iou-threshold", type=unit_float, help="NMS IoU threshold (0..1)")
+    nms.add_argument("--max-per-class", type=positive_int, help="NMS detections per class")
+    p.add_argument("--pipeline-config", help="pipeline.config (default: next to the model)")
+    p.add_argument(
+        "--labels", help="label map: coco, person, or a label_map.pbtxt (default: the model's)"
+    )
+
+    p = verb(
+        "detect",
+        "detect objects in a video, stream or images",
+        "Run the detector over a video file, an RTSP/HTTP stream URL, a webcam index, an "
+        "image, a directory of images or a glob. q or Esc in the window quits.",
+        video_parent(live=False),
+    )
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="video file, stream URL, webcam index, image, dir or glob "
+        "(default: the sample video, bikes.mp4, fetched once)",
+    )
+
+    p = verb(
+        "webcam",
+        "live detection on a webcam",
+        "Live detection on a webcam, in a window (q or Esc quits). For files and streams use "
+        "'ssd-trt detect SOURCE'.",
+        video_parent(live=True),
+    )
+    p.add_argument("camera", nargs="?", default="0", help="camera index (default: 0)")
+
+    p = verb(
+        "build",
+        "build a TensorRT engine (FP32, FP16 or INT8)",
+        "Build a TensorRT or TensorRT-RTX engine from an exported ONNX (or a model name / TF "
+        "graph, exported first). FP16 converts the ONNX to float16 tensors; INT8 inserts Q/DQ "
+        "nodes with entropy calibration on real images. Writes the engine, a JSON metadata "
+        "sidecar, and the converted ONNX beside it.",
+    )
+    p.add_argument("model", help="exported .onnx, registry name or TF graph")
+    p.add_argument("-o", "--output", help="engine file (default: MODEL.engine)")
+    prec = p.add_argument_group("precision").add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="float16 network")
+    prec.add_argument("--int8", action="store_true", help="INT8 Q/DQ network (calibrated)")
+    calib = p.add_argument_group("calibration (--int8)")
+    calib.add_argument("--calib-images", help="folder, glob or video of real calibration images")
+    calib.add_argument("--calib-cache", help="calibration cache file (default: beside the engine)")
+    calib.add_argument(
+        "--calib-count",
+        type=positive_int,
+        default=64,
+        help="calibration images to use (default: %(default)s)",
+    )
+    calib.add_argument(
+        "--calib-batch",
+        type=positive_int,
+        default=8,
+        help="calibration batch size (default: %(default)s)",
+    )
+    eng = p.add_argument_group("engine")
+    eng.add_argument("--min-batch", type=positive_int, default=1, help="profile min batch")
+    eng.add_argument("--opt-batch", type=positive_int, help="profile opt batch (default: min)")
+    eng.add_argument(
+        "--max-batch", type=positive_int, default=8, help="profile max batch (default: 8)"
+    )
+    eng.add_argument("--workspace", type=positive_int, help="builder workspace limit in MiB")
+    eng.add_argument("--timing-cache", help="timing cache file, read and updated")
+    eng.add_argument(
+        "--nms",
+        choices=NMS_MODES,
+        help="NMS mode when exporting a model name or TF graph (default: onnx, or "
+        "none on TensorRT-RTX, which has no NMS layer)",
+    )
+    eng.add_argument(
+        "--compute-capability",
+        metavar="SM",
+        help="build ahead of time for this GPU, e.g. sm86 or sm89 (TensorRT-RTX)",
+    )
+    eng.add_argument(
+        "--trt",
+        choices=("auto", *FLAVOURS),
+        default="auto",
+        help="which TensorRT to use (default: tensorrt, else tensorrt-rtx)",
+    )
+
+    p = verb(
+        "compare",
+        "accuracy of FP16/INT8 variants against FP32 (tensors and detections)",
+        "Build the FP16/INT8 variants of an exported ONNX and compare each with FP32 on real "
+        "images: per output tensor (Polygraphy, ONNX Runtime CPU runners; TensorRT runners "
+        "where an engine can run here) and per detection (matched by class and IoU >= 0.5 at "
+        "--score-threshold). Prints a table and PASS or FAIL. Default tolerances: match rate >= "
+        "0.9 (fp16) / 0.8 (int8); mean score drift of matched detections <= 0.02 (fp16) / 0.05 "
+        "(int8); with --coco-annotations, mAP drop <= 0.01 (fp16) / 0.03 (int8). Tensor "
+        "tolerances are reported and gate the verdict only when given (the detection tensors "
+        "come after TopK, so a tiny score change reorders rows). Exit 0 on PASS, 1 when a "
+        "tolerance is exceeded (usable in CI), 2 on bad input.",
+    )
+    p.add_argument("model", help="exported FP32 .onnx (or a registry name)")
+    p.add_argument(
+        "--precisions",
+        default="fp32,fp16",
+        help="comma-separated precisions; fp32 is the reference (default: %(default)s)",
+    )
+    p.add_argument("--images", help="folder (or glob or video) of real images to compare on")
+    p.add_argument(
+        "--max-images",
+        type=positive_int,
+        default=64,
+        help="use at most this many images (default: %(default)s)",
+    )
+    p.add_argument("--calib-images", help="calibration images for int8 (not the --images)")
+    tol = p.add_argument_group("tolerances")
+    tol.add_argument(
+        "--atol",
+        action="append",
+        metavar="[TENSOR=]X",
+        help="absolute tolerance, for all tensors or one (repeatable, e.g. "
+        "--atol detection_scores=0.01); reported at 1e-3 when not given",
+    )
+    tol.add_argument(
+        "--rtol",
+        action="append",
+        metavar="[TENSOR=]X",
+        help="relative tolerance, like --atol (reported at 1e-3 when not given)",
+    )
+    tol.add_argument(
+        "--error-stat",
+        choices=("elemwise", "max", "mean", "median"),
+        default="mean",
+        help="tensor error statistic checked against atol/rtol (default: %(default)s)",
+    )
+    tol.add_argument(
+        "--min-match",
+        action="append",
+        metavar="[PREC=]X",
+        help="minimum match rate, matched / (matched + lost + gained), e.g. 0.9 or int8=0.75",
+    )
+    tol.add_argument(
+        "--max-drift",
+        action="append",
+        metavar="[PREC=]X",
+        help="maximum mean |score drift| of matched detections, e.g. 0.02 or fp16=0.01",
+    )
+    tol.add_argument(
+        "--max-map-drop",
+        action="append",
+        metavar="[PREC=]X",
+        help="maximum COCO AP drop vs fp32 (needs --coco-annotations)",
+    )
+    detection_group(p, 0.3)
+    p.add_argument("--coco-annotations", help="COCO instances json of --images: adds mAP")
+    p.add_argument("--batch", type=positive_int, default=8, help="images per inference (8)")
+    p.add_argument("--json", help="write all numbers here")
+
+    p = verb(
+        "eval",
+        "COCO mAP of a model, per precision",
+        "COCO bbox mAP (AP, AP50, AP75, APs, APm, APl; pycocotools) of a registry model, "
+        "exported .onnx or engine on annotated images, for each requested precision, at score "
+        ">= 0.001. --json adds image and detection counts and machine details.",
+    )
+    p.add_argument("model", help="registry name, exported .onnx or engine")
+    p.add_argument("--coco-annotations", required=True, help="COCO instances json")
+    p.add_argument("--images", required=True, help="folder of the annotated images")
+    precision_group(p, multiple=True)
+    backend_group(p, default="cpu")
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=8,
+        help="images per inference, and the max batch of engines built (default: 8)",
+    )
+    p.add_argument("--json", help="write the metrics here")
+
+    p = verb(
+        "bench",
+        "latency, throughput, stage costs, sync vs async FPS",
+        "Benchmark a model and backend: network latency p50/p90/p99 and throughput per batch "
+        "size, Detector.detect overhead, per-stage costs over a video, and sync vs async "
+        "pipeline FPS. Prints a table; --json writes results with machine details.",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="registry name, exported .onnx or engine (default: %(default)s)",
+    )
+    backend_group(p)
+    precision_group(p)
+    p.add_argument("--video", help="video for the pipeline runs (default: the sample video)")
+    p.add_argument(
+        "--batch-sizes",
+        type=batch_sizes,
+        default=[1, 2, 4, 8],
+        help="comma-separated batch sizes (default: 1,2,4,8)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=positive_int,
+        default=50,
+        help="timed runs per batch size (default: %(default)s)",
+    )
+    p.add_argument("--threads", type=positive_int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--max-frames", type=positive_int, help="frames per pipeline run")
+    p.add_argument(
+        "--camera-fps",
+        type=float,
+        help="deliver the video at this rate, like a camera (default: as fast as it decodes)",
+    )
+    p.add_argument("--json", help="write the results here")
+    return parser

@@ -1,0 +1,255 @@
+"""One function per verb: parse what argparse gave, make one library call, print the result.
+
+Results go to stdout; progress and notes go through logging (stderr), which -q quiets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from ..contract import ONNX_SUFFIX, PRECISIONS, parse_precisions
+from ..detector import Detector
+from ..errors import SsdTrtError
+from ..fsutil import atomic_write
+from ..model.export import ExportOptions
+from ..model.registry import MODELS
+from ..precision.engine import BuildOptions
+from ..precision.trt_compat import load_trt
+from ..quality import bench
+from ..quality.compare import compare, load_images, parse_per_key
+from ..quality.evaluate import evaluate, load_annotations
+from ..quality.report import write_json
+from ..store import ArtifactStore, Calibration
+from ..video.app import VideoJob, parse_hostport, run_video
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _write_json(path: str, data: dict) -> None:
+    with atomic_write(Path(path)) as f:
+        f.write(json.dumps(data, indent=2).encode() + b"\n")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    store = ArtifactStore(args.cache_dir)
+    width = max(len(n) for n in MODELS)
+    print(f"{'name':<{width}}  {'from':<4}  {'cache':<6}  description")
+    for spec in MODELS.values():
+        here = "cached" if store.is_fetched(spec.name) else "-"
+        print(f"{spec.name:<{width}}  {spec.source:<4}  {here:<6}  {spec.description}")
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    print(ArtifactStore(args.cache_dir).fetch(args.name, url=args.url, force=args.force))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = ArtifactStore(args.cache_dir)
+    pipeline = Path(args.pipeline_config) if args.pipeline_config else None
+    if pipeline is not None and not pipeline.is_file():
+        raise SsdTrtError(f"pipeline config {pipeline} does not exist")
+    output = Path(args.output) if args.output else None
+    if output is not None and output.is_dir():
+        raise SsdTrtError(f"output {output} is a directory; pass a file name such as model.onnx")
+    if output is not None and output.suffix != ONNX_SUFFIX:
+        raise SsdTrtError(f"output {output} should end in .onnx; pass e.g. -o model.onnx")
+    model = store.tf_model(args.model)
+    options = ExportOptions(
+        nms=args.nms,
+        max_detections=args.max_detections,
+        score_threshold=args.score_threshold,
+        iou_threshold=args.iou_threshold,
+        max_per_class=args.max_per_class,
+        labels=args.labels or model.labels,
+        model_name=model.name,
+    )
+    summary = store.export(model, output or Path(f"{model.name}.onnx"), options, pipeline)
+    print("\n".join(summary.lines()))
+    return EXIT_OK
+
+
+def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    return lambda: Detector(
+        args.model,
+        args.backend,
+        score_threshold=args.score_threshold,
+        classes=classes,
+        cache_dir=args.cache_dir,
+        precision=args.precision,
+        calib_images=args.calib_images,
+    )
+
+
+def _video(args: argparse.Namespace, source: str | int) -> int:
+    job = VideoJob(
+        source=source,
+        output=Path(args.output) if args.output else None,
+        json=Path(args.json) if args.json else None,
+        serve=parse_hostport(args.serve) if args.serve else None,
+        show=args.show,
+        sync=args.sync,
+        realtime=getattr(args, "realtime", False),
+        max_frames=args.max_frames,
+    )
+    stats = run_video(job, _detector_factory(args))
+    log.info("%s", stats.summary())
+    return EXIT_OK
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    source = args.source or str(ArtifactStore(args.cache_dir).sample_video())
+    return _video(args, source)
+
+
+def cmd_webcam(args: argparse.Namespace) -> int:
+    if not str(args.camera).isdigit():
+        raise SsdTrtError(
+            f"webcam takes a camera index such as 0, not {args.camera!r}; for a file or stream "
+            f"use: ssd-trt detect {args.camera}"
+        )
+    return _video(args, int(args.camera))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    video = args.video or str(ArtifactStore(args.cache_dir).sample_video())
+    with Detector(
+        args.model,
+        args.backend,
+        threads=args.threads,
+        cache_dir=args.cache_dir,
+        precision=args.precision,
+        calib_images=args.calib_images,
+        max_batch=max(args.batch_sizes),
+    ) as detector:
+        log.info("benchmarking %s on %s", detector.model_path, detector.backend_name)
+        report = bench.run(
+            detector,
+            video,
+            args.batch_sizes,
+            iterations=args.iterations,
+            max_frames=args.max_frames,
+            paced_fps=args.camera_fps,
+        )
+    print(report.table())
+    if args.json:
+        _write_json(args.json, report.to_json())
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"
+    if args.int8 and not (args.calib_images or args.calib_cache):
+        raise SsdTrtError(
+            "--int8 needs --calib-images DIR (real photos or a video), or a --calib-cache"
+        )
+    options = BuildOptions(
+        precision=precision,
+        min_batch=args.min_batch,
+        opt_batch=args.opt_batch or args.min_batch,
+        max_batch=args.max_batch,
+        workspace=args.workspace * (1 << 20) if args.workspace else None,
+        timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+        compute_capability=args.compute_capability,
+        verbose=args.verbose,
+    )
+    calibration = Calibration(
+        images=args.calib_images,
+        cache=Path(args.calib_cache) if args.calib_cache else None,
+        count=args.calib_count,
+        batch=args.calib_batch,
+    )
+    engine, _, meta = ArtifactStore(args.cache_dir).build(
+        args.model,
+        Path(args.output) if args.output else None,
+        options,
+        load_trt(args.trt),
+        calibration,
+        nms=args.nms,
+    )
+    print(
+        f"wrote {engine} ({meta.engine_bytes / 1e6:.1f} MB, {meta.trt_flavour} "
+        f"{meta.trt_version}, {meta.compute_capability}, {meta.build_seconds:.1f} s) "
+        f"and {engine}.json"
+    )
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    precisions = parse_precisions(args.precisions)
+    if "int8" in precisions and not args.calib_images:
+        raise SsdTrtError(
+            "int8 needs --calib-images DIR (real photos or a video, not the compared images)"
+        )
+    images = load_images(args.images, args.max_images)
+    coco = None
+    if args.coco_annotations:
+        coco = load_annotations(Path(args.coco_annotations))
+    elif args.max_map_drop:
+        raise SsdTrtError("--max-map-drop needs --coco-annotations FILE for the --images")
+    store = ArtifactStore(args.cache_dir)
+    onnx_path = store.onnx(args.model)
+    if onnx_path.suffix != ONNX_SUFFIX:
+        raise SsdTrtError(f"compare takes the FP32 .onnx export, not {onnx_path.name}")
+    report = compare(
+        onnx_path,
+        precisions,
+        images,
+        store=store,
+        calibration=Calibration(images=args.calib_images),
+        atol=parse_per_key(args.atol, "--atol"),
+        rtol=parse_per_key(args.rtol, "--rtol"),
+        error_stat=args.error_stat,
+        score_threshold=args.score_threshold,
+        min_match=parse_per_key(args.min_match, "--min-match", PRECISIONS),
+        max_drift=parse_per_key(args.max_drift, "--max-drift", PRECISIONS),
+        max_map_drop=parse_per_key(args.max_map_drop, "--max-map-drop", PRECISIONS),
+        coco=coco,
+        coco_images=Path(args.images) if coco is not None else None,
+        batch=args.batch,
+        verbose=args.verbose,
+    )
+    print(report.table())
+    if args.json:
+        write_json(report, Path(args.json))
+    return EXIT_OK if report.passed else EXIT_FAILURE
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    requested = {p.strip().lower() for p in args.precision.split(",")}
+    precisions = [p for p in parse_precisions(args.precision) if p in requested]
+    report = evaluate(
+        args.model,
+        precisions,
+        Path(args.coco_annotations),
+        Path(args.images),
+        backend=args.backend,
+        cache_dir=args.cache_dir,
+        calib_images=args.calib_images,
+        batch=args.batch,
+    )
+    print(report.table())
+    if args.json:
+        _write_json(args.json, {**report.to_json(), "machine": bench.machine_info()})
+    return EXIT_OK
+
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "models": cmd_models,
+    "fetch": cmd_fetch,
+    "export": cmd_export,
+    "detect": cmd_detect,
+    "webcam": cmd_webcam,
+    "build": cmd_build,
+    "compare": cmd_compare,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+}

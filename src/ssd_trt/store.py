@@ -1,0 +1,231 @@
+"""The artifact store: the cache folders and the chain that fills them.
+
+    name or path -> fetched TF graph -> exported ONNX -> FP16/INT8 ONNX -> TensorRT engine
+
+Each step is one small method that takes the previous step's file and returns the next one's,
+so callers (the Detector, the CLI verbs, the benchmarks) compose just the steps they need, much
+like Polygraphy's lazy loaders. Every artifact is keyed by what it was made from, so a changed
+model, option, TensorRT version or GPU never reuses a stale file. Layout under the cache root::
+
+    models/<name>/...             fetched artifacts (see model.fetch)
+    onnx/<name>[.nms-<mode>].onnx exports of registry models
+    prepared/<stem>.<hash>.<precision>.onnx and .calib.json   precision conversions
+    engines/<key>.engine and .engine.json                     engines built on demand
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .contract import ENGINE_SUFFIXES, ONNX_SUFFIX, is_engine
+from .errors import SsdTrtError
+from .model.export import ExportOptions, ExportSummary, export
+from .model.fetch import fetch_model
+from .model.registry import MODELS, SAMPLE_VIDEO, get_model
+from .precision.engine import (
+    BuildOptions,
+    EngineMetadata,
+    build_engine,
+    engine_cache_key,
+    preflight,
+)
+from .precision.quantize import prepare
+from .precision.trt_compat import TrtApi, local_gpu
+
+log = logging.getLogger(__name__)
+
+_TF_GRAPH_SUFFIXES = (".pb", ".json")
+
+
+def default_cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The cache root: ``override``, else $SSD_TRT_CACHE, else $XDG_CACHE_HOME/ssd_trt,
+    else ~/.cache/ssd_trt."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("SSD_TRT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "ssd_trt"
+    return Path.home() / ".cache" / "ssd_trt"
+
+
+@dataclass(frozen=True)
+class TfModel:
+    """A TF graph to export: its file or folder, its label map kind and a name for outputs."""
+
+    graph: Path
+    labels: str  # "coco", "person" or "auto" (labels.label_map)
+    name: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where INT8 calibration images come from and how many to use."""
+
+    images: str | None = None  # a folder, glob, image or video of real images
+    cache: Path | None = None  # the ranges file; default: beside the converted ONNX
+    count: int = 64
+    batch: int = 8
+
+
+class ArtifactStore:
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.root = default_cache_dir(cache_dir)
+
+    # ------------------------------------------------------------------ fetch
+
+    def fetch(self, name: str, url: str | None = None, force: bool = False) -> Path:
+        """A registry model's graph file, downloaded and verified once."""
+        return fetch_model(get_model(name), self.root, url=url, force=force)
+
+    def sample_video(self) -> Path:
+        return fetch_model(SAMPLE_VIDEO, self.root)
+
+    def is_fetched(self, name: str) -> bool:
+        spec = get_model(name)
+        return (self.root / "models" / spec.name / spec.graph).exists()
+
+    def tf_model(self, name_or_path: str) -> TfModel:
+        """A registry name (fetched on demand) or a local TF graph path."""
+        path = Path(name_or_path).expanduser()
+        if path.exists():
+            return TfModel(path, "auto", path.stem if path.is_file() else path.name)
+        if os.sep in name_or_path or path.suffix in _TF_GRAPH_SUFFIXES:
+            raise SsdTrtError(f"{name_or_path} does not exist; check the path")
+        spec = get_model(name_or_path)
+        return TfModel(self.fetch(spec.name), spec.labels, spec.name)
+
+    # ----------------------------------------------------------------- export
+
+    def export(
+        self,
+        model: TfModel,
+        output: Path,
+        options: ExportOptions,
+        pipeline_config: Path | None = None,
+    ) -> ExportSummary:
+        return export(model.graph, output, options, pipeline_config)
+
+    def onnx(self, model: str | os.PathLike[str], nms: str = "onnx") -> Path:
+        """An exported .onnx as is; a registry name is fetched and exported into the cache once.
+
+        ``nms`` picks the export for registry names (``none`` for runtimes that run NMS after
+        the network); a given .onnx keeps whatever it was exported with.
+        """
+        path = Path(model).expanduser()
+        if path.suffix == ONNX_SUFFIX or is_engine(path):
+            if not path.is_file():
+                raise SsdTrtError(f"{path} does not exist; export a model with 'ssd-trt export'")
+            return path
+        if path.exists() and str(model) not in MODELS:
+            raise SsdTrtError(
+                f"{path} is not an .onnx file; export it first with 'ssd-trt export {path}'"
+            )
+        spec = get_model(str(model))
+        name = spec.name if nms == "onnx" else f"{spec.name}.nms-{nms}"
+        onnx_path = self.root / "onnx" / f"{name}{ONNX_SUFFIX}"
+        if not onnx_path.exists():
+            tf = TfModel(self.fetch(spec.name), spec.labels, spec.name)
+            log.info("exporting %s to %s (once)", spec.name, onnx_path)
+            options = ExportOptions(nms=nms, labels=spec.labels, model_name=spec.name)  # type: ignore[arg-type]
+            self.export(tf, onnx_path, options)
+        return onnx_path
+
+    # -------------------------------------------------------------- precision
+
+    def prepared(
+        self,
+        onnx_path: Path,
+        precision: str,
+        calibration: Calibration = Calibration(),
+        out_dir: Path | None = None,
+    ) -> Path:
+        """The ONNX for ``precision``: the FP32 export itself, or a converted copy (cached)."""
+        return prepare(
+            onnx_path,
+            precision,
+            out_dir or self.root / "prepared",
+            calib_images=calibration.images,
+            calib_cache=calibration.cache,
+            calib_count=calibration.count,
+            calib_batch=calibration.batch,
+        )
+
+    # ----------------------------------------------------------------- engine
+
+    def engine(self, onnx_path: Path, options: BuildOptions, api: TrtApi) -> Path:
+        """An engine for ``onnx_path`` from the cache, built when missing or unusable.
+
+        The key covers the ONNX's content, the build options, the TensorRT flavour and version
+        and the GPU, so another GPU or TensorRT version gets its own engine. A cached engine
+        whose sidecar does not match (corrupt, or another TensorRT) is rebuilt, with a message.
+        """
+        gpu = local_gpu()
+        if gpu is None and not options.compute_capability:
+            raise SsdTrtError(
+                "building a TensorRT engine here needs a CUDA GPU; use backend cpu, or build "
+                "ahead of time with 'ssd-trt build --trt tensorrt-rtx --compute-capability SM'"
+            )
+        digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+        cc = options.compute_capability or (gpu[1] if gpu else None)
+        key = engine_cache_key(digest, options, api.flavour, api.version, cc)
+        path = self.root / "engines" / f"{key}.engine"
+        if path.exists():
+            try:
+                EngineMetadata.load(path).check_compatible(api, gpu[1] if gpu else None)
+                return path
+            except SsdTrtError as exc:
+                log.warning("cached engine unusable (%s); rebuilding", exc)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_engine(onnx_path, path, options, trt_api=api)
+        return path
+
+    def build(
+        self,
+        model: str,
+        output: Path | None,
+        options: BuildOptions,
+        api: TrtApi,
+        calibration: Calibration = Calibration(),
+        nms: str | None = None,
+    ) -> tuple[Path, Path, EngineMetadata]:
+        """``ssd-trt build``: a registry name, TF graph or .onnx -> an engine at ``output``.
+
+        A name or TF graph is exported first, beside the engine (``nms`` defaults to what the
+        TensorRT flavour can run). Returns the engine, the ONNX it was built from (the FP16/INT8
+        conversion, which ONNX Runtime runs too) and the engine's metadata.
+        """
+        if output is not None and output.suffix not in ENGINE_SUFFIXES:
+            raise SsdTrtError(
+                f"engine file {output} should end in {' or '.join(ENGINE_SUFFIXES)}; "
+                "pass e.g. -o model.engine"
+            )
+        source = Path(model).expanduser()
+        if source.suffix != ONNX_SUFFIX:
+            tf = self.tf_model(model)
+            mode = nms or ("onnx" if api.has_nms_layer else "none")
+            source = (output or Path(f"{tf.name}.engine")).with_suffix(ONNX_SUFFIX)
+            options_ = ExportOptions(nms=mode, labels=tf.labels, model_name=tf.name)  # type: ignore[arg-type]
+            self.export(tf, source, options_)
+        elif not source.is_file():
+            raise SsdTrtError(
+                f"{source} does not exist; export a model with 'ssd-trt export' first"
+            )
+        elif nms:
+            raise SsdTrtError(
+                "--nms applies when building from a model name or TF graph; for an "
+                ".onnx, export it again with 'ssd-trt export --nms ...'"
+            )
+        options.validate()
+        preflight(source, api)  # what can fail fast does, before any calibration
+        engine = output or source.with_suffix(".engine")
+        built_from = self.prepared(source, options.precision, calibration, out_dir=engine.parent)
+        if built_from != source:
+            log.info("%s ONNX (runs in ONNX Runtime too): %s", options.precision, built_from)
+        return engine, built_from, build_engine(built_from, engine, options, trt_api=api)
