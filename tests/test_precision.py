@@ -14,10 +14,11 @@ from conftest import iou
 from conftest import run_cli as cli
 
 from ssd_trt import Detector, SsdTrtError
-from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
 from ssd_trt.model.export import POST_PREFIX
 from ssd_trt.precision.quantize import CalibrationCache, calibration_key, prepare, to_fp16, to_int8
-from ssd_trt.runtime.tensorrt import GraphPolicy, TensorSpec, check_batch, plan_buffers
+from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
+from ssd_trt.runtime.cuda_graph import GraphPolicy
+from ssd_trt.runtime.tensorrt import TensorSpec, check_batch, plan_buffers
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 
@@ -249,19 +250,21 @@ def test_rtx_refuses_graph_with_nms(exported, tmp_path):
 
 
 def test_plan_buffers_sizes_for_the_profile_max_batch():
+    # Shapes as the execution context resolves them with the input at the profile's max (8).
     specs = [
-        TensorSpec("images", True, np.dtype(np.float32), (-1, 3, 300, 300)),
-        TensorSpec("num_detections", False, np.dtype(np.int32), (-1, 1)),
-        TensorSpec("detection_boxes", False, np.dtype(np.float32), (-1, 100, 4)),
-        TensorSpec("raw_nms", False, np.dtype(np.int64), (-1, -1, 3)),
+        TensorSpec("images", True, np.dtype(np.float32), (8, 3, 300, 300)),
+        TensorSpec("num_detections", False, np.dtype(np.int32), (8, 1)),
+        TensorSpec("detection_boxes", False, np.dtype(np.float32), (8, 100, 4)),
+        TensorSpec("raw_nms", False, np.dtype(np.int64), (-1, 3)),  # NonMaxSuppression rows
     ]
-    plan = plan_buffers(specs, max_batch=8)
+    plan = plan_buffers(specs)
     assert plan["images"].shape == (8, 3, 300, 300) and plan["images"].nbytes == 8 * 270000 * 4
     assert plan["num_detections"].nbytes == 32 and not plan["detection_boxes"].data_dependent
     assert plan["detection_boxes"].nbytes == 8 * 100 * 4 * 4
-    assert plan["raw_nms"].data_dependent  # goes through an output allocator
+    # [-1, 3]: only the first dimension is dynamic, and it is data-dependent, not the batch.
+    assert plan["raw_nms"].data_dependent and not plan["images"].data_dependent
     with pytest.raises(SsdTrtError, match="dynamic dims"):
-        plan_buffers([TensorSpec("images", True, np.dtype(np.float32), (-1, 3, -1, -1))], 4)
+        plan_buffers([TensorSpec("images", True, np.dtype(np.float32), (4, 3, -1, -1))])
 
 
 def test_check_batch_against_profile():

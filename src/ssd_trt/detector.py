@@ -7,6 +7,7 @@ that end at raw boxes and scores) -> postprocess. Files come from the artifact s
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -21,8 +22,9 @@ from .nms import batched_nms
 from .postprocess import to_detections
 from .precision.engine import BuildOptions
 from .precision.trt_compat import load_trt
-from .preprocess import preprocess
+from .preprocess import check_image, preprocess
 from .runtime.base import Backend
+from .runtime.gpu.backend import FastPathBackend
 from .runtime.ort import OnnxRuntimeBackend
 from .runtime.select import ORT_DEVICE, candidates, canonical_backend
 from .runtime.tensorrt import TensorRTBackend
@@ -108,6 +110,12 @@ class Detector:
         raise AssertionError("candidates() is never empty")
 
     def _open_onnx(self, model: str | Path, name: str, precision: str) -> Backend:
+        if name == "cuda":  # NMS runs on the GPU after the network: the --nms none export
+            onnx = self.store.onnx(model, nms="none")
+            if precision == "fp16":  # the fast path converts the network itself
+                return FastPathBackend(onnx, fp16=True, max_batch=max(self.max_batch, 64))
+            prepared = self.store.prepared(onnx, precision, self.calibration)
+            return FastPathBackend(prepared, max_batch=max(self.max_batch, 64))
         onnx = self.store.onnx(model)
         prepared = self.store.prepared(onnx, precision, self.calibration)
         if name == "tensorrt":
@@ -152,11 +160,35 @@ class Detector:
         batch = [images] if single else _image_list(images)
         if not batch:
             return []
-        outputs = self.nms(self.infer(self.preprocess(batch)))
-        result = self.postprocess(outputs, [im.shape[:2] for im in batch])
+        result, _ = self.detect_timed(batch)
         return result[0] if single else result
 
-    # The stages, separately, for pipelines and benchmarks that time or overlap them.
+    def detect_timed(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[list[Detections], dict[str, float]]:
+        """A batch -> its Detections and the milliseconds of each stage (GPU stages from CUDA
+        events where the backend does them on the GPU)."""
+        t0 = time.perf_counter()
+        if self.backend.takes_frames:
+            for i, image in enumerate(images):
+                check_image(i, image)
+            outputs = self.backend.detect_frames(images, bgr=not self.rgb)
+            stages = dict(self.backend.last_stage_ms)
+            t3 = time.perf_counter()
+        else:
+            batch = self.preprocess(images)
+            t1 = time.perf_counter()
+            outputs = self.infer(batch)
+            t2 = time.perf_counter()
+            outputs = self.nms(outputs)
+            t3 = time.perf_counter()
+            stages = {"preprocess": t1 - t0, "inference": t2 - t1, "nms": t3 - t2}
+            stages = {k: v * 1000 for k, v in stages.items()}
+        result = self.postprocess(outputs, [im.shape[:2] for im in images])
+        stages["postprocess"] = (time.perf_counter() - t3) * 1000
+        return result, stages
+
+    # The stages, separately, for benchmarks and callers that time or overlap them.
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return preprocess(images, self.info.preprocess, bgr=not self.rgb)
