@@ -1,0 +1,418 @@
+"""CUDA C++ kernels of the GPU fast path, compiled at run time with NVRTC.
+
+Two kernels, each instantiated for the tensor dtypes a network may have:
+
+- ``preprocess_<out>``: bilinear resize of packed uint8 HWC frames of any size (sampling as
+  cv2.resize INTER_LINEAR does, with its 11-bit fixed-point weights), BGR->RGB, scale/offset,
+  NCHW float32 or float16 out. One thread per output pixel; grid.y is the image.
+- ``select_nms_<boxes>_<scores>``: one 1024-thread block per image. Radix-selects the top
+  ``cap`` (anchor, class) candidates scoring above the threshold (score descending, ties by lower
+  flat index), sorts them, builds the same-class IoU suppression bit matrix, then one warp walks
+  the candidates in order exactly as ``ssd_trt.nms.nms_image`` does and writes the top-K rows.
+
+``compile_ptx`` needs only NVRTC (no driver, no GPU), so CI can check that every kernel compiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ssd_trt.errors import SsdTrtError, require
+
+BLOCK_NMS = 1024  # threads per NMS block; also the largest candidate cap (one bit per lane word)
+MAX_CANDIDATES = 1024
+MAX_CLASSES = 2048  # class counters reuse the 2048-bin radix histogram
+BLOCK_PREPROCESS = 256
+
+# Tensor element types the kernels read or write, by their name in kernel names.
+DTYPES = {"f32": "float", "f16": "unsigned short"}  # f16 travels as raw bits, see h2f/f2h
+
+SOURCE = r"""
+typedef unsigned char u8;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// float16 as raw bits: avoids depending on cuda_fp16.h being reachable by NVRTC.
+__device__ __forceinline__ float h2f(unsigned short h) {
+    float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f;
+}
+__device__ __forceinline__ unsigned short f2h(float f) {
+    unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h;
+}
+__device__ __forceinline__ float load_f(const float* p, long long i) { return p[i]; }
+__device__ __forceinline__ float load_f(const unsigned short* p, long long i) { return h2f(p[i]); }
+__device__ __forceinline__ void store_f(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void store_f(unsigned short* p, long long i, float v) { p[i] = f2h(v); }
+
+// ------------------------------------------------------------------------------ preprocess
+
+// cv2.resize INTER_LINEAR source coordinate and 11-bit weights for one output index.
+__device__ __forceinline__ void linear_tap(int d, int dst, int src, int& s0, int& s1, int& w0,
+                                           int& w1) {
+    double inv = (double)dst / (double)src;
+    float f = (float)__dadd_rn(__dmul_rn((double)d + 0.5, 1.0 / inv), -0.5);  // no FMA: as cv2
+    int s = (int)floorf(f);
+    f -= (float)s;
+    if (s < 0) { f = 0.f; s = 0; }
+    if (s >= src - 1) { f = 0.f; s = src - 1; }
+    s0 = s;
+    s1 = min(s + 1, src - 1);
+    w0 = __float2int_rn((1.f - f) * 2048.f);
+    w1 = __float2int_rn(f * 2048.f);
+}
+
+// meta holds 4 int64 per image: byte offset of the frame in `frames`, height, width, unused.
+template <typename Out>
+__device__ void preprocess(const u8* __restrict__ frames, const long long* __restrict__ meta,
+                           Out* __restrict__ out, int out_h, int out_w, float scale,
+                           float offset, int swap_rb) {
+    int n = blockIdx.y;
+    int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= out_h * out_w) return;
+    int y = p / out_w, x = p - y * out_w;
+    const u8* img = frames + meta[4 * n];
+    int h = (int)meta[4 * n + 1], w = (int)meta[4 * n + 2];
+    int y0, y1, b0, b1, x0, x1, a0, a1;
+    linear_tap(y, out_h, h, y0, y1, b0, b1);
+    linear_tap(x, out_w, w, x0, x1, a0, a1);
+    const u8* r0 = img + (long long)y0 * w * 3;
+    const u8* r1 = img + (long long)y1 * w * 3;
+    long long plane = (long long)out_h * out_w;
+    Out* o = out + (long long)n * 3 * plane + p;
+    #pragma unroll
+    for (int c = 0; c < 3; ++c) {
+        // The same integer arithmetic as OpenCV's fixed-point horizontal + vertical passes.
+        int s0 = r0[x0 * 3 + c] * a0 + r0[x1 * 3 + c] * a1;
+        int s1 = r1[x0 * 3 + c] * a0 + r1[x1 * 3 + c] * a1;
+        int v = (((b0 * (s0 >> 4)) >> 16) + ((b1 * (s1 >> 4)) >> 16) + 2) >> 2;
+        int oc = swap_rb ? 2 - c : c;
+        store_f(o, oc * plane, __fadd_rn(__fmul_rn((float)min(v, 255), scale), offset));
+    }
+}
+
+extern "C" __global__ void preprocess_f32(const u8* frames, const long long* meta, float* out,
+                                          int out_h, int out_w, float scale, float offset,
+                                          int swap_rb) {
+    preprocess<float>(frames, meta, out, out_h, out_w, scale, offset, swap_rb);
+}
+extern "C" __global__ void preprocess_f16(const u8* frames, const long long* meta,
+                                          unsigned short* out, int out_h, int out_w, float scale,
+                                          float offset, int swap_rb) {
+    preprocess<unsigned short>(frames, meta, out, out_h, out_w, scale, offset, swap_rb);
+}
+
+// ------------------------------------------------------------------------------------ NMS
+
+#define NT 1024
+#define MAXCAND 1024
+#define NBINS 2048
+
+// Order-preserving unsigned key of a float.
+__device__ __forceinline__ u32 fkey(float f) {
+    u32 u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+// Unique 64-bit key: score first, then the lower flat index (anchor * C + class) first.
+__device__ __forceinline__ u64 cand_key(float s, u32 flat) {
+    return ((u64)fkey(s) << 32) | (u64)(0xFFFFFFFFu - flat);
+}
+
+// Inclusive block scan of one int per thread (NT threads).
+__device__ __forceinline__ int block_scan(int v, int* warp_sums) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    #pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int t = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += t;
+    }
+    if (lane == 31) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        int s = warp_sums[lane];
+        #pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            int t = __shfl_up_sync(0xffffffffu, s, o);
+            if (lane >= o) s += t;
+        }
+        warp_sums[lane] = s;
+    }
+    __syncthreads();
+    int r = v + (warp > 0 ? warp_sums[warp - 1] : 0);
+    __syncthreads();  // warp_sums is reused by the next call
+    return r;
+}
+
+// IoU exactly as ssd_trt.nms.box_iou computes it in float32 (no fused multiply-add).
+__device__ __forceinline__ float iou(float4 a, float4 b) {
+    float h = fmaxf(__fsub_rn(fminf(a.z, b.z), fmaxf(a.x, b.x)), 0.f);
+    float w = fmaxf(__fsub_rn(fminf(a.w, b.w), fmaxf(a.y, b.y)), 0.f);
+    float inter = __fmul_rn(h, w);
+    float area_a = __fmul_rn(__fsub_rn(a.z, a.x), __fsub_rn(a.w, a.y));
+    float area_b = __fmul_rn(__fsub_rn(b.z, b.x), __fsub_rn(b.w, b.y));
+    float uni = __fsub_rn(__fadd_rn(area_a, area_b), inter);
+    return uni > 0.f ? __fdiv_rn(inter, uni) : 0.f;
+}
+
+// boxes [N, A, 4] ([ymin, xmin, ymax, xmax]); scores [N, A, C]; one block per image.
+// mask: scratch of N * MAXCAND * 32 words. out: per image 1 + 6K int32 words:
+// num, boxes [K, 4] f32, scores [K] f32, classes [K] int32 (1-based), zero padded.
+template <typename TB, typename TS>
+__device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ scores, int A,
+                           int C, float score_thr, float iou_thr, int max_per_class, int K,
+                           int cap, u32* __restrict__ mask, int* __restrict__ out) {
+    __shared__ int hist[NBINS];  // radix histogram, later per-class kept counts
+    __shared__ u64 keys[MAXCAND];
+    __shared__ float4 cbox[MAXCAND];
+    __shared__ float cscore[MAXCAND];
+    __shared__ int ccls[MAXCAND];
+    __shared__ int warp_sums[32];
+    __shared__ int s_digit, s_above, s_total, s_count;
+
+    const int img = blockIdx.x, tid = threadIdx.x;
+    const long long total = (long long)A * C;
+    const TS* sc = scores + (long long)img * total;
+    const TB* bx = boxes + (long long)img * A * 4;
+    u32* m = mask + (long long)img * MAXCAND * 32;
+    int* rec = out + (long long)img * (1 + 6 * K);
+
+    // 1. Radix select over the unique 64-bit keys: digits of 11, 11, 10 bits (score), then
+    //    11, 11, 10 bits (index) only when scores tie at the cut. Stops as soon as the whole
+    //    bucket at the cut is taken.
+    const int shifts[6] = {53, 42, 32, 21, 10, 0};
+    const int widths[6] = {11, 11, 10, 11, 11, 10};
+    u64 prefix = 0, pmask = 0;
+    int remaining = cap;
+    bool take_all = false;
+    for (int pass = 0; pass < 6; ++pass) {
+        for (int b = tid; b < NBINS; b += NT) hist[b] = 0;
+        __syncthreads();
+        const int shift = shifts[pass];
+        const u32 dmask = (1u << widths[pass]) - 1u;
+        #pragma unroll 4
+        for (long long i = tid; i < total; i += NT) {
+            float s = load_f(sc, i);
+            if (!(s > score_thr)) continue;
+            u64 k = cand_key(s, (u32)i);
+            if ((k & pmask) != prefix) continue;
+            atomicAdd(&hist[(u32)(k >> shift) & dmask], 1);
+        }
+        __syncthreads();
+        // Thread t owns bins r and r - 1 with r = top - 2t, so the scan runs from the top bin.
+        const int nb = (int)dmask + 1;
+        const int r = nb - 1 - 2 * tid;
+        const int hr = r >= 0 ? hist[r] : 0, hr1 = r >= 1 ? hist[r - 1] : 0;
+        const int incl = block_scan(hr + hr1, warp_sums);
+        const int above = incl - hr - hr1;
+        if (pass == 0 && tid == NT - 1) s_total = incl;
+        if (r >= 0 && above < remaining && remaining <= above + hr) {
+            s_digit = r; s_above = above;
+        } else if (r >= 1 && above + hr < remaining && remaining <= above + hr + hr1) {
+            s_digit = r - 1; s_above = above + hr;
+        }
+        __syncthreads();
+        if (pass == 0 && s_total <= cap) { take_all = true; break; }
+        const int d = s_digit;
+        remaining -= s_above;
+        prefix |= (u64)d << shift;
+        pmask |= (u64)dmask << shift;
+        const int in_bucket = hist[d];
+        __syncthreads();
+        if (in_bucket == remaining) break;
+    }
+
+    // 2. Gather the selected keys (exactly min(total, cap) of them).
+    if (tid == 0) s_count = 0;
+    __syncthreads();
+    for (long long i = tid; i < total; i += NT) {
+        float s = load_f(sc, i);
+        if (!(s > score_thr)) continue;
+        u64 k = cand_key(s, (u32)i);
+        if (take_all || (k & pmask) >= prefix) {
+            int pos = atomicAdd(&s_count, 1);
+            if (pos < MAXCAND) keys[pos] = k;
+        }
+    }
+    __syncthreads();
+    const int n = min(s_count, cap);
+
+    // 3. Bitonic sort, descending (padding keys are 0: below every real key).
+    int P = 1;
+    while (P < n) P <<= 1;
+    for (int i = n + tid; i < P; i += NT) keys[i] = 0ull;
+    __syncthreads();
+    for (int k = 2; k <= P; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = tid; i < P; i += NT) {
+                int ixj = i ^ j;
+                if (ixj > i) {
+                    u64 a = keys[i], b = keys[ixj];
+                    bool desc = (i & k) == 0;
+                    if (desc ? (a < b) : (a > b)) { keys[i] = b; keys[ixj] = a; }
+                }
+            }
+            __syncthreads();
+        }
+    }
+
+    // 4. Candidate boxes, scores and classes in order; zero the per-class counters.
+    for (int i = tid; i < n; i += NT) {
+        u32 flat = 0xFFFFFFFFu - (u32)keys[i];
+        int a = (int)(flat / (u32)C);
+        ccls[i] = (int)(flat - (u32)a * (u32)C);
+        cscore[i] = load_f(sc, (long long)flat);
+        cbox[i] = make_float4(load_f(bx, 4ll * a), load_f(bx, 4ll * a + 1),
+                              load_f(bx, 4ll * a + 2), load_f(bx, 4ll * a + 3));
+    }
+    for (int c = tid; c < NBINS; c += NT) hist[c] = 0;
+    __syncthreads();
+
+    // 5. Suppression bits: row i, bit j set when j > i, same class, IoU > threshold.
+    const int W = (n + 31) >> 5;
+    for (int item = tid; item < n * W; item += NT) {
+        int i = item / W, w = item - i * W;
+        u32 bits = 0;
+        int j0 = w << 5;
+        if (j0 + 31 > i) {
+            float4 bi = cbox[i];
+            int ci = ccls[i];
+            int jend = min(j0 + 32, n);
+            for (int j = max(j0, i + 1); j < jend; ++j)
+                if (ccls[j] == ci && iou(bi, cbox[j]) > iou_thr) bits |= 1u << (j - j0);
+        }
+        m[i * 32 + w] = bits;
+    }
+    __syncthreads();
+
+    // 6. One warp walks the candidates in score order, as nms_image does.
+    if (tid >= 32) return;
+    const int lane = tid;
+    u32 removed = 0;  // lane w holds bits of candidates 32w .. 32w + 31
+    int kept = 0;
+    float* obox = (float*)(rec + 1);
+    float* oscore = (float*)(rec + 1 + 4 * K);
+    int* ocls = rec + 1 + 5 * K;
+    for (int i = 0; i < n && kept < K; ++i) {
+        u32 word = __shfl_sync(0xffffffffu, removed, i >> 5);
+        if ((word >> (i & 31)) & 1u) continue;
+        int c = ccls[i];
+        if (hist[c] >= max_per_class) continue;
+        if (lane < W) removed |= m[i * 32 + lane];
+        if (lane == 0) {
+            hist[c] += 1;
+            float4 b = cbox[i];
+            obox[4 * kept] = b.x; obox[4 * kept + 1] = b.y;
+            obox[4 * kept + 2] = b.z; obox[4 * kept + 3] = b.w;
+            oscore[kept] = cscore[i];
+            ocls[kept] = c + 1;
+        }
+        __syncwarp();
+        ++kept;
+    }
+    for (int j = kept + lane; j < K; j += 32) {
+        obox[4 * j] = 0.f; obox[4 * j + 1] = 0.f; obox[4 * j + 2] = 0.f; obox[4 * j + 3] = 0.f;
+        oscore[j] = 0.f;
+        ocls[j] = 0;
+    }
+    if (lane == 0) rec[0] = kept;
+}
+
+#define SELECT_NMS(NAME, TB, TS)                                                              \
+    extern "C" __global__ void __launch_bounds__(NT) NAME(                                    \
+        const TB* boxes, const TS* scores, int A, int C, float score_thr, float iou_thr,      \
+        int max_per_class, int K, int cap, u32* mask, int* out) {                             \
+        select_nms<TB, TS>(boxes, scores, A, C, score_thr, iou_thr, max_per_class, K, cap,    \
+                           mask, out);                                                        \
+    }
+SELECT_NMS(select_nms_f32_f32, float, float)
+SELECT_NMS(select_nms_f32_f16, float, unsigned short)
+SELECT_NMS(select_nms_f16_f32, unsigned short, float)
+SELECT_NMS(select_nms_f16_f16, unsigned short, unsigned short)
+"""
+
+KERNEL_NAMES = tuple(
+    [f"preprocess_{o}" for o in DTYPES] + [f"select_nms_{b}_{s}" for b in DTYPES for s in DTYPES]
+)
+
+
+def arch_of(arch: str | int) -> str:
+    """'90', 90, 'sm_90' or 'compute_90' -> '90'."""
+    text = str(arch).removeprefix("sm_").removeprefix("compute_")
+    if not text.rstrip("a").isdigit():
+        raise SsdTrtError(f"bad CUDA architecture {arch!r}; expected a number such as 90")
+    return text
+
+
+def _program(arch: str) -> object:
+    core = require("cuda.core", "cuda")
+    options = core.ProgramOptions(arch=f"sm_{arch_of(arch)}", std="c++17", name="ssd_trt_fastpath")
+    return core.Program(SOURCE, code_type="c++", options=options)
+
+
+def compile_cubin(arch: str | int) -> object:
+    """Compile every kernel for ``arch`` with NVRTC through cuda.core -> ObjectCode (cubin).
+
+    Needs no GPU: NVRTC alone builds the cubin. Load kernels with ``.get_kernel(name)``.
+    """
+    try:
+        return _program(arch).compile("cubin")
+    except SsdTrtError:
+        raise
+    except Exception as exc:
+        raise SsdTrtError(f"NVRTC failed on the fast-path kernels: {_first_line(exc)}") from exc
+
+
+def compile_ptx(arch: str | int) -> str:
+    """PTX of every kernel for ``arch``, with NVRTC alone (no driver, no GPU).
+
+    cuda.core's ``Program.compile('ptx')`` asks the driver whether it can load the PTX, which
+    fails where no driver is installed; this calls NVRTC through cuda.bindings instead, with the
+    same source and options.
+    """
+    nvrtc = require("cuda.bindings.nvrtc", "cuda")
+    src = SOURCE.encode()
+    err, prog = nvrtc.nvrtcCreateProgram(src, b"ssd_trt_fastpath.cu", 0, [], [])
+    _check_nvrtc(nvrtc, err, "nvrtcCreateProgram")
+    try:
+        opts = [f"--gpu-architecture=compute_{arch_of(arch)}".encode(), b"--std=c++17"]
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+            log = b" " * size
+            nvrtc.nvrtcGetProgramLog(prog, log)
+            raise SsdTrtError(f"NVRTC failed on the fast-path kernels: {log.decode()[:500]}")
+        err, size = nvrtc.nvrtcGetPTXSize(prog)
+        _check_nvrtc(nvrtc, err, "nvrtcGetPTXSize")
+        ptx = b" " * size
+        (err,) = nvrtc.nvrtcGetPTX(prog, ptx)
+        _check_nvrtc(nvrtc, err, "nvrtcGetPTX")
+        return ptx.rstrip(b"\x00").decode()
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
+
+
+def _check_nvrtc(nvrtc: object, err: object, what: str) -> None:
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:  # type: ignore[attr-defined]
+        raise SsdTrtError(f"{what} failed: {err}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The loaded kernels for one device."""
+
+    preprocess: dict[str, object]  # by output dtype name: "f32", "f16"
+    select_nms: dict[tuple[str, str], object]  # by (boxes dtype, scores dtype)
+
+    @classmethod
+    def load(cls, arch: str | int) -> Kernels:
+        code = compile_cubin(arch)
+        return cls(
+            preprocess={d: code.get_kernel(f"preprocess_{d}") for d in DTYPES},
+            select_nms={
+                (b, s): code.get_kernel(f"select_nms_{b}_{s}") for b in DTYPES for s in DTYPES
+            },
+        )
