@@ -248,16 +248,19 @@ def test_person_model(data, video_frames) -> None:
 def test_gpu_nms_equals_numpy_nms(fastpath32) -> None:
     """Random and tie-heavy scores: exactly nms_image's picks when candidates fit the cap."""
     rng = np.random.default_rng(0)
-    a, c = 1917, 90
-    yx = rng.uniform(0, 0.8, (4, a, 2)).astype(np.float32)
-    hw = rng.uniform(0.02, 0.2, (4, a, 2)).astype(np.float32)
+    n, a, c = 6, 1917, 90
+    yx = rng.uniform(0, 0.8, (n, a, 2)).astype(np.float32)
+    hw = rng.uniform(0.02, 0.2, (n, a, 2)).astype(np.float32)
     boxes = np.concatenate([yx, yx + hw], axis=2)
-    scores = np.zeros((4, a, c), np.float32)
-    # image 0: few candidates; 1: ties everywhere; 2: one class crowded; 3: empty
-    idx = rng.integers(0, a * c, 600)
-    scores[0].reshape(-1)[idx] = rng.uniform(0, 1, 600)
+    scores = np.zeros((n, a, c), np.float32)
+    # 0: few candidates; 1: ties everywhere; 2: one crowded class; 3: none;
+    # 4: 20k candidates (radix select); 5: 20k candidates on 50 score levels (ties at the cut)
+    scores[0].reshape(-1)[rng.integers(0, a * c, 600)] = rng.uniform(0, 1, 600)
     scores[1].reshape(-1)[rng.integers(0, a * c, 900)] = 0.5
     scores[2, :, 3] = rng.uniform(0, 1, a) * (rng.uniform(0, 1, a) < 0.4)
+    scores[4].reshape(-1)[rng.integers(0, a * c, 20000)] = rng.uniform(0, 1, 20000)
+    levels = rng.integers(1, 51, 20000).astype(np.float32) / 50
+    scores[5].reshape(-1)[rng.integers(0, a * c, 20000)] = levels
     settings = fastpath32.spec.nms
     got = fastpath32.nms(boxes, scores)
     want = batched_nms(boxes, scores, settings)

@@ -276,8 +276,8 @@ class GpuFastPath:
     ``onnx_path``: an ``ssd-trt export --nms none`` ONNX. ``batch_sizes``: the network batch
     sizes (one CUDA graph each, built on first use; smaller batches are padded to the next size,
     larger ones split). ``fp16``: convert the network to float16. ``candidate_cap``: at most
-    this many (anchor, class) candidates per image go into NMS (<= 1024). ``tf32``: ORT's TF32
-    convolutions (faster; scores move by ~2e-3).
+    this many (anchor, class) candidates per image go into NMS (<= 1024). ``tf32``: let ORT use TF32
+    convolutions in fp32 mode (scores move by ~2e-3; off by default so fp32 means fp32).
     """
 
     def __init__(
@@ -289,7 +289,7 @@ class GpuFastPath:
         fp16: bool = False,
         candidate_cap: int = 1000,
         cuda_graphs: bool = True,
-        tf32: bool = True,
+        tf32: bool = False,
         n_slots: int = 2,
         timing: bool = True,
         nms: NmsSettings | None = None,
@@ -346,11 +346,15 @@ class GpuFastPath:
                 "one, with: pip install 'ssd-trt[gpu]'"
             ) from exc
         self.stream = self.device.create_stream()
-        self._kernels = gpu_kernels.Kernels.load(self.device.arch)
-        for _ in range(n_slots):
-            self._slots.append(self._new_slot())
-        # The first network fixes anchors/classes and dtypes for the NMS buffers.
-        self._network(self.batch_sizes[0])
+        try:
+            self._kernels = gpu_kernels.Kernels.load(self.device.arch)
+            for _ in range(n_slots):
+                self._slots.append(self._new_slot())
+            # The first network fixes anchors, classes and dtypes for the NMS buffers.
+            self._network(self.batch_sizes[0])
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------------ public API
 
