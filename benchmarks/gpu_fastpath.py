@@ -53,6 +53,18 @@ def latency(fp: GpuFastPath, frame: np.ndarray, iters: int) -> dict[str, float]:
     return result
 
 
+def network_only(fp: GpuFastPath, iters: int) -> float:
+    """p50 of one batch-1 network run (graph replay) plus a stream sync, host-timed."""
+    net = fp._networks[1]
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        net.run()
+        fp.stream.sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
 def throughput(fp: GpuFastPath, frames: list[np.ndarray], batch: int, batches: int) -> dict:
     pool = [frames[(i * 7) % len(frames) : (i * 7) % len(frames) + batch] for i in range(8)]
     pool = [p if len(p) == batch else (frames * batch)[:batch] for p in pool]
@@ -78,7 +90,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--batches", type=int, default=40)
-    parser.add_argument("--precisions", default="fp32,fp16")
+    parser.add_argument(
+        "--variants",
+        default="fp32,fp16,fp32+tf32,fp16+nhwc",
+        help="comma-separated: fp32 or fp16, optionally +tf32 and/or +nhwc (prefer_nhwc=1)",
+    )
     parser.add_argument("--sizes", default="8,32,64")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -95,18 +111,26 @@ def main() -> None:
         "frame_shape": list(frames[0].shape),
         "results": {},
     }
-    for precision in args.precisions.split(","):
+    for variant in args.variants.split(","):
         t0 = time.perf_counter()
-        with GpuFastPath(args.onnx, batch_sizes=(1, *sizes), fp16=precision == "fp16") as fp:
+        opts = {"prefer_nhwc": "1"} if "+nhwc" in variant else {}
+        with GpuFastPath(
+            args.onnx,
+            batch_sizes=(1, *sizes),
+            fp16=variant.startswith("fp16"),
+            tf32="+tf32" in variant,
+            provider_options=opts,
+        ) as fp:
             fp.warm_up()
-            report[f"{precision}_setup_s"] = time.perf_counter() - t0
+            report[f"{variant}_setup_s"] = time.perf_counter() - t0
             res = {"batch1": latency(fp, frames[0], args.iters)}
-            log.info("%s batch 1: %s", precision, res["batch1"])
+            res["batch1_network_only_ms"] = network_only(fp, args.iters)
+            log.info("%s batch 1: %s", variant, res["batch1"])
             for b in sizes:
                 res[f"batch{b}"] = throughput(fp, frames, b, args.batches)
                 res[f"batch{b}_272x300"] = throughput(fp, small, b, args.batches)
-                log.info("%s batch %d: %s", precision, b, res[f"batch{b}"])
-        report["results"][precision] = res
+                log.info("%s batch %d: %s", variant, b, res[f"batch{b}"])
+        report["results"][variant] = res
     text = json.dumps(report, indent=2)
     log.info("%s", text)
     if args.out:

@@ -100,6 +100,12 @@ def fp16_model_bytes(onnx_path: Path) -> bytes:
     converted = float16.convert_float_to_float16(
         model, keep_io_types=True, node_block_list=block, disable_shape_infer=False
     )
+    # The converter may give two inserted Casts one name; ONNX Runtime refuses that.
+    seen: set[str] = set()
+    for i, node in enumerate(converted.graph.node):
+        if node.name in seen:
+            node.name = f"{node.name}_{i}"
+        seen.add(node.name)
     return converted.SerializeToString()
 
 

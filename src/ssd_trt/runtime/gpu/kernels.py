@@ -153,6 +153,128 @@ __device__ __forceinline__ float iou(float4 a, float4 b) {
     return uni > 0.f ? __fdiv_rn(inter, uni) : 0.f;
 }
 
+#define SCRATCH_KEYS (MAXCAND * 16)  // u64 keys that fit the per-image mask scratch
+
+// Coarse, monotone bucket of a key: 16 buckets per octave for scores in [2^-64, 2).
+__device__ __forceinline__ int bucket0(u64 k) {
+    u32 hi = (u32)(k >> 32);
+    if (hi < 0x80000000u) return 0;
+    if (hi >= 0xC0000000u) return NBINS - 1;
+    return (int)((hi >> 19) & 0x7FFu);
+}
+
+// Warp-aggregated shared histogram increment: lanes hitting one bin add once. All 32 lanes
+// of the warp must call it (active or not).
+__device__ __forceinline__ void hist_add(int* hist, int bin, bool active) {
+    u32 act = __ballot_sync(0xffffffffu, active);
+    if (!active) return;
+    u32 peers = __match_any_sync(act, bin);
+    if ((int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+}
+
+// Warp-aggregated append to a shared-counter list. All 32 lanes must call it.
+__device__ __forceinline__ void append(u64* list, u64 k, bool active, int* counter) {
+    u32 act = __ballot_sync(0xffffffffu, active);
+    if (!act) return;
+    int lane = threadIdx.x & 31, leader = __ffs(act) - 1, base = 0;
+    if (lane == leader) base = atomicAdd(counter, __popc(act));
+    base = __shfl_sync(0xffffffffu, base, leader);
+    if (active) list[base + __popc(act & ((1u << lane) - 1u))] = k;
+}
+
+// Candidates straight from the score tensor.
+template <typename TS>
+struct ScoreSource {
+    const TS* sc;
+    float thr;
+    __device__ __forceinline__ bool get(long long i, long long n, u64& k) const {
+        if (i >= n) return false;
+        float s = load_f(sc, i);
+        k = cand_key(s, (u32)i);
+        return s > thr;
+    }
+};
+// Candidates from a compacted key list.
+struct KeySource {
+    const u64* keys;
+    __device__ __forceinline__ bool get(long long i, long long n, u64& k) const {
+        if (i >= n) return false;
+        k = keys[i];
+        return true;
+    }
+};
+
+// Scan a histogram from its top bin: the bin d holding the need-th element and the count in
+// bins above it. Returns the total count. Block-wide; every thread gets the results.
+__device__ int find_cut(const int* hist, int nbins, int need, int* warp_sums, int& d,
+                        int& above, int* s_digit, int* s_above, int* s_total) {
+    const int tid = threadIdx.x;
+    const int r = nbins - 1 - 2 * tid;  // thread t owns bins r and r - 1, from the top
+    const int hr = r >= 0 ? hist[r] : 0, hr1 = r >= 1 ? hist[r - 1] : 0;
+    const int incl = block_scan(hr + hr1, warp_sums);
+    const int up = incl - hr - hr1;
+    if (tid == NT - 1) *s_total = incl;
+    if (tid == 0) { *s_digit = 0; *s_above = 0; }
+    __syncthreads();
+    if (r >= 0 && up < need && need <= up + hr) {
+        *s_digit = r; *s_above = up;
+    } else if (r >= 1 && up + hr < need && need <= up + hr + hr1) {
+        *s_digit = r - 1; *s_above = up + hr;
+    }
+    __syncthreads();
+    d = *s_digit;
+    above = *s_above;
+    const int total = *s_total;
+    __syncthreads();
+    return total;
+}
+
+// Radix passes over the full 64-bit keys of bucket d until the cut is exact (or a whole
+// sub-bucket is taken): digits of 11, 11, 10 bits (score), then 11, 11, 10 (index).
+template <typename Src>
+__device__ void refine(Src src, long long n, int d, int& remaining, u64& prefix, u64& pmask,
+                       int* hist, int* warp_sums, int* s_digit, int* s_above, int* s_total) {
+    const int shifts[6] = {53, 42, 32, 21, 10, 0};
+    const int widths[6] = {11, 11, 10, 11, 11, 10};
+    for (int pass = 0; pass < 6; ++pass) {
+        for (int b = threadIdx.x; b < NBINS; b += NT) hist[b] = 0;
+        __syncthreads();
+        const int shift = shifts[pass];
+        const u32 dmask = (1u << widths[pass]) - 1u;
+        for (long long base = 0; base < n; base += NT) {
+            u64 k;
+            bool ok = src.get(base + threadIdx.x, n, k) && bucket0(k) == d &&
+                      (k & pmask) == prefix;
+            hist_add(hist, ok ? (int)((u32)(k >> shift) & dmask) : 0, ok);
+        }
+        __syncthreads();
+        int digit, up;
+        find_cut(hist, (int)dmask + 1, remaining, warp_sums, digit, up, s_digit, s_above,
+                 s_total);
+        remaining -= up;
+        prefix |= (u64)digit << shift;
+        pmask |= (u64)dmask << shift;
+        const int in_bucket = hist[digit];
+        __syncthreads();
+        if (in_bucket == remaining) break;
+    }
+}
+
+// Keys above bucket d, or in it and at or above the refined prefix, into `keys`.
+template <typename Src>
+__device__ void gather(Src src, long long n, int d, u64 prefix, u64 pmask, u64* keys,
+                       int* counter) {
+    for (long long base = 0; base < n; base += NT) {
+        u64 k;
+        bool ok = src.get(base + threadIdx.x, n, k);
+        if (ok) {
+            int b = bucket0(k);
+            ok = b > d || (b == d && (k & pmask) >= prefix);
+        }
+        append(keys, k, ok, counter);
+    }
+}
+
 // boxes [N, A, 4] ([ymin, xmin, ymax, xmax]); scores [N, A, C]; one block per image.
 // mask: scratch of N * MAXCAND * 32 words. out: per image 1 + 6K int32 words:
 // num, boxes [K, 4] f32, scores [K] f32, classes [K] int32 (1-based), zero padded.
@@ -175,62 +297,55 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
     u32* m = mask + (long long)img * MAXCAND * 32;
     int* rec = out + (long long)img * (1 + 6 * K);
 
-    // 1. Radix select over the unique 64-bit keys: digits of 11, 11, 10 bits (score), then
-    //    11, 11, 10 bits (index) only when scores tie at the cut. Stops as soon as the whole
-    //    bucket at the cut is taken.
-    const int shifts[6] = {53, 42, 32, 21, 10, 0};
-    const int widths[6] = {11, 11, 10, 11, 11, 10};
+    // 1. Coarse pass: a histogram of bucket0 over all candidates finds the bucket d that
+    //    holds the cap-th best; everything in higher buckets is taken.
+    for (int b = tid; b < NBINS; b += NT) hist[b] = 0;
+    __syncthreads();
+    const ScoreSource<TS> all{sc, score_thr};
+    for (long long base = 0; base < total; base += NT) {
+        u64 k;
+        bool ok = all.get(base + tid, total, k);
+        hist_add(hist, ok ? bucket0(k) : 0, ok);
+    }
+    __syncthreads();
+    int d, above;
+    const int count = find_cut(hist, NBINS, cap, warp_sums, d, above, &s_digit, &s_above,
+                               &s_total);
+    int remaining = cap - above;
     u64 prefix = 0, pmask = 0;
-    int remaining = cap;
-    bool take_all = false;
-    for (int pass = 0; pass < 6; ++pass) {
-        for (int b = tid; b < NBINS; b += NT) hist[b] = 0;
+    const bool take_all = count <= cap;
+    if (take_all) d = -1;
+    const bool whole_bucket = !take_all && hist[d] == remaining;
+    const int in_cut = take_all ? 0 : above + hist[d];
+    __syncthreads();
+
+    // 2. Exact cut inside bucket d (radix passes over the 64-bit keys), over a compacted copy
+    //    of the candidates at or above it when that fits the scratch, else over all scores.
+    u64* cand = (u64*)m;  // the suppression-mask scratch is free until step 5
+    const bool compact = !take_all && !whole_bucket && in_cut <= SCRATCH_KEYS;
+    if (compact) {
+        if (tid == 0) s_count = 0;
         __syncthreads();
-        const int shift = shifts[pass];
-        const u32 dmask = (1u << widths[pass]) - 1u;
-        #pragma unroll 4
-        for (long long i = tid; i < total; i += NT) {
-            float s = load_f(sc, i);
-            if (!(s > score_thr)) continue;
-            u64 k = cand_key(s, (u32)i);
-            if ((k & pmask) != prefix) continue;
-            atomicAdd(&hist[(u32)(k >> shift) & dmask], 1);
+        for (long long base = 0; base < total; base += NT) {
+            u64 k;
+            bool ok = all.get(base + tid, total, k) && bucket0(k) >= d;
+            append(cand, k, ok, &s_count);
         }
         __syncthreads();
-        // Thread t owns bins r and r - 1 with r = top - 2t, so the scan runs from the top bin.
-        const int nb = (int)dmask + 1;
-        const int r = nb - 1 - 2 * tid;
-        const int hr = r >= 0 ? hist[r] : 0, hr1 = r >= 1 ? hist[r - 1] : 0;
-        const int incl = block_scan(hr + hr1, warp_sums);
-        const int above = incl - hr - hr1;
-        if (pass == 0 && tid == NT - 1) s_total = incl;
-        if (r >= 0 && above < remaining && remaining <= above + hr) {
-            s_digit = r; s_above = above;
-        } else if (r >= 1 && above + hr < remaining && remaining <= above + hr + hr1) {
-            s_digit = r - 1; s_above = above + hr;
-        }
-        __syncthreads();
-        if (pass == 0 && s_total <= cap) { take_all = true; break; }
-        const int d = s_digit;
-        remaining -= s_above;
-        prefix |= (u64)d << shift;
-        pmask |= (u64)dmask << shift;
-        const int in_bucket = hist[d];
-        __syncthreads();
-        if (in_bucket == remaining) break;
+        refine(KeySource{cand}, (long long)in_cut, d, remaining, prefix, pmask, hist,
+               warp_sums, &s_digit, &s_above, &s_total);
+    } else if (!take_all && !whole_bucket) {
+        refine(all, total, d, remaining, prefix, pmask, hist, warp_sums, &s_digit, &s_above,
+               &s_total);
     }
 
-    // 2. Gather the selected keys (exactly min(total, cap) of them).
+    // 3. Gather the selected keys (exactly min(count, cap) of them) into shared memory.
     if (tid == 0) s_count = 0;
     __syncthreads();
-    for (long long i = tid; i < total; i += NT) {
-        float s = load_f(sc, i);
-        if (!(s > score_thr)) continue;
-        u64 k = cand_key(s, (u32)i);
-        if (take_all || (k & pmask) >= prefix) {
-            int pos = atomicAdd(&s_count, 1);
-            if (pos < MAXCAND) keys[pos] = k;
-        }
+    if (compact) {
+        gather(KeySource{cand}, (long long)in_cut, d, prefix, pmask, keys, &s_count);
+    } else {
+        gather(all, total, d, prefix, pmask, keys, &s_count);
     }
     __syncthreads();
     const int n = min(s_count, cap);
