@@ -100,12 +100,23 @@ def fp16_model_bytes(onnx_path: Path) -> bytes:
     converted = float16.convert_float_to_float16(
         model, keep_io_types=True, node_block_list=block, disable_shape_infer=False
     )
-    # The converter may give two inserted Casts one name; ONNX Runtime refuses that.
-    seen: set[str] = set()
+    # Some converter versions insert the same Cast once per consumer, under one node name and
+    # one output name: keep the first of such identical Casts, and make node names unique.
+    produced: dict[str, Any] = {}
+    names: set[str] = set()
+    kept = []
     for i, node in enumerate(converted.graph.node):
-        if node.name in seen:
+        twin = produced.get(node.output[0]) if node.output else None
+        if twin is not None and node.op_type == "Cast" and twin.input == node.input:
+            continue
+        for out in node.output:
+            produced[out] = node
+        if node.name in names:
             node.name = f"{node.name}_{i}"
-        seen.add(node.name)
+        names.add(node.name)
+        kept.append(node)
+    del converted.graph.node[:]
+    converted.graph.node.extend(kept)
     return converted.SerializeToString()
 
 

@@ -204,6 +204,22 @@ struct KeySource {
     }
 };
 
+// Calls f(key, valid) for every candidate of src, ITEMS loads in flight per thread (one
+// 1024-thread block per image is latency-bound otherwise). Warp-uniform: all lanes call f.
+#define ITEMS 8
+template <typename Src, typename F>
+__device__ __forceinline__ void scan_all(const Src& src, long long n, F f) {
+    for (long long base = 0; base < n; base += (long long)NT * ITEMS) {
+        u64 k[ITEMS];
+        bool ok[ITEMS];
+        #pragma unroll
+        for (int j = 0; j < ITEMS; ++j)
+            ok[j] = src.get(base + (long long)j * NT + threadIdx.x, n, k[j]);
+        #pragma unroll
+        for (int j = 0; j < ITEMS; ++j) f(k[j], ok[j]);
+    }
+}
+
 // Scan a histogram from its top bin: the bin d holding the need-th element and the count in
 // bins above it. Returns the total count. Block-wide; every thread gets the results.
 __device__ int find_cut(const int* hist, int nbins, int need, int* warp_sums, int& d,
@@ -241,12 +257,10 @@ __device__ void refine(Src src, long long n, int d, int& remaining, u64& prefix,
         __syncthreads();
         const int shift = shifts[pass];
         const u32 dmask = (1u << widths[pass]) - 1u;
-        for (long long base = 0; base < n; base += NT) {
-            u64 k;
-            bool ok = src.get(base + threadIdx.x, n, k) && bucket0(k) == d &&
-                      (k & pmask) == prefix;
+        scan_all(src, n, [&](u64 k, bool ok) {
+            ok = ok && bucket0(k) == d && (k & pmask) == prefix;
             hist_add(hist, ok ? (int)((u32)(k >> shift) & dmask) : 0, ok);
-        }
+        });
         __syncthreads();
         int digit, up;
         find_cut(hist, (int)dmask + 1, remaining, warp_sums, digit, up, s_digit, s_above,
@@ -264,15 +278,13 @@ __device__ void refine(Src src, long long n, int d, int& remaining, u64& prefix,
 template <typename Src>
 __device__ void gather(Src src, long long n, int d, u64 prefix, u64 pmask, u64* keys,
                        int* counter) {
-    for (long long base = 0; base < n; base += NT) {
-        u64 k;
-        bool ok = src.get(base + threadIdx.x, n, k);
+    scan_all(src, n, [&](u64 k, bool ok) {
         if (ok) {
             int b = bucket0(k);
             ok = b > d || (b == d && (k & pmask) >= prefix);
         }
         append(keys, k, ok, counter);
-    }
+    });
 }
 
 // boxes [N, A, 4] ([ymin, xmin, ymax, xmax]); scores [N, A, C]; one block per image.
@@ -302,11 +314,7 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
     for (int b = tid; b < NBINS; b += NT) hist[b] = 0;
     __syncthreads();
     const ScoreSource<TS> all{sc, score_thr};
-    for (long long base = 0; base < total; base += NT) {
-        u64 k;
-        bool ok = all.get(base + tid, total, k);
-        hist_add(hist, ok ? bucket0(k) : 0, ok);
-    }
+    scan_all(all, total, [&](u64 k, bool ok) { hist_add(hist, ok ? bucket0(k) : 0, ok); });
     __syncthreads();
     int d, above;
     const int count = find_cut(hist, NBINS, cap, warp_sums, d, above, &s_digit, &s_above,
@@ -326,11 +334,8 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
     if (compact) {
         if (tid == 0) s_count = 0;
         __syncthreads();
-        for (long long base = 0; base < total; base += NT) {
-            u64 k;
-            bool ok = all.get(base + tid, total, k) && bucket0(k) >= d;
-            append(cand, k, ok, &s_count);
-        }
+        scan_all(all, total,
+                 [&](u64 k, bool ok) { append(cand, k, ok && bucket0(k) >= d, &s_count); });
         __syncthreads();
         refine(KeySource{cand}, (long long)in_cut, d, remaining, prefix, pmask, hist,
                warp_sums, &s_digit, &s_above, &s_total);
