@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument(
         "--variants",
-        default="fp32,fp16,fp32+tf32,fp16+nhwc",
+        default="fp32,fp16,fp32+tf32",
         help="comma-separated: fp32 or fp16, optionally +tf32 and/or +nhwc (prefer_nhwc=1)",
     )
     parser.add_argument("--sizes", default="8,32,64")

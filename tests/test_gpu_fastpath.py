@@ -152,10 +152,14 @@ def detections(out: dict[str, np.ndarray], i: int, size: tuple[int, int]) -> lis
 
 
 def assert_same_detections(
-    got: dict[str, np.ndarray], want: dict[str, np.ndarray], frames: list[np.ndarray], tol: float
+    got: dict[str, np.ndarray],
+    want: dict[str, np.ndarray],
+    frames: list[np.ndarray],
+    tol: float,
+    box_px: float = 1.0,
 ) -> dict[str, float]:
     """Every detection >= MIN_SCORE on one side has a partner on the other: same label, score
-    within tol, box within 1 px at source resolution. Returns the worst differences."""
+    within tol, box within box_px at source resolution. Returns the worst differences."""
     worst = {"score": 0.0, "box_px": 0.0, "compared": 0}
     for i, frame in enumerate(frames):
         size = frame.shape[:2]
@@ -169,10 +173,10 @@ def assert_same_detections(
                     for lb, s, bx in theirs
                     if lb == label and abs(score - s) <= tol
                 ]
-                close = [p for p in partners if p[1] <= 1.0]
+                close = [p for p in partners if p[1] <= box_px]
                 assert close, (
                     f"image {i}: {side} detection {label} {score:.3f} {box.round(1)} has no "
-                    f"partner within {tol} score and 1 px: {partners}"
+                    f"partner within {tol} score and {box_px} px: {partners}"
                 )
                 best = min(close, key=lambda p: p[1])
                 worst["score"] = max(worst["score"], best[0])
@@ -228,7 +232,8 @@ def test_fp16_detections_close_to_cpu_path(data, reference, images, video_frames
     frames = images + video_frames[:8]
     with GpuFastPath(data / "coco_none.onnx", batch_sizes=(8,), fp16=True) as fp:
         got = fp.run(frames)
-    assert_same_detections(got, reference(frames), frames, tol=0.02)
+    # fp16 convolutions move boxes by up to ~2.3 px at 640 px (measured on the H100).
+    assert_same_detections(got, reference(frames), frames, tol=0.02, box_px=3.0)
 
 
 @gpu_test
