@@ -92,8 +92,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument(
         "--variants",
-        default="fp32,fp16,fp32+tf32",
-        help="comma-separated: fp32 or fp16, optionally +tf32 and/or +nhwc (prefer_nhwc=1)",
+        default="fp32,fp16,fp32-tf32",
+        help="comma-separated: fp32 (TF32 on) or fp16, optionally -tf32 (TF32 off), +nhwc "
+        "(prefer_nhwc=1), +exh (cudnn_conv_algo_search=EXHAUSTIVE), +ws (max cuDNN workspace)",
     )
     parser.add_argument("--sizes", default="8,32,64")
     args = parser.parse_args()
@@ -113,12 +114,18 @@ def main() -> None:
     }
     for variant in args.variants.split(","):
         t0 = time.perf_counter()
-        opts = {"prefer_nhwc": "1"} if "+nhwc" in variant else {}
+        opts = {}
+        if "+nhwc" in variant:
+            opts["prefer_nhwc"] = "1"
+        if "+exh" in variant:
+            opts["cudnn_conv_algo_search"] = "EXHAUSTIVE"
+        if "+ws" in variant:
+            opts["cudnn_conv_use_max_workspace"] = "1"
         with GpuFastPath(
             args.onnx,
             batch_sizes=(1, *sizes),
             fp16=variant.startswith("fp16"),
-            tf32="+tf32" in variant,
+            tf32="-tf32" not in variant,
             provider_options=opts,
         ) as fp:
             fp.warm_up()

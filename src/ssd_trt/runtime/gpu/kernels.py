@@ -22,6 +22,7 @@ from ssd_trt.errors import SsdTrtError, require
 BLOCK_NMS = 1024  # threads per NMS block; also the largest candidate cap (one bit per lane word)
 MAX_CANDIDATES = 1024
 MAX_CLASSES = 2048  # class counters reuse the 2048-bin radix histogram
+NBINS = 2048  # bins of the NMS score histogram
 BLOCK_PREPROCESS = 256
 
 # Tensor element types the kernels read or write, by their name in kernel names.
@@ -185,12 +186,13 @@ __device__ __forceinline__ void append(u64* list, u64 k, bool active, int* count
 // Candidates straight from the score tensor.
 template <typename TS>
 struct ScoreSource {
-    const TS* sc;
+    const TS* sc;  // the image's scores, starting at flat index `off`
     float thr;
+    u32 off;
     __device__ __forceinline__ bool get(long long i, long long n, u64& k) const {
         if (i >= n) return false;
         float s = load_f(sc, i);
-        k = cand_key(s, (u32)i);
+        k = cand_key(s, off + (u32)i);
         return s > thr;
     }
 };
@@ -287,20 +289,98 @@ __device__ void gather(Src src, long long n, int d, u64 prefix, u64 pmask, u64* 
     });
 }
 
-// boxes [N, A, 4] ([ymin, xmin, ymax, xmax]); scores [N, A, C]; one block per image.
-// mask: scratch of N * MAXCAND * 32 words. out: per image 1 + 6K int32 words:
-// num, boxes [K, 4] f32, scores [K] f32, classes [K] int32 (1-based), zero padded.
+// nanosecond stamp for the optional phase-timing buffer
+__device__ __forceinline__ long long gtime() {
+    long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t;
+}
+
+// The slice [lo, hi) of one image's A*C flat candidates handled by block blockIdx.x.
+__device__ __forceinline__ void chunk_of(long long total, long long& lo, long long& hi) {
+    long long chunk = (total + gridDim.x - 1) / gridDim.x;
+    lo = min(total, (long long)blockIdx.x * chunk);
+    hi = min(total, lo + chunk);
+}
+
+// Stage 1 of NMS, grid (S, N): the coarse bucket0 histogram of every image's candidates above
+// the threshold, S blocks per image, summed into ghist [N, NBINS] (zero on entry; the select
+// kernel zeroes it again after reading it).
+template <typename TS>
+__device__ void nms_hist(const TS* __restrict__ scores, int A, int C, float score_thr,
+                         int* __restrict__ ghist) {
+    __shared__ int hist[NBINS];
+    const int img = blockIdx.y, tid = threadIdx.x;
+    const long long total = (long long)A * C;
+    long long lo, hi;
+    chunk_of(total, lo, hi);
+    for (int b = tid; b < NBINS; b += NT) hist[b] = 0;
+    __syncthreads();
+    const ScoreSource<TS> src{scores + (long long)img * total + lo, score_thr, (u32)lo};
+    scan_all(src, hi - lo, [&](u64 k, bool ok) { hist_add(hist, ok ? bucket0(k) : 0, ok); });
+    __syncthreads();
+    int* g = ghist + (long long)img * NBINS;
+    for (int b = tid; b < NBINS; b += NT)
+        if (hist[b]) atomicAdd(&g[b], hist[b]);
+}
+
+// The cut from an image's coarse histogram (copied into shared `hist`): count above the
+// threshold, bucket d holding the cap-th best (-1: all are taken), candidates above d.
+struct Cut {
+    int count, d, above, in_cut;
+    bool take_all;
+};
+__device__ __forceinline__ Cut cut_of(const int* hist, int cap, int* warp_sums, int* s_digit,
+                                      int* s_above, int* s_total) {
+    Cut c;
+    c.count = find_cut(hist, NBINS, cap, warp_sums, c.d, c.above, s_digit, s_above, s_total);
+    c.take_all = c.count <= cap;
+    if (c.take_all) { c.d = -1; c.above = c.count; c.in_cut = c.count; }
+    else c.in_cut = c.above + hist[c.d];
+    return c;
+}
+
+// Stage 2, grid (S, N): every candidate in bucket d or above appended to the image's key list
+// (the mask scratch, SCRATCH_KEYS keys; gcount [N] counts them, zero on entry) when they fit.
+template <typename TS>
+__device__ void nms_compact(const TS* __restrict__ scores, int A, int C, float score_thr,
+                            int cap, const int* __restrict__ ghist, int* __restrict__ gcount,
+                            u32* __restrict__ mask) {
+    __shared__ int hist[NBINS];
+    __shared__ int warp_sums[32];
+    __shared__ int s_digit, s_above, s_total;
+    const int img = blockIdx.y, tid = threadIdx.x;
+    const long long total = (long long)A * C;
+    const int* g = ghist + (long long)img * NBINS;
+    for (int b = tid; b < NBINS; b += NT) hist[b] = g[b];
+    __syncthreads();
+    const Cut cut = cut_of(hist, cap, warp_sums, &s_digit, &s_above, &s_total);
+    if (cut.in_cut > SCRATCH_KEYS) return;  // the select kernel scans all scores instead
+    long long lo, hi;
+    chunk_of(total, lo, hi);
+    u64* list = (u64*)(mask + (long long)img * MAXCAND * 32);
+    const ScoreSource<TS> src{scores + (long long)img * total + lo, score_thr, (u32)lo};
+    const int d = cut.d;
+    scan_all(src, hi - lo,
+             [&](u64 k, bool ok) { append(list, k, ok && bucket0(k) >= d, &gcount[img]); });
+}
+
+// Stage 3, one block per image. boxes [N, A, 4] ([ymin, xmin, ymax, xmax]); scores [N, A, C].
+// mask: scratch of N * MAXCAND * 32 words (the key list of stage 2, then suppression rows).
+// out: per image 1 + 6K int32 words: num, boxes [K, 4] f32, scores [K] f32, classes [K] int32
+// (1-based), zero padded. dbg: null, or 16 int64 per image of phase end times (ns).
 template <typename TB, typename TS>
 __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ scores, int A,
                            int C, float score_thr, float iou_thr, int max_per_class, int K,
-                           int cap, u32* __restrict__ mask, int* __restrict__ out) {
-    __shared__ int hist[NBINS];  // radix histogram, later per-class kept counts
+                           int cap, u32* __restrict__ mask, int* __restrict__ out,
+                           int* __restrict__ ghist, int* __restrict__ gcount,
+                           long long* __restrict__ dbg) {
+    __shared__ int hist[NBINS];  // radix histogram, then class offsets, then per-class kept
     __shared__ u64 keys[MAXCAND];
     __shared__ float4 cbox[MAXCAND];
     __shared__ float cscore[MAXCAND];
     __shared__ int ccls[MAXCAND];
+    __shared__ int memb[MAXCAND];  // candidates grouped by class
     __shared__ int warp_sums[32];
-    __shared__ int s_digit, s_above, s_total, s_count;
+    __shared__ int s_digit, s_above, s_total, s_count, s_len;
 
     const int img = blockIdx.x, tid = threadIdx.x;
     const long long total = (long long)A * C;
@@ -308,54 +388,55 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
     const TB* bx = boxes + (long long)img * A * 4;
     u32* m = mask + (long long)img * MAXCAND * 32;
     int* rec = out + (long long)img * (1 + 6 * K);
+    long long* stamp = dbg ? dbg + 16ll * img : nullptr;
+    if (stamp && tid == 0) stamp[0] = gtime();
 
-    // 1. Coarse pass: a histogram of bucket0 over all candidates finds the bucket d that
-    //    holds the cap-th best; everything in higher buckets is taken.
-    for (int b = tid; b < NBINS; b += NT) hist[b] = 0;
+    // 1. The coarse histogram of stage 1 gives bucket d holding the cap-th best candidate;
+    //    everything in higher buckets is taken. Reset the stage-1/2 buffers for the next call.
+    int* g = ghist + (long long)img * NBINS;
+    for (int b = tid; b < NBINS; b += NT) hist[b] = g[b];
+    if (tid == 0) s_len = gcount[img];
     __syncthreads();
-    const ScoreSource<TS> all{sc, score_thr};
-    scan_all(all, total, [&](u64 k, bool ok) { hist_add(hist, ok ? bucket0(k) : 0, ok); });
-    __syncthreads();
-    int d, above;
-    const int count = find_cut(hist, NBINS, cap, warp_sums, d, above, &s_digit, &s_above,
-                               &s_total);
-    int remaining = cap - above;
+    for (int b = tid; b < NBINS; b += NT) g[b] = 0;
+    if (tid == 0) gcount[img] = 0;
+    const Cut cut = cut_of(hist, cap, warp_sums, &s_digit, &s_above, &s_total);
+    int d = cut.d;
+    int remaining = cap - cut.above;
     u64 prefix = 0, pmask = 0;
-    const bool take_all = count <= cap;
-    if (take_all) d = -1;
-    const bool whole_bucket = !take_all && hist[d] == remaining;
-    const int in_cut = take_all ? 0 : above + hist[d];
+    const bool whole_bucket = !cut.take_all && hist[d] == remaining;
+    const bool compact = cut.in_cut <= SCRATCH_KEYS;
+    const int len = s_len;
     __syncthreads();
+    if (stamp && tid == 0) stamp[1] = gtime();
 
-    // 2. Exact cut inside bucket d (radix passes over the 64-bit keys), over a compacted copy
-    //    of the candidates at or above it when that fits the scratch, else over all scores.
-    u64* cand = (u64*)m;  // the suppression-mask scratch is free until step 5
-    const bool compact = !take_all && !whole_bucket && in_cut <= SCRATCH_KEYS;
-    if (compact) {
-        if (tid == 0) s_count = 0;
-        __syncthreads();
-        scan_all(all, total,
-                 [&](u64 k, bool ok) { append(cand, k, ok && bucket0(k) >= d, &s_count); });
-        __syncthreads();
-        refine(KeySource{cand}, (long long)in_cut, d, remaining, prefix, pmask, hist,
-               warp_sums, &s_digit, &s_above, &s_total);
-    } else if (!take_all && !whole_bucket) {
-        refine(all, total, d, remaining, prefix, pmask, hist, warp_sums, &s_digit, &s_above,
-               &s_total);
+    // 2. Exact cut inside bucket d (radix passes over the 64-bit keys), over stage 2's list of
+    //    the candidates at or above it when it fitted the scratch, else over all scores.
+    const u64* cand = (const u64*)m;
+    const ScoreSource<TS> all{sc, score_thr, 0u};
+    if (!cut.take_all && !whole_bucket) {
+        if (compact) {
+            refine(KeySource{cand}, (long long)len, d, remaining, prefix, pmask, hist,
+                   warp_sums, &s_digit, &s_above, &s_total);
+        } else {
+            refine(all, total, d, remaining, prefix, pmask, hist, warp_sums, &s_digit,
+                   &s_above, &s_total);
+        }
     }
+    if (stamp && tid == 0) stamp[2] = gtime();
 
     // 3. Gather the selected keys (exactly min(count, cap) of them) into shared memory.
     if (tid == 0) s_count = 0;
     __syncthreads();
     if (compact) {
-        gather(KeySource{cand}, (long long)in_cut, d, prefix, pmask, keys, &s_count);
+        gather(KeySource{cand}, (long long)len, d, prefix, pmask, keys, &s_count);
     } else {
         gather(all, total, d, prefix, pmask, keys, &s_count);
     }
     __syncthreads();
     const int n = min(s_count, cap);
+    if (stamp && tid == 0) stamp[3] = gtime();
 
-    // 3. Bitonic sort, descending (padding keys are 0: below every real key).
+    // 4. Bitonic sort, descending (padding keys are 0: below every real key).
     int P = 1;
     while (P < n) P <<= 1;
     for (int i = n + tid; i < P; i += NT) keys[i] = 0ull;
@@ -373,48 +454,82 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
             __syncthreads();
         }
     }
+    if (stamp && tid == 0) stamp[4] = gtime();
 
-    // 4. Candidate boxes, scores and classes in order; zero the per-class counters.
-    for (int i = tid; i < n; i += NT) {
-        u32 flat = 0xFFFFFFFFu - (u32)keys[i];
+    // 5. Candidate boxes, scores and classes in order (thread i holds candidate i, n <= NT);
+    //    group the candidates by class (class offsets by a block scan of the class counts).
+    int ci = -1;
+    float4 bi = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (tid < n) {
+        u32 flat = 0xFFFFFFFFu - (u32)keys[tid];
         int a = (int)(flat / (u32)C);
-        ccls[i] = (int)(flat - (u32)a * (u32)C);
-        cscore[i] = load_f(sc, (long long)flat);
-        cbox[i] = make_float4(load_f(bx, 4ll * a), load_f(bx, 4ll * a + 1),
-                              load_f(bx, 4ll * a + 2), load_f(bx, 4ll * a + 3));
+        ci = (int)(flat - (u32)a * (u32)C);
+        bi = make_float4(load_f(bx, 4ll * a), load_f(bx, 4ll * a + 1), load_f(bx, 4ll * a + 2),
+                         load_f(bx, 4ll * a + 3));
+        ccls[tid] = ci;
+        cscore[tid] = load_f(sc, (long long)flat);
+        cbox[tid] = bi;
     }
     for (int c = tid; c < NBINS; c += NT) hist[c] = 0;
     __syncthreads();
-
-    // 5. Suppression bits: row i, bit j set when j > i, same class, IoU > threshold.
-    const int W = (n + 31) >> 5;
-    for (int item = tid; item < n * W; item += NT) {
-        int i = item / W, w = item - i * W;
-        u32 bits = 0;
-        int j0 = w << 5;
-        if (j0 + 31 > i) {
-            float4 bi = cbox[i];
-            int ci = ccls[i];
-            int jend = min(j0 + 32, n);
-            for (int j = max(j0, i + 1); j < jend; ++j)
-                if (ccls[j] == ci && iou(bi, cbox[j]) > iou_thr) bits |= 1u << (j - j0);
-        }
-        m[i * 32 + w] = bits;
+    if (ci >= 0) atomicAdd(&hist[ci], 1);
+    __syncthreads();
+    {
+        const int h0 = hist[2 * tid], h1 = hist[2 * tid + 1];  // NBINS == 2 * NT
+        const int incl = block_scan(h0 + h1, warp_sums);       // synchronizes
+        hist[2 * tid] = incl - h0 - h1;
+        hist[2 * tid + 1] = incl - h1;
     }
     __syncthreads();
+    const int gbeg = ci >= 0 ? hist[ci] : 0;
+    __syncthreads();
+    if (ci >= 0) memb[atomicAdd(&hist[ci], 1)] = tid;
+    __syncthreads();
+    const int gend = ci >= 0 ? hist[ci] : 0;
+    if (stamp && tid == 0) stamp[5] = gtime();
 
-    // 6. One warp walks the candidates in score order, as nms_image does.
+    // 6. Suppression row of candidate i: bit j set when j > i, same class, IoU > threshold.
+    //    Only the candidates of i's class are compared.
+    const int W = (n + 31) >> 5;
+    if (ci >= 0) {
+        u32* row = m + tid * 32;
+        for (int w = 0; w < W; ++w) row[w] = 0u;
+        for (int p = gbeg; p < gend; ++p) {
+            const int j = memb[p];
+            if (j > tid && iou(bi, cbox[j]) > iou_thr) row[j >> 5] |= 1u << (j & 31);
+        }
+    }
+    for (int c = tid; c < NBINS; c += NT) hist[c] = 0;
+    __syncthreads();
+    if (stamp && tid == 0) stamp[6] = gtime();
+
+    // 7. One warp walks the candidates in score order, as nms_image does, jumping straight to
+    //    the next candidate no kept box suppressed.
     if (tid >= 32) return;
     const int lane = tid;
     u32 removed = 0;  // lane w holds bits of candidates 32w .. 32w + 31
-    int kept = 0;
+    int kept = 0, cur = 0;
     float* obox = (float*)(rec + 1);
     float* oscore = (float*)(rec + 1 + 4 * K);
     int* ocls = rec + 1 + 5 * K;
-    for (int i = 0; i < n && kept < K; ++i) {
-        u32 word = __shfl_sync(0xffffffffu, removed, i >> 5);
-        if ((word >> (i & 31)) & 1u) continue;
-        int c = ccls[i];
+    const int base = lane << 5;
+    while (kept < K) {
+        u32 avail = 0;
+        if (base < n) {
+            avail = ~removed;
+            const int hi = n - base;
+            if (hi < 32) avail &= (1u << hi) - 1u;
+            const int lo = cur - base;
+            if (lo >= 32) avail = 0;
+            else if (lo > 0) avail &= ~((1u << lo) - 1u);
+        }
+        const u32 ball = __ballot_sync(0xffffffffu, avail != 0);
+        if (!ball) break;
+        const int wl = __ffs(ball) - 1;
+        const u32 wv = __shfl_sync(0xffffffffu, avail, wl);
+        const int i = (wl << 5) + __ffs(wv) - 1;
+        cur = i + 1;
+        const int c = ccls[i];
         if (hist[c] >= max_per_class) continue;
         if (lane < W) removed |= m[i * 32 + lane];
         if (lane == 0) {
@@ -434,14 +549,29 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
         ocls[j] = 0;
     }
     if (lane == 0) rec[0] = kept;
+    if (stamp && lane == 0) stamp[7] = gtime();
 }
+
+#define NMS_STAGES(TNAME, TS)                                                                 \
+    extern "C" __global__ void __launch_bounds__(NT) nms_hist_##TNAME(                        \
+        const TS* scores, int A, int C, float score_thr, int* ghist) {                        \
+        nms_hist<TS>(scores, A, C, score_thr, ghist);                                         \
+    }                                                                                         \
+    extern "C" __global__ void __launch_bounds__(NT) nms_compact_##TNAME(                     \
+        const TS* scores, int A, int C, float score_thr, int cap, const int* ghist,           \
+        int* gcount, u32* mask) {                                                             \
+        nms_compact<TS>(scores, A, C, score_thr, cap, ghist, gcount, mask);                   \
+    }
+NMS_STAGES(f32, float)
+NMS_STAGES(f16, unsigned short)
 
 #define SELECT_NMS(NAME, TB, TS)                                                              \
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                    \
         const TB* boxes, const TS* scores, int A, int C, float score_thr, float iou_thr,      \
-        int max_per_class, int K, int cap, u32* mask, int* out) {                             \
+        int max_per_class, int K, int cap, u32* mask, int* out, int* ghist, int* gcount,      \
+        long long* dbg) {                                                                     \
         select_nms<TB, TS>(boxes, scores, A, C, score_thr, iou_thr, max_per_class, K, cap,    \
-                           mask, out);                                                        \
+                           mask, out, ghist, gcount, dbg);                                    \
     }
 SELECT_NMS(select_nms_f32_f32, float, float)
 SELECT_NMS(select_nms_f32_f16, float, unsigned short)
@@ -450,7 +580,9 @@ SELECT_NMS(select_nms_f16_f16, unsigned short, unsigned short)
 """
 
 KERNEL_NAMES = tuple(
-    [f"preprocess_{o}" for o in DTYPES] + [f"select_nms_{b}_{s}" for b in DTYPES for s in DTYPES]
+    [f"preprocess_{o}" for o in DTYPES]
+    + [f"nms_{stage}_{s}" for stage in ("hist", "compact") for s in DTYPES]
+    + [f"select_nms_{b}_{s}" for b in DTYPES for s in DTYPES]
 )
 
 
@@ -525,13 +657,17 @@ class Kernels:
     """The loaded kernels for one device."""
 
     preprocess: dict[str, object]  # by output dtype name: "f32", "f16"
-    select_nms: dict[tuple[str, str], object]  # by (boxes dtype, scores dtype)
+    nms_hist: dict[str, object]  # NMS stage 1, by scores dtype
+    nms_compact: dict[str, object]  # NMS stage 2, by scores dtype
+    select_nms: dict[tuple[str, str], object]  # NMS stage 3, by (boxes dtype, scores dtype)
 
     @classmethod
     def load(cls, arch: str | int) -> Kernels:
         code = compile_cubin(arch)
         return cls(
             preprocess={d: code.get_kernel(f"preprocess_{d}") for d in DTYPES},
+            nms_hist={d: code.get_kernel(f"nms_hist_{d}") for d in DTYPES},
+            nms_compact={d: code.get_kernel(f"nms_compact_{d}") for d in DTYPES},
             select_nms={
                 (b, s): code.get_kernel(f"select_nms_{b}_{s}") for b in DTYPES for s in DTYPES
             },
