@@ -28,10 +28,10 @@ import numpy as np
 import onnxruntime as ort
 
 from ssd_trt.model.export import ExportOptions, export
-from ssd_trt.quality.bench import machine_info
-from ssd_trt.store import ArtifactStore
 from ssd_trt.nms import NmsSettings, batched_nms
 from ssd_trt.preprocess import PreprocessConfig, preprocess
+from ssd_trt.quality.bench import machine_info
+from ssd_trt.store import ArtifactStore
 
 MODEL = "ssdlite_mobilenet_v2_coco"
 REPO = Path(__file__).resolve().parents[1]

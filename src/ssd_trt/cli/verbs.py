@@ -19,10 +19,11 @@ from ..model.export import ExportOptions
 from ..model.registry import MODELS
 from ..precision.engine import BuildOptions
 from ..precision.trt_compat import load_trt
-from ..quality import bench
+from ..quality import bench, sidebyside
 from ..quality.compare import compare, load_images, parse_per_key
 from ..quality.evaluate import evaluate, load_annotations
 from ..quality.report import write_json
+from ..runtime.select import canonical_backend
 from ..store import ArtifactStore, Calibration
 from ..video.app import VideoJob, parse_hostport, run_video
 
@@ -121,6 +122,20 @@ def cmd_webcam(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     video = args.video or str(ArtifactStore(args.cache_dir).sample_video())
+    if canonical_backend(args.backend) == "cuda":  # the GPU paths side by side
+        report = sidebyside.run(
+            args.model,
+            bench.first_frames(video, 16),
+            video=video,
+            batch_sizes=args.batch_sizes,
+            iterations=args.iterations,
+            cache_dir=args.cache_dir,
+            max_frames=args.max_frames,
+        )
+        print(report.table())
+        if args.json:
+            _write_json(args.json, report.to_json())
+        return EXIT_OK
     with Detector(
         args.model,
         args.backend,

@@ -165,7 +165,7 @@ def video_run(
     return pipeline
 
 
-def _first_frames(video: str, n: int) -> list[np.ndarray]:
+def first_frames(video: str, n: int) -> list[np.ndarray]:
     with open_source(video) as source:
         frames = [f.image for f, _ in zip(source, range(n), strict=False)]
     if not frames:
@@ -185,7 +185,7 @@ def run(
     """All measurements; ``paced_fps`` delivers the video at that rate, like a camera."""
     model = detector.model_path.name if detector.model_path else ""
     report = BenchReport(model=model, backend=detector.backend_name, machine=machine_info())
-    frames = _first_frames(video, 16)
+    frames = first_frames(video, 16)
     report.latency = latency(detector, frames, batch_sizes, iterations, warmup)
     report.overhead = detect_overhead(detector, frames[0], max(10, iterations // 3), warmup)
     # Sync, async, async, sync: evens out warm-up and drifting load.
