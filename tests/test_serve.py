@@ -95,7 +95,7 @@ class RequestLog(logging.Handler):
 
 @contextlib.contextmanager
 def request_log() -> Iterator[RequestLog]:
-    logger = logging.getLogger("ssd_trt.serve")
+    logger = logging.getLogger(MjpegServer.__module__)
     handler, level = RequestLog(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

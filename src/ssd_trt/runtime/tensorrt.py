@@ -178,13 +178,14 @@ class TensorRTBackend(Backend):
         except BaseException:
             self.close()  # free what was allocated before the failure
             raise
-        # TensorRT-RTX captures graphs itself (its runtime config); user capture is for TensorRT.
+        # TensorRT-RTX captures graphs itself (its runtime config). TensorRT's NMS layer copies a
+        # count to the host during enqueue, which capture forbids: engines with NMS run direct.
         self.graphs = GraphPolicy(
             self._enqueue,
             lambda: capture_graph(self.rt, self.stream, self._enqueue),
             self._launch,
             self._release,
-            enabled=cuda_graphs and self.api.flavour == "tensorrt",
+            enabled=cuda_graphs and self.api.flavour == "tensorrt" and self.info.raw_outputs,
         )
 
     # The three things GraphPolicy schedules besides capture.

@@ -14,6 +14,7 @@ import numpy as np
 from ...contract import ModelInfo
 from ...errors import SsdTrtError
 from ..base import Backend
+from ..ort import available_providers
 from .fastpath import FastPathHandle, GpuFastPath
 
 
@@ -23,6 +24,11 @@ class FastPathBackend(Backend):
 
     def __init__(self, model: Path, fp16: bool = False, max_batch: int = 64) -> None:
         self.model_path = model
+        if "CUDAExecutionProvider" not in available_providers():
+            raise SsdTrtError(
+                "ONNX Runtime here has no CUDAExecutionProvider (no onnxruntime-gpu); the cuda "
+                "backend needs an NVIDIA GPU and: pip install 'ssd-trt[gpu]'"
+            )
         self.info = ModelInfo.from_onnx(model)
         if not self.info.raw_outputs:
             raise SsdTrtError(
