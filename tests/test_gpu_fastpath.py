@@ -277,10 +277,12 @@ def test_gpu_nms_equals_numpy_nms(fastpath32) -> None:
 def test_async_submit_collect_overlaps(fastpath32, images) -> None:
     handles = [fastpath32.submit(images[i : i + 4]) for i in range(0, 16, 4)]  # > n_slots
     outs = [fastpath32.collect(h) for h in handles]
-    whole = fastpath32.run(images)
+    # The same batch size one at a time (with TF32, another batch size's convolution
+    # algorithms may move scores in the last bits).
     for i, out in enumerate(outs):
+        alone = fastpath32.run(images[4 * i : 4 * i + 4])
         for key in out:
-            np.testing.assert_array_equal(out[key], whole[key][4 * i : 4 * i + 4])
+            np.testing.assert_array_equal(out[key], alone[key])
 
 
 @gpu_test
