@@ -232,7 +232,9 @@ def test_fp16_detections_close_to_cpu_path(data, reference, images, video_frames
     frames = images + video_frames[:8]
     with GpuFastPath(data / "coco_none.onnx", batch_sizes=(8,), fp16=True) as fp:
         got = fp.run(frames)
-    # fp16 convolutions move boxes by up to ~2.3 px at 640 px (measured on the H100).
+    # fp16 moves boxes by up to ~2.3 px at 640 px (first conversion), 5.9 px on one detection
+    # (class 79, score 0.36) with any of the fp16 conversions measured since: this test FAILS
+    # on the H100 at 3 px; see NOTES-for-integrator.md.
     assert_same_detections(got, reference(frames), frames, tol=0.02, box_px=3.0)
 
 

@@ -88,7 +88,7 @@ def _ancestors(graph: Any, names: Sequence[str]) -> set[str]:
     return seen
 
 
-def fp16_model_bytes(onnx_path: Path, *, keep_fp32: str = "box_decode") -> bytes:
+def fp16_model_bytes(onnx_path: Path, *, keep_fp32: str = "none") -> bytes:
     """The network in float16, inputs and outputs included.
 
     The preprocess kernel writes float16 and the NMS kernels read float16 boxes and scores, so
