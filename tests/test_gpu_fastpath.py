@@ -232,7 +232,9 @@ def test_fp16_detections_close_to_cpu_path(data, reference, images, video_frames
     frames = images + video_frames[:8]
     with GpuFastPath(data / "coco_none.onnx", batch_sizes=(8,), fp16=True) as fp:
         got = fp.run(frames)
-    # fp16 convolutions move boxes by up to ~2.3 px at 640 px (measured on the H100).
+    # fp16 moves boxes by up to ~2.3 px at 640 px (first conversion), 5.9 px on one detection
+    # (class 79, score 0.36) with any of the fp16 conversions measured since: this test FAILS
+    # on the H100 at 3 px; see NOTES-for-integrator.md.
     assert_same_detections(got, reference(frames), frames, tol=0.02, box_px=3.0)
 
 
@@ -277,10 +279,12 @@ def test_gpu_nms_equals_numpy_nms(fastpath32) -> None:
 def test_async_submit_collect_overlaps(fastpath32, images) -> None:
     handles = [fastpath32.submit(images[i : i + 4]) for i in range(0, 16, 4)]  # > n_slots
     outs = [fastpath32.collect(h) for h in handles]
-    whole = fastpath32.run(images)
+    # The same batch size one at a time (with TF32, another batch size's convolution
+    # algorithms may move scores in the last bits).
     for i, out in enumerate(outs):
+        alone = fastpath32.run(images[4 * i : 4 * i + 4])
         for key in out:
-            np.testing.assert_array_equal(out[key], whole[key][4 * i : 4 * i + 4])
+            np.testing.assert_array_equal(out[key], alone[key])
 
 
 @gpu_test

@@ -73,41 +73,52 @@ class ModelSpec:
             ) from None
 
 
-def fp16_model_bytes(
-    onnx_path: Path, *, decode_fp32: bool = False, keep_io_types: bool = False
-) -> bytes:
-    """The network in float16.
+def _ancestors(graph: Any, names: Sequence[str]) -> set[str]:
+    """First output names of the nodes the tensors ``names`` depend on (protobuf node objects
+    are not stable under ``id``)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    seen: set[str] = set()
+    stack = [producer[x] for x in names if x in producer]
+    while stack:
+        node = stack.pop()
+        if node.output[0] in seen:
+            continue
+        seen.add(node.output[0])
+        stack += [producer[x] for x in node.input if x in producer]
+    return seen
 
-    By default everything is float16, inputs and outputs included: the preprocess kernel writes
-    float16 and the NMS kernels read float16 boxes and scores, so no Cast is left in the graph
-    (the older conversion, float32 box decoding and sigmoid plus float32 inputs and outputs, put
-    Casts around the network and ran slower than float32 on an H100).
-    ``decode_fp32``: keep the nodes after the convolutions (head reshapes, box decoding,
-    sigmoid) in float32. ``keep_io_types``: float32 inputs and outputs (the converter inserts
-    the Casts).
+
+def fp16_model_bytes(onnx_path: Path, *, keep_fp32: str = "none") -> bytes:
+    """The network in float16, inputs and outputs included.
+
+    The preprocess kernel writes float16 and the NMS kernels read float16 boxes and scores, so
+    no Cast surrounds the network (the first conversion, float32 heads, box decoding, sigmoid
+    and float32 inputs/outputs, ran slower than float32 on an H100). ``keep_fp32``: "none"
+    (everything float16), "box_decode" (the nodes only the ``boxes`` output needs after the
+    convolutions stay float32), "heads" (every node after the convolutions stays float32).
     """
     onnx = require("onnx", "export")
     float16 = require("onnxruntime.transformers.float16", "gpu")
     model = onnx.load(str(onnx_path))
     graph = model.graph
-    block: list[str] = []
-    if decode_fp32:
-        producer = {o: n for n in graph.node for o in n.output}
-        feeds_conv: set[int] = set()  # ids of nodes some Conv depends on (the backbone)
-        stack = [n for n in graph.node if n.op_type == "Conv"]
-        while stack:
-            node = stack.pop()
-            for name in node.input:
-                src = producer.get(name)
-                if src is not None and id(src) not in feeds_conv:
-                    feeds_conv.add(id(src))
-                    stack.append(src)
-        block = [
-            n.name for n in graph.node if n.op_type != "Conv" and id(n) not in feeds_conv and n.name
-        ]
+    convs = [n.output[0] for n in graph.node if n.op_type == "Conv"]
+    backbone = _ancestors(graph, convs) | set(convs)
+    if keep_fp32 == "none":
+        keep: set[str] = set()
+    elif keep_fp32 == "box_decode":
+        keep = _ancestors(graph, ["boxes"]) - _ancestors(graph, ["scores"])
+    elif keep_fp32 == "heads":
+        keep = {n.output[0] for n in graph.node}
+    else:
+        raise SsdTrtError(f"keep_fp32 is none, box_decode or heads, not {keep_fp32!r}")
+    block = [
+        n.name
+        for n in graph.node
+        if n.output[0] in keep and n.op_type != "Conv" and n.output[0] not in backbone and n.name
+    ]
     converted = float16.convert_float_to_float16(
         model,
-        keep_io_types=keep_io_types,
+        keep_io_types=False,
         node_block_list=block or None,
         disable_shape_infer=False,
     )

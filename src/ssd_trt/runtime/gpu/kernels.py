@@ -481,23 +481,46 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
         hist[2 * tid + 1] = incl - h1;
     }
     __syncthreads();
-    const int gbeg = ci >= 0 ? hist[ci] : 0;
+    // Members of a class in score order: warps in turn take their places after the earlier
+    // warps' (peers within a warp by lane).
+    const int lane = tid & 31, warp = tid >> 5;
+    const u32 peers = __match_any_sync(0xffffffffu, ci);
+    const int rank = __popc(peers & ((1u << lane) - 1u));
+    int pos = 0;
+    for (int w = 0; w < ((n + 31) >> 5); ++w) {
+        if (warp == w) {
+            if (ci >= 0) pos = hist[ci] + rank;
+            __syncwarp();
+            if (ci >= 0 && rank == 0) hist[ci] += __popc(peers);
+        }
+        __syncthreads();
+    }
+    if (ci >= 0) memb[pos] = tid;
     __syncthreads();
-    if (ci >= 0) memb[atomicAdd(&hist[ci], 1)] = tid;
-    __syncthreads();
-    const int gend = ci >= 0 ? hist[ci] : 0;
+    const int gend = ci >= 0 ? hist[ci] : 0;  // one past the class's last member
     if (stamp && tid == 0) stamp[5] = gtime();
 
     // 6. Suppression row of candidate i: bit j set when j > i, same class, IoU > threshold.
-    //    Only the candidates of i's class are compared.
+    //    Only the later candidates of i's class are compared, in ascending j, so each word is
+    //    stored once (no read-modify-write of global memory).
     const int W = (n + 31) >> 5;
     if (ci >= 0) {
         u32* row = m + tid * 32;
         for (int w = 0; w < W; ++w) row[w] = 0u;
-        for (int p = gbeg; p < gend; ++p) {
+        u32 acc = 0;
+        int wcur = -1;
+        for (int p = pos + 1; p < gend; ++p) {
             const int j = memb[p];
-            if (j > tid && iou(bi, cbox[j]) > iou_thr) row[j >> 5] |= 1u << (j & 31);
+            if (iou(bi, cbox[j]) > iou_thr) {
+                if ((j >> 5) != wcur) {
+                    if (acc) row[wcur] = acc;
+                    acc = 0;
+                    wcur = j >> 5;
+                }
+                acc |= 1u << (j & 31);
+            }
         }
+        if (acc) row[wcur] = acc;
     }
     for (int c = tid; c < NBINS; c += NT) hist[c] = 0;
     __syncthreads();
@@ -506,32 +529,44 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
     // 7. One warp walks the candidates in score order, as nms_image does, jumping straight to
     //    the next candidate no kept box suppressed.
     if (tid >= 32) return;
-    const int lane = tid;
     u32 removed = 0;  // lane w holds bits of candidates 32w .. 32w + 31
     int kept = 0, cur = 0;
     float* obox = (float*)(rec + 1);
     float* oscore = (float*)(rec + 1 + 4 * K);
     int* ocls = rec + 1 + 5 * K;
     const int base = lane << 5;
-    while (kept < K) {
+    // The first unsuppressed candidate at or after `from`, or -1.
+    auto next = [&](int from) {
         u32 avail = 0;
         if (base < n) {
             avail = ~removed;
             const int hi = n - base;
             if (hi < 32) avail &= (1u << hi) - 1u;
-            const int lo = cur - base;
+            const int lo = from - base;
             if (lo >= 32) avail = 0;
             else if (lo > 0) avail &= ~((1u << lo) - 1u);
         }
         const u32 ball = __ballot_sync(0xffffffffu, avail != 0);
-        if (!ball) break;
+        if (!ball) return -1;
         const int wl = __ffs(ball) - 1;
         const u32 wv = __shfl_sync(0xffffffffu, avail, wl);
-        const int i = (wl << 5) + __ffs(wv) - 1;
+        return (wl << 5) + __ffs(wv) - 1;
+    };
+    // The row of the candidate after the current one is loaded one step early: when no kept
+    // box suppresses it, its load overlaps the current step.
+    int pf_i = -1;
+    u32 pf_row = 0;
+    while (kept < K) {
+        const int i = next(cur);
+        if (i < 0) break;
         cur = i + 1;
+        const u32 row = pf_i == i ? pf_row : (lane < W ? m[i * 32 + lane] : 0u);
+        const int i2 = next(cur);
+        if (i2 >= 0 && lane < W) pf_row = m[i2 * 32 + lane];
+        pf_i = i2;
         const int c = ccls[i];
         if (hist[c] >= max_per_class) continue;
-        if (lane < W) removed |= m[i * 32 + lane];
+        removed |= row;
         if (lane == 0) {
             hist[c] += 1;
             float4 b = cbox[i];
