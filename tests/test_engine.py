@@ -119,6 +119,8 @@ def test_deserialize_here_works_or_fails_with_tensorrts_error(engines, rtx):
     if loaded is not None:
         names = {loaded.get_tensor_name(i) for i in range(loaded.num_io_tensors)}
         assert names == {"images", "boxes", "scores"}
+        config = rtx.runtime_config(loaded)  # RTX captures CUDA graphs itself
+        assert config.cuda_graph_strategy == trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
     else:
         assert log.errors, "deserialization failed without a TensorRT error"
         assert any("CUDA" in e or "compute capability" in e for e in log.errors), log.errors
@@ -140,6 +142,33 @@ def test_nms_graph_is_refused_on_rtx(exported, rtx, tmp_path):
         build_engine(exported(MODELS[0], "onnx"), tmp_path / "x.engine", trt_api=rtx)
     assert NMS_ERROR in str(err.value) and "--nms none" in str(err.value)
     assert only_files(tmp_path) == []
+
+
+def test_efficient_nms_is_refused_on_rtx_before_parsing(exported, rtx, tmp_path):
+    # RTX's plugin registry has no EfficientNMS_TRT creator: the build says so in one line.
+    creators = {c.name for c in trt.get_plugin_registry().all_creators}
+    assert "EfficientNMS_TRT" not in creators
+    with pytest.raises(SsdTrtError) as err:
+        build_engine(exported(MODELS[1], "efficient"), tmp_path / "x.engine", trt_api=rtx)
+    assert NMS_ERROR in str(err.value) and "\n" not in str(err.value)
+    assert only_files(tmp_path) == []
+
+
+def test_builder_failure_is_one_line(rtx):
+    # trt.Builder raises a raw TypeError where it cannot start (full TensorRT without a GPU);
+    # RTX raises the same for a logger it cannot take.
+    with pytest.raises(SsdTrtError) as err:
+        rtx.builder(None)
+    assert "cannot create a builder" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_rtx_graph_strategy_is_the_runtimes(rtx):
+    # TensorRT-RTX engines get RTX's own whole-graph capture, not user stream capture.
+    assert (
+        rtx.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        in rtx.trt.CudaGraphStrategy.__members__.values()
+    )
+    assert rtx.can_target_compute_capability and not rtx.has_nms_layer
 
 
 def test_corrupt_onnx(rtx, tmp_path):

@@ -26,7 +26,7 @@ from .preprocess import check_image, preprocess
 from .runtime.base import Backend
 from .runtime.gpu.backend import FastPathBackend
 from .runtime.ort import OnnxRuntimeBackend
-from .runtime.select import ORT_DEVICE, candidates, canonical_backend
+from .runtime.select import ORT_DEVICE, candidates, canonical_backend, has_module
 from .runtime.tensorrt import TensorRTBackend
 from .store import ArtifactStore, Calibration
 
@@ -114,14 +114,31 @@ class Detector:
             onnx = self.store.onnx(model, nms="none")
             if precision == "fp16":  # the fast path converts the network itself
                 return FastPathBackend(onnx, fp16=True, max_batch=max(self.max_batch, 64))
-            prepared = self.store.prepared(onnx, precision, self.calibration)
-            return FastPathBackend(prepared, max_batch=max(self.max_batch, 64))
-        onnx = self.store.onnx(model)
-        prepared = self.store.prepared(onnx, precision, self.calibration)
+            return FastPathBackend(
+                self._prepared(onnx, precision), max_batch=max(self.max_batch, 64)
+            )
         if name == "tensorrt":
-            options = BuildOptions(precision=precision, max_batch=self.max_batch)
-            return TensorRTBackend(self.store.engine(prepared, options, load_trt()))
+            return self._open_tensorrt(model, precision)
+        prepared = self._prepared(self.store.onnx(model), precision)
         return OnnxRuntimeBackend(prepared, ORT_DEVICE[name], self.threads)
+
+    def _open_tensorrt(self, model: str | Path, precision: str) -> Backend:
+        """With the fast path's kernels (cuda.core) here: an engine of the ``--nms none``
+        network between the GPU resize and NMS kernels. Without: the engine of the default
+        export (TensorRT's NMS layer), host arrays in and out."""
+        api = load_trt()
+        options = BuildOptions(precision=precision, max_batch=self.max_batch)
+        if has_module("cuda.core"):
+            raw = self.store.onnx(model, nms="none")
+            if ModelInfo.from_onnx(raw).raw_outputs:
+                raw = self._prepared(raw, precision)
+                engine = self.store.engine(raw, options, api)
+                return FastPathBackend(raw, max_batch=self.max_batch, engine=engine)
+        prepared = self._prepared(self.store.onnx(model), precision)
+        return TensorRTBackend(self.store.engine(prepared, options, api))
+
+    def _prepared(self, onnx: Path, precision: str) -> Path:
+        return self.store.prepared(onnx, precision, self.calibration)
 
     def _class_ids(self, classes: Collection[int | str] | None) -> set[int] | None:
         if classes is None:

@@ -50,7 +50,7 @@ def tensorrt_usable() -> str | None:
     return None
 
 
-def _has_module(name: str) -> bool:
+def has_module(name: str) -> bool:
     try:
         return importlib.util.find_spec(name) is not None
     except ImportError:  # the parent package is missing
@@ -69,7 +69,7 @@ def candidates(requested: str) -> list[str]:
     else:
         log.debug("auto: not tensorrt (%s)", why)
     if "CUDAExecutionProvider" in available_providers():
-        if _has_module("cuda.core"):
+        if has_module("cuda.core"):
             order.append("cuda")
         order.append("onnxruntime-cuda")
     order.append("cpu")

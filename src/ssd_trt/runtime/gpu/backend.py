@@ -22,9 +22,15 @@ class FastPathBackend(Backend):
     name = "cuda"
     takes_frames = True
 
-    def __init__(self, model: Path, fp16: bool = False, max_batch: int = 64) -> None:
-        self.model_path = model
-        if "CUDAExecutionProvider" not in available_providers():
+    def __init__(
+        self, model: Path, fp16: bool = False, max_batch: int = 64, engine: Path | None = None
+    ) -> None:
+        """``model``: the ``--nms none`` ONNX (metadata, and the network for ONNX Runtime);
+        ``engine``: a TensorRT engine of that network, which then runs it instead."""
+        self.model_path = engine or model
+        if engine is not None:
+            self.name = "tensorrt"
+        elif "CUDAExecutionProvider" not in available_providers():
             raise SsdTrtError(
                 "ONNX Runtime here has no CUDAExecutionProvider (no onnxruntime-gpu); the cuda "
                 "backend needs an NVIDIA GPU and: pip install 'ssd-trt[gpu]'"
@@ -36,7 +42,9 @@ class FastPathBackend(Backend):
                 "pass the model name, or an ONNX exported with --nms none"
             )
         sizes = [b for b in (1, 2, 4, 8, 16, 32, 64) if b < max_batch] + [max_batch]
-        self.fast = GpuFastPath(model, fp16=fp16, batch_sizes=sizes, nms=self.info.nms_settings)
+        self.fast = GpuFastPath(
+            model, fp16=fp16, batch_sizes=sizes, nms=self.info.nms_settings, engine=engine
+        )
 
     @property
     def last_stage_ms(self) -> dict[str, float]:

@@ -14,20 +14,21 @@ the GPU works; ``collect`` waits for that batch. ``n_slots`` pinned buffer sets 
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from ssd_trt.contract import ModelInfo
 from ssd_trt.errors import SsdTrtError, require
 from ssd_trt.nms import NmsSettings
 from ssd_trt.preprocess import PreprocessConfig
 
 from . import kernels as gpu_kernels
+from .trt_network import TensorRTNetwork
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +50,25 @@ def _is_oom(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the fast path needs from the exported ONNX's ``ssd_trt.*`` metadata."""
+    """What the fast path needs from the exported ONNX's ``ssd_trt.*`` metadata (contract)."""
 
     preprocess: PreprocessConfig
     nms: NmsSettings
 
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str], where: str) -> ModelSpec:
-        try:
-            height, width = json.loads(meta["ssd_trt.input_size"])
-            return cls(
-                preprocess=PreprocessConfig(
-                    height=int(height),
-                    width=int(width),
-                    scale=float(meta["ssd_trt.input_scale"]),
-                    offset=float(meta["ssd_trt.input_offset"]),
-                ),
-                nms=NmsSettings(**json.loads(meta["ssd_trt.nms_settings"])),
-            )
-        except (KeyError, ValueError, TypeError):
-            raise SsdTrtError(
-                f"{where} has no ssd_trt metadata; export it with 'ssd-trt export --nms none'"
-            ) from None
+
+class NetworkRunner(Protocol):
+    """The network for one batch size on the fast path's stream and device buffers: ONNX
+    Runtime's CUDA provider (``_Network``) or a TensorRT engine (trt_network.TensorRTNetwork)."""
+
+    batch: int
+    dtypes: dict[str, np.dtype]
+    anchors: int
+    classes: int
+    ptr: dict[str, int]
+
+    def warm_up(self, stream: Any, runs: int = 3) -> None: ...
+    def run(self) -> None: ...
+    def close(self, stream: Any) -> None: ...
 
 
 def _ancestors(graph: Any, names: Sequence[str]) -> set[str]:
@@ -334,11 +332,15 @@ class GpuFastPath:
         timing: bool = True,
         nms: NmsSettings | None = None,
         provider_options: dict[str, str] | None = None,
+        engine: Path | None = None,
     ) -> None:
         self._core = require("cuda.core", "gpu")
         require("cuda.bindings.driver", "gpu")
-        self._ort = require("onnxruntime", "gpu")
-        if "CUDAExecutionProvider" not in self._ort.get_available_providers():
+        self._ort = None if engine is not None else require("onnxruntime", "gpu")
+        if (
+            self._ort is not None
+            and "CUDAExecutionProvider" not in self._ort.get_available_providers()
+        ):
             raise SsdTrtError(
                 "ONNX Runtime here has no CUDAExecutionProvider; "
                 "install it with: pip install 'ssd-trt[gpu]'"
@@ -357,7 +359,8 @@ class GpuFastPath:
         self._cuda_graphs = cuda_graphs
         self._tf32 = tf32
         self._provider_options = dict(provider_options or {})
-        self._networks: dict[int, _Network] = {}
+        self._networks: dict[int, NetworkRunner] = {}
+        self._engine = engine  # a TensorRT engine of the --nms none network runs it instead
         self._slots: list[_Slot] = []
         self._next_slot = 0
         self._frames_dev: Any = None
@@ -371,14 +374,10 @@ class GpuFastPath:
         path = Path(onnx_path)
         if not path.is_file():
             raise SsdTrtError(f"{path} does not exist")
-        onnx = require("onnx", "export")
-        meta = {
-            p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-        }
-        self.spec = ModelSpec.from_metadata(meta, str(path))
-        if nms is not None:
-            self.spec = ModelSpec(self.spec.preprocess, nms)
-        self._model: bytes | str = fp16_model_bytes(path) if fp16 else str(path)
+        info = ModelInfo.from_onnx(path)
+        self.spec = ModelSpec(info.preprocess, nms or info.nms_settings)
+        convert = fp16 and engine is None  # an engine already has its precision
+        self._model: bytes | str = fp16_model_bytes(path) if convert else str(path)
 
         try:
             self.device = self._core.Device(device_id)
@@ -645,7 +644,7 @@ class GpuFastPath:
                 ) from None
             raise SsdTrtError(f"GPU allocation failed: {_first_line(exc)}") from exc
 
-    def _launch_nms(self, net: _Network, n: int) -> None:
+    def _launch_nms(self, net: NetworkRunner, n: int) -> None:
         """Three kernels: a coarse score histogram and the candidate list above the cut, both
         with several blocks per image, then one block per image for the exact top-``cap`` cut,
         the sort and the NMS walk."""
@@ -695,23 +694,14 @@ class GpuFastPath:
             self.__dict__["_sms"] = count
         return count
 
-    def _network(self, batch: int) -> _Network:
+    def _network(self, batch: int) -> NetworkRunner:
         net = self._networks.get(batch)
         if net is not None:
             return net
-        log.info("building the batch-%d network (ONNX Runtime CUDA EP, CUDA graph)", batch)
+        runtime = "TensorRT" if self._engine else "ONNX Runtime CUDA EP"
+        log.info("building the batch-%d network (%s, CUDA graph)", batch, runtime)
         try:
-            net = _Network(
-                self._ort,
-                self._model,
-                batch,
-                self.spec,
-                self.device,
-                self.stream,
-                cuda_graphs=self._cuda_graphs,
-                tf32=self._tf32,
-                extra_provider_options=self._provider_options,
-            )
+            net = self._new_network(batch)
         except SsdTrtError:
             raise
         except Exception as exc:
@@ -737,6 +727,28 @@ class GpuFastPath:
         self._networks[batch] = net
         self._grow_nms_buffers(batch)
         return net
+
+    def _new_network(self, batch: int) -> NetworkRunner:
+        if self._engine is not None:
+            return TensorRTNetwork(
+                self._engine,
+                batch,
+                self.spec.preprocess,
+                self.device,
+                self.stream,
+                cuda_graphs=self._cuda_graphs,
+            )
+        return _Network(
+            self._ort,
+            self._model,
+            batch,
+            self.spec,
+            self.device,
+            self.stream,
+            cuda_graphs=self._cuda_graphs,
+            tf32=self._tf32,
+            extra_provider_options=self._provider_options,
+        )
 
     def _grow_nms_buffers(self, batch: int) -> None:
         have = 0 if self._out_dev is None else self._out_dev.size // (self._record_words * 4)
