@@ -119,7 +119,9 @@ class ArtifactStore:
         the network); a given .onnx keeps whatever it was exported with.
         """
         path = Path(model).expanduser()
-        if path.suffix == ONNX_SUFFIX or is_engine(path):
+        if is_engine(path):
+            raise SsdTrtError(f"{path} is a TensorRT engine; this step takes the exported .onnx")
+        if path.suffix == ONNX_SUFFIX:
             if not path.is_file():
                 raise SsdTrtError(f"{path} does not exist; export a model with 'ssd-trt export'")
             return path

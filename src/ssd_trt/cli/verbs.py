@@ -212,8 +212,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise SsdTrtError("--max-map-drop needs --coco-annotations FILE for the --images")
     store = ArtifactStore(args.cache_dir)
     onnx_path = store.onnx(args.model)
-    if onnx_path.suffix != ONNX_SUFFIX:
-        raise SsdTrtError(f"compare takes the FP32 .onnx export, not {onnx_path.name}")
     report = compare(
         onnx_path,
         precisions,

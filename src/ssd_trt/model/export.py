@@ -17,9 +17,10 @@ import numpy as np
 from ..contract import DETECTION_OUTPUTS, INPUT_NAME, NMS_MODES, RAW_OUTPUTS, ModelInfo
 from ..errors import SsdTrtError, require
 from ..fsutil import atomic_write
-from ..nms import NmsSettings, candidate_cap
+from ..nms import NmsSettings
 from ..preprocess import PreprocessConfig
 from .labels import label_map
+from .nms_graph import const, efficient_nms, onnx_nms, onnx_nms_per_class
 from .tfgraph import BOX_ENCODINGS, CLASS_SCORES, PREPROCESSED, SsdGraph, analyze, load_graph_def
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,9 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         op="Slice",
         inputs=[
             class_scores,
-            _c(gs, "bg_start", [1]),
-            _c(gs, "bg_end", [2**31 - 1]),
-            _c(gs, "bg_axis", [2]),
+            const(gs, "bg_start", [1]),
+            const(gs, "bg_end", [2**31 - 1]),
+            const(gs, "bg_axis", [2]),
         ],
         outputs=["class_scores_fg"],
     )[0]
@@ -140,13 +141,13 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         boxes.dtype, scores.dtype = np.float32, np.float32
         graph.outputs = [boxes, scores]
     elif options.nms == "efficient":
-        graph.outputs = _efficient_nms(graph, gs, boxes, scores, settings)
+        graph.outputs = efficient_nms(graph, gs, boxes, scores, settings)
     elif settings.max_candidates == 0:
-        graph.outputs = _onnx_nms_per_class(
+        graph.outputs = onnx_nms_per_class(
             graph, gs, boxes, scores, settings, ssd.num_classes, ssd.anchors.shape[0]
         )
     else:
-        graph.outputs = _onnx_nms(
+        graph.outputs = onnx_nms(
             graph, gs, boxes, scores, settings, ssd.num_classes, ssd.anchors.shape[0]
         )
     names = RAW_OUTPUTS if options.nms == "none" else DETECTION_OUTPUTS
@@ -231,10 +232,6 @@ def canonicalize(model: Any) -> None:
     g.name = "ssd_trt"
 
 
-def _c(gs: Any, name: str, values: Any, dtype: Any = np.int64) -> Any:
-    return gs.Constant(name, np.asarray(values, dtype=dtype))
-
-
 def _output_shape(name: str, k: int, ssd: SsdGraph) -> list[Any]:
     anchors = ssd.anchors.shape[0]
     return {
@@ -256,33 +253,45 @@ def _decode(graph: Any, gs: Any, encodings: Any, ssd: SsdGraph) -> Any:
     f32 = np.float32
     rel = graph.layer(
         op="Slice",
-        inputs=[encodings, _c(gs, "enc_c0", [0]), _c(gs, "enc_c1", [2]), _c(gs, "enc_axis", [2])],
+        inputs=[
+            encodings,
+            const(gs, "enc_c0", [0]),
+            const(gs, "enc_c1", [2]),
+            const(gs, "enc_axis", [2]),
+        ],
         outputs=["enc_center"],
     )[0]
     log = graph.layer(
         op="Slice",
-        inputs=[encodings, _c(gs, "enc_s0", [2]), _c(gs, "enc_s1", [4]), _c(gs, "enc_axis2", [2])],
+        inputs=[
+            encodings,
+            const(gs, "enc_s0", [2]),
+            const(gs, "enc_s1", [4]),
+            const(gs, "enc_axis2", [2]),
+        ],
         outputs=["enc_size"],
     )[0]
     rel = graph.layer(
         op="Mul",
-        inputs=[rel, _c(gs, "inv_center_scale", [1 / sy, 1 / sx], f32)],
+        inputs=[rel, const(gs, "inv_center_scale", [1 / sy, 1 / sx], f32)],
         outputs=["enc_center_scaled"],
     )[0]
     rel = graph.layer(
-        op="Mul", inputs=[rel, _c(gs, "anchor_size", size, f32)], outputs=["center_offset"]
+        op="Mul", inputs=[rel, const(gs, "anchor_size", size, f32)], outputs=["center_offset"]
     )[0]
     ctr = graph.layer(
-        op="Add", inputs=[rel, _c(gs, "anchor_center", center, f32)], outputs=["box_center"]
+        op="Add", inputs=[rel, const(gs, "anchor_center", center, f32)], outputs=["box_center"]
     )[0]
     log = graph.layer(
         op="Mul",
-        inputs=[log, _c(gs, "inv_size_scale", [1 / sh, 1 / sw], f32)],
+        inputs=[log, const(gs, "inv_size_scale", [1 / sh, 1 / sw], f32)],
         outputs=["enc_size_scaled"],
     )[0]
     ext = graph.layer(op="Exp", inputs=[log], outputs=["size_ratio"])[0]
     ext = graph.layer(
-        op="Mul", inputs=[ext, _c(gs, "anchor_half_size", size / 2, f32)], outputs=["box_half_size"]
+        op="Mul",
+        inputs=[ext, const(gs, "anchor_half_size", size / 2, f32)],
+        outputs=["box_half_size"],
     )[0]
     lo = graph.layer(op="Sub", inputs=[ctr, ext], outputs=["box_min"])[0]
     hi = graph.layer(op="Add", inputs=[ctr, ext], outputs=["box_max"])[0]
@@ -291,313 +300,9 @@ def _decode(graph: Any, gs: Any, encodings: Any, ssd: SsdGraph) -> Any:
     ]
     return graph.layer(
         op="Clip",
-        inputs=[box, _c(gs, "clip_lo", 0.0, f32), _c(gs, "clip_hi", 1.0, f32)],
+        inputs=[box, const(gs, "clip_lo", 0.0, f32), const(gs, "clip_hi", 1.0, f32)],
         outputs=["boxes_decoded"],
     )[0]
-
-
-def _onnx_nms(
-    graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings, classes: int, anchors: int
-) -> list:
-    """Per-class NMS as TF does it, on the best ``max_candidates`` (anchor, class) pairs.
-
-    A TopK over the flattened [N, A*C] scores picks the candidates (ties: lower anchor * C +
-    class first, as ``nms.nms_image`` orders them). One NonMaxSuppression then runs over their
-    boxes shifted by a per-class offset: boxes are clipped to [0, 1] and the offsets are whole
-    multiples of 2, so boxes of different classes never overlap and the single NMS is per-class
-    NMS (a single NMS also avoids ONNX Runtime's CUDA NMS running classes one after another).
-    Offsets sit on a 2D grid to stay small (<= 18 for 90 classes): float32 rounding of the
-    shifted corners is then ~1e-6, not the 1.5e-5 a 1D offset of up to 180 would cost.
-    NonMaxSuppression returns a data-dependent list of kept candidates; scattering their scores
-    into a dense [N, M] tensor and taking TopK gives static output shapes. Only standard ops
-    (TopK, Gather*, NonMaxSuppression, ScatterND, CumSum): TensorRT maps them to its layers.
-    """
-    f32, i64 = np.float32, np.int64
-    k = s.max_total
-    m = min(candidate_cap(s), classes * anchors)  # TensorRT's TopK allows K <= 3840
-    flat = graph.layer(
-        op="Reshape", inputs=[scores, _c(gs, "pairs_shape", [0, -1])], outputs=["pair_scores"]
-    )[0]
-    cand_scores, cand_index = graph.layer(
-        op="TopK",
-        inputs=[flat, _c(gs, "cand_k", [m])],
-        outputs=["cand_scores", "cand_index"],
-        attrs={"axis": 1, "largest": 1, "sorted": 1},
-    )
-    n_classes = _c(gs, "num_classes", [classes], i64)
-    anchor = graph.layer(op="Div", inputs=[cand_index, n_classes], outputs=["cand_anchor"])[0]
-    cls = graph.layer(op="Mod", inputs=[cand_index, n_classes], outputs=["cand_class"])[0]
-    anchor = graph.layer(
-        op="Unsqueeze", inputs=[anchor, _c(gs, "cand_axis", [2])], outputs=["cand_anchor_idx"]
-    )[0]
-    cand_boxes = graph.layer(
-        op="GatherND", inputs=[boxes, anchor], outputs=["cand_boxes"], attrs={"batch_dims": 1}
-    )[0]
-    nms_boxes = cand_boxes
-    if classes > 1:
-        cols = int(np.ceil(np.sqrt(classes)))
-        c = np.arange(classes)
-        oy, ox = 2.0 * (c // cols), 2.0 * (c % cols)
-        table = np.stack([oy, ox, oy, ox], axis=1)  # boxes are [y1, x1, y2, x2]
-        offset = graph.layer(
-            op="Gather",
-            inputs=[_c(gs, "class_offsets", table, f32), cls],
-            outputs=["cand_offsets"],
-            attrs={"axis": 0},
-        )[0]
-        nms_boxes = graph.layer(
-            op="Add", inputs=[cand_boxes, offset], outputs=["cand_boxes_apart"]
-        )[0]
-    nms_scores = graph.layer(
-        op="Unsqueeze", inputs=[cand_scores, _c(gs, "one_class_axis", [1])], outputs=["cand_n1m"]
-    )[0]
-    # NMS keeps boxes best first, so when no class can reach its limit within the best K kept,
-    # stopping at K is exact; otherwise keep everything and apply the per-class limit below.
-    limit_per_class = s.max_per_class < k
-    selected = graph.layer(
-        op="NonMaxSuppression",
-        inputs=[
-            nms_boxes,
-            nms_scores,
-            _c(gs, "nms_max_out", [m if limit_per_class else k]),
-            _c(gs, "nms_iou", [s.iou_threshold], f32),
-            _c(gs, "nms_score", [s.score_threshold], f32),
-        ],
-        outputs=["nms_selected"],
-    )[0]
-    picked = graph.layer(
-        op="Gather",
-        inputs=[selected, _c(gs, "batch_and_box", [0, 2])],
-        outputs=["nms_picked"],
-        attrs={"axis": 1},
-    )[0]
-    kept = graph.layer(op="GatherND", inputs=[cand_scores, picked], outputs=["nms_kept_scores"])[0]
-    shape = graph.layer(op="Shape", inputs=[cand_scores], outputs=["cand_shape"])[0]
-    empty = graph.layer(
-        op="ConstantOfShape",
-        inputs=[shape],
-        outputs=["nms_empty"],
-        attrs={"value": gs.Constant("neg_one", np.array([-1.0], f32))},
-    )[0]
-    dense = graph.layer(op="ScatterND", inputs=[empty, picked, kept], outputs=["nms_dense"])[0]
-    if limit_per_class:
-        dense = _limit_per_class(graph, gs, dense, cls, s.max_per_class, classes)
-    top_scores, top_pos = graph.layer(
-        op="TopK",
-        inputs=[dense, _c(gs, "topk_k", [k])],
-        outputs=["top_scores", "top_pos"],
-        attrs={"axis": 1, "largest": 1, "sorted": 1},
-    )
-    # Unkept slots hold -1. Comparing with the threshold too keeps its strict '>' whatever a
-    # runtime's NMS does with a score equal to it.
-    valid = graph.layer(
-        op="Greater",
-        inputs=[top_scores, _c(gs, "valid_min", [max(s.score_threshold, -0.5)], f32)],
-        outputs=["top_valid"],
-    )[0]
-    top_cls = graph.layer(
-        op="GatherElements", inputs=[cls, top_pos], outputs=["top_class0"], attrs={"axis": 1}
-    )[0]
-    top_cls = graph.layer(
-        op="Add", inputs=[top_cls, _c(gs, "one_i64", [1])], outputs=["top_class"]
-    )[0]
-    pos = graph.layer(
-        op="Unsqueeze", inputs=[top_pos, _c(gs, "last_axis", [2])], outputs=["top_pos_idx"]
-    )[0]
-    top_boxes = graph.layer(
-        op="GatherND", inputs=[cand_boxes, pos], outputs=["top_boxes"], attrs={"batch_dims": 1}
-    )[0]
-    return _detection_outputs(graph, gs, valid, top_boxes, top_scores, top_cls)
-
-
-def _limit_per_class(
-    graph: Any, gs: Any, dense: Any, cls: Any, max_per_class: int, classes: int
-) -> Any:
-    """Drop kept candidates ranked max_per_class or lower within their class.
-
-    Exactly per-class NMS's limit: a class's NMS would stop there, and the dropped boxes could
-    only have suppressed later boxes of the same class, which are dropped too. The rank is an
-    exclusive running count of kept candidates per class along the score order ([N, M, C]).
-    """
-    f32 = np.float32
-    kept = graph.layer(
-        op="Greater", inputs=[dense, _c(gs, "kept_min", [-0.5], f32)], outputs=["nms_kept"]
-    )[0]
-    kept = graph.layer(
-        op="Unsqueeze", inputs=[kept, _c(gs, "kept_axis", [2])], outputs=["nms_kept3"]
-    )[0]
-    cls3 = graph.layer(
-        op="Unsqueeze", inputs=[cls, _c(gs, "cls_axis", [2])], outputs=["cand_class3"]
-    )[0]
-    onehot = graph.layer(
-        op="Equal",
-        inputs=[cls3, _c(gs, "class_range", np.arange(classes))],
-        outputs=["cand_onehot"],
-    )[0]
-    onehot = graph.layer(op="And", inputs=[onehot, kept], outputs=["kept_onehot"])[0]
-    onehot = graph.layer(
-        op="Cast", inputs=[onehot], outputs=["kept_onehot_f"], attrs={"to": onnx_float()}
-    )[0]
-    before = graph.layer(
-        op="CumSum",
-        inputs=[onehot, _c(gs, "rank_axis", 1)],
-        outputs=["kept_before"],
-        attrs={"exclusive": 1},
-    )[0]
-    rank = graph.layer(
-        op="GatherElements", inputs=[before, cls3], outputs=["class_rank3"], attrs={"axis": 2}
-    )[0]
-    rank = graph.layer(
-        op="Squeeze", inputs=[rank, _c(gs, "rank_squeeze", [2])], outputs=["class_rank"]
-    )[0]
-    within = graph.layer(
-        op="Less",
-        inputs=[rank, _c(gs, "per_class_max", [max_per_class], f32)],
-        outputs=["within_class_limit"],
-    )[0]
-    return graph.layer(
-        op="Where",
-        inputs=[within, dense, _c(gs, "dropped", [-1.0], f32)],
-        outputs=["nms_dense_limited"],
-    )[0]
-
-
-def _detection_outputs(
-    graph: Any, gs: Any, valid: Any, top_boxes: Any, top_scores: Any, cls: Any
-) -> list:
-    """The four contract outputs from the top K rows; rows that are not valid become zeros."""
-    f32 = np.float32
-    valid3 = graph.layer(
-        op="Unsqueeze", inputs=[valid, _c(gs, "last_axis2", [2])], outputs=["top_valid3"]
-    )[0]
-    det_boxes = graph.layer(
-        op="Where",
-        inputs=[valid3, top_boxes, _c(gs, "zero_f", [0.0], f32)],
-        outputs=["detection_boxes"],
-    )[0]
-    det_scores = graph.layer(
-        op="Where",
-        inputs=[valid, top_scores, _c(gs, "zero_f2", [0.0], f32)],
-        outputs=["detection_scores"],
-    )[0]
-    cls = graph.layer(op="Where", inputs=[valid, cls, _c(gs, "zero_i", [0])], outputs=["cls64"])[0]
-    det_classes = graph.layer(
-        op="Cast", inputs=[cls], outputs=["detection_classes"], attrs={"to": onnx_int32()}
-    )[0]
-    count = graph.layer(
-        op="Cast", inputs=[valid], outputs=["valid_i32"], attrs={"to": onnx_int32()}
-    )[0]
-    num = graph.layer(
-        op="ReduceSum",
-        inputs=[count, _c(gs, "sum_axis", [1])],
-        outputs=["num_detections"],
-        attrs={"keepdims": 1},
-    )[0]
-    det_boxes.dtype, det_scores.dtype = np.float32, np.float32
-    det_classes.dtype, num.dtype = np.int32, np.int32
-    return [num, det_boxes, det_scores, det_classes]
-
-
-def _onnx_nms_per_class(
-    graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings, classes: int, anchors: int
-) -> list:
-    """Per-class ONNX NonMaxSuppression over every (anchor, class) pair, then the best K.
-
-    The graph before the candidate cap (``max_candidates=0``): exact, but NMS sees 172k
-    candidates for a COCO SSD at TF's 1e-8 threshold, which dominates the frame's cost.
-
-    NonMaxSuppression returns a data-dependent list of (batch, class, anchor) triples; scattering
-    the kept scores into a dense [N, C*A] tensor and taking TopK gives static output shapes.
-    """
-    f32, i64 = np.float32, np.int64
-    scores_ca = graph.layer(
-        op="Transpose", inputs=[scores], outputs=["scores_nca"], attrs={"perm": [0, 2, 1]}
-    )[0]
-    selected = graph.layer(
-        op="NonMaxSuppression",
-        inputs=[
-            boxes,
-            scores_ca,
-            _c(gs, "nms_max_per_class", [s.max_per_class]),
-            _c(gs, "nms_iou", [s.iou_threshold], f32),
-            _c(gs, "nms_score", [s.score_threshold], f32),
-        ],
-        outputs=["nms_selected"],
-    )[0]
-    kept = graph.layer(op="GatherND", inputs=[scores_ca, selected], outputs=["nms_kept_scores"])[0]
-    shape = graph.layer(op="Shape", inputs=[scores_ca], outputs=["scores_nca_shape"])[0]
-    empty = graph.layer(
-        op="ConstantOfShape",
-        inputs=[shape],
-        outputs=["nms_empty"],
-        attrs={"value": gs.Constant("neg_one", np.array([-1.0], f32))},
-    )[0]
-    dense = graph.layer(op="ScatterND", inputs=[empty, selected, kept], outputs=["nms_dense"])[0]
-    flat = graph.layer(
-        op="Reshape", inputs=[dense, _c(gs, "flat_shape", [0, -1])], outputs=["nms_flat"]
-    )[0]
-    top = graph.layer(
-        op="TopK",
-        inputs=[flat, _c(gs, "topk_k", [s.max_total])],
-        outputs=["top_scores", "top_index"],
-        attrs={"axis": 1, "largest": 1, "sorted": 1},
-    )
-    top_scores, top_index = top
-    valid = graph.layer(
-        op="Greater", inputs=[top_scores, _c(gs, "valid_min", [-0.5], f32)], outputs=["top_valid"]
-    )[0]
-    n_anchors = _c(gs, "num_anchors", [anchors], i64)
-    cls = graph.layer(op="Div", inputs=[top_index, n_anchors], outputs=["top_class0"])[0]
-    anchor = graph.layer(op="Mod", inputs=[top_index, n_anchors], outputs=["top_anchor"])[0]
-    cls = graph.layer(op="Add", inputs=[cls, _c(gs, "one_i64", [1])], outputs=["top_class"])[0]
-    anchor = graph.layer(
-        op="Unsqueeze", inputs=[anchor, _c(gs, "last_axis", [2])], outputs=["top_anchor_idx"]
-    )[0]
-    top_boxes = graph.layer(
-        op="GatherND", inputs=[boxes, anchor], outputs=["top_boxes"], attrs={"batch_dims": 1}
-    )[0]
-    return _detection_outputs(graph, gs, valid, top_boxes, top_scores, cls)
-
-
-def onnx_int32() -> int:
-    return int(require("onnx", "export").TensorProto.INT32)
-
-
-def onnx_float() -> int:
-    return int(require("onnx", "export").TensorProto.FLOAT)
-
-
-def _efficient_nms(graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings) -> list:
-    """TensorRT's EfficientNMS_TRT plugin (TensorRT 10 only; ONNX Runtime cannot run it).
-
-    The plugin has no per-class limit and numbers classes from 0, so label ids get +1 after it.
-    """
-    outs = [
-        gs.Variable(n)
-        for n in ("num_detections", "detection_boxes", "detection_scores", "nms_classes0")
-    ]
-    graph.layer(
-        op="EfficientNMS_TRT",
-        name="efficient_nms",
-        inputs=[boxes, scores],
-        outputs=outs,
-        attrs={
-            "plugin_version": "1",
-            "background_class": -1,
-            "max_output_boxes": s.max_total,
-            "score_threshold": max(s.score_threshold, 0.0),
-            "iou_threshold": s.iou_threshold,
-            "score_activation": 0,
-            "class_agnostic": 0,
-            "box_coding": 0,
-        },
-    )
-    classes = graph.layer(
-        op="Add", inputs=[outs[3], _c(gs, "one_i32", [1], np.int32)], outputs=["detection_classes"]
-    )[0]
-    outs[0].dtype, outs[1].dtype, outs[2].dtype = np.int32, np.float32, np.float32
-    outs[3].dtype = classes.dtype = np.int32
-    return [outs[0], outs[1], outs[2], classes]
 
 
 def write_onnx_atomic(model: Any, output: Path) -> None:
