@@ -4,7 +4,6 @@ Run on the GPU machine with ``pytest -m gpu``; test data as in test_gpu_fastpath
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def data() -> Path:
-    path = Path(os.environ.get("SSD_TRT_GPU_DATA", "gpu-test-data"))
-    if not (path / "coco_none.onnx").is_file():
-        pytest.fail(f"set SSD_TRT_GPU_DATA to a folder with coco_none.onnx (now {path})")
-    return path
+def data(gpu_data: Path) -> Path:
+    return gpu_data
 
 
 @pytest.fixture(scope="module")
