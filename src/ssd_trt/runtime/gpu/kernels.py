@@ -1,14 +1,17 @@
 """CUDA C++ kernels of the GPU fast path, compiled at run time with NVRTC.
 
-Two kernels, each instantiated for the tensor dtypes a network may have:
+Kernels, instantiated for the tensor dtypes a network may have:
 
 - ``preprocess_<out>``: bilinear resize of packed uint8 HWC frames of any size (sampling as
   cv2.resize INTER_LINEAR does, with its 11-bit fixed-point weights), BGR->RGB, scale/offset,
   NCHW float32 or float16 out. One thread per output pixel; grid.y is the image.
-- ``select_nms_<boxes>_<scores>``: one 1024-thread block per image. Radix-selects the top
-  ``cap`` (anchor, class) candidates scoring above the threshold (score descending, ties by lower
-  flat index), sorts them, builds the same-class IoU suppression bit matrix, then one warp walks
-  the candidates in order exactly as ``ssd_trt.nms.nms_image`` does and writes the top-K rows.
+- NMS in five kernels: ``nms_hist_<scores>`` and ``nms_compact_<scores>`` (several blocks per
+  image: coarse score histogram, list of candidates at or above the cut bucket);
+  ``select_nms_<boxes>_<scores>`` (one 1024-thread block per image: exact radix cut of the top
+  ``cap`` (anchor, class) candidates by score descending, ties by lower flat index, sort, class
+  grouping, candidate records to global memory); ``nms_rows`` (one warp per candidate: its
+  same-class IoU suppression row); ``nms_walk`` (one warp per image: walks the candidates in
+  order exactly as ``ssd_trt.nms.nms_image`` does and writes the top-K rows).
 
 ``compile_ptx`` needs only NVRTC (no driver, no GPU), so CI can check that every kernel compiles.
 """
