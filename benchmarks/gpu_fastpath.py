@@ -42,13 +42,22 @@ def latency(fp: GpuFastPath, frame: np.ndarray, iters: int) -> dict[str, float]:
     for _ in range(20):
         fp.run([frame])
     times, stages = [], {k: [] for k in (*STAGES, "total")}
+    sub, col = [], []
     for _ in range(iters):
         t0 = time.perf_counter()
         fp.run([frame])
         times.append((time.perf_counter() - t0) * 1e3)
         for k, v in fp.last_stage_ms.items():
             stages[k].append(v)
+    for _ in range(iters):  # host time of submit (returns at once) and collect (waits)
+        t0 = time.perf_counter()
+        h = fp.submit([frame])
+        t1 = time.perf_counter()
+        fp.collect(h)
+        sub.append((t1 - t0) * 1e3)
+        col.append((time.perf_counter() - t1) * 1e3)
     result = {"p50_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
+    result |= {"host_submit_ms": float(np.median(sub)), "collect_ms": float(np.median(col))}
     result |= {f"gpu_{k}_ms": float(np.median(v)) for k, v in stages.items() if v}
     return result
 
@@ -63,6 +72,39 @@ def network_only(fp: GpuFastPath, iters: int) -> float:
         fp.stream.sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times))
+
+
+def nms_only(fp: GpuFastPath, batch: int, reps: int = 100) -> dict:
+    """The NMS kernels alone on the last network outputs (CUDA events), and the phase stamps
+    of the select kernel (us; the last phase is rows + walk)."""
+    from cuda import core
+
+    net = fp._networks[batch]
+    opts = core.EventOptions(timing_enabled=True)
+    a, b = fp.device.create_event(options=opts), fp.device.create_event(options=opts)
+    fp._launch_nms(net, batch)
+    fp.stream.record(a)
+    for _ in range(reps):
+        fp._launch_nms(net, batch)
+    fp.stream.record(b)
+    b.sync()
+    dbg = fp.device.allocate(batch * 16 * 8, stream=fp.stream)
+    fp._nms_debug = int(dbg.handle)
+    stamps = np.zeros(batch * 16, np.int64)
+    for _ in range(3):
+        fp._launch_nms(net, batch)
+    fp.stream.sync()
+    from cuda.bindings import driver
+
+    driver.cuMemcpyDtoH(stamps.ctypes.data, int(dbg.handle), stamps.nbytes)
+    fp._nms_debug = 0
+    fp.stream.sync()
+    dbg.close(fp.stream)
+    t = stamps.reshape(batch, 16)[:, :8]
+    return {
+        "nms_ms": float(b - a) / reps,
+        "select_phases_us": (np.diff(t, axis=1).mean(0) / 1e3).round(2).tolist(),
+    }
 
 
 def throughput(fp: GpuFastPath, frames: list[np.ndarray], batch: int, batches: int) -> dict:
@@ -94,11 +136,13 @@ def main() -> None:
         "--variants",
         default="fp32,fp16,fp32-tf32",
         help="comma-separated: fp32 (TF32 on) or fp16, optionally -tf32 (TF32 off), +nhwc "
-        "(prefer_nhwc=1), +exh (cudnn_conv_algo_search=EXHAUSTIVE), +ws (max cuDNN workspace)",
+        "(prefer_nhwc=1), +exh (cudnn_conv_algo_search=EXHAUSTIVE), +ws (max cuDNN workspace), "
+        "+big (batch sizes >= 16 without CUDA graphs), +bignhwc (that and prefer_nhwc=1 there)",
     )
     parser.add_argument("--sizes", default="8,32,64")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(format="%(message)s")  # INFO for this script only
+    log.setLevel(logging.INFO)
     import onnxruntime
     from cuda import core
 
@@ -121,22 +165,28 @@ def main() -> None:
             opts["cudnn_conv_algo_search"] = "EXHAUSTIVE"
         if "+ws" in variant:
             opts["cudnn_conv_use_max_workspace"] = "1"
+        large = None
+        if "+big" in variant:
+            large = {"prefer_nhwc": "1"} if "+bignhwc" in variant else {}
         with GpuFastPath(
             args.onnx,
             batch_sizes=(1, *sizes),
             fp16=variant.startswith("fp16"),
             tf32="-tf32" not in variant,
             provider_options=opts,
+            large_batch_options=large,
         ) as fp:
             fp.warm_up()
             report[f"{variant}_setup_s"] = time.perf_counter() - t0
             res = {"batch1": latency(fp, frames[0], args.iters)}
             res["batch1_network_only_ms"] = network_only(fp, args.iters)
+            res["batch1_nms"] = nms_only(fp, 1)
             log.info("%s batch 1: %s", variant, res["batch1"])
             for b in sizes:
                 res[f"batch{b}"] = throughput(fp, frames, b, args.batches)
                 res[f"batch{b}_272x300"] = throughput(fp, small, b, args.batches)
                 log.info("%s batch %d: %s", variant, b, res[f"batch{b}"])
+            res[f"batch{sizes[-1]}_nms"] = nms_only(fp, sizes[-1], 20)
         report["results"][variant] = res
     text = json.dumps(report, indent=2)
     log.info("%s", text)

@@ -36,6 +36,9 @@ DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 STAGES = ("upload", "preprocess", "network", "nms", "download")
 OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
 _ALIGN = 256  # byte alignment of each frame in the packed upload
+# Batches of at least this many frames are uploaded on a second stream, so that the upload of one
+# batch overlaps the network of the previous one (at batch 1 the extra event wait only costs).
+OVERLAP_MIN_BATCH = 8
 
 
 def _first_line(exc: BaseException) -> str:
@@ -249,13 +252,18 @@ def _dtype_name(dtype: np.dtype) -> str:
     return "f16" if dtype == np.float16 else "f32"
 
 
+_DRIVER: Any = None
+
+
 def _driver_call(name: str, *args: Any) -> None:
     """A cuda.bindings driver call with stream-ordered semantics; raises on failure."""
-    driver = require("cuda.bindings.driver", "gpu")
+    global _DRIVER
+    if _DRIVER is None:
+        _DRIVER = require("cuda.bindings.driver", "gpu")
     *rest, stream = args
-    result = getattr(driver, name)(*rest, stream.handle)
+    result = getattr(_DRIVER, name)(*rest, stream.handle)
     err = result[0] if isinstance(result, tuple) else result
-    if err != driver.CUresult.CUDA_SUCCESS:
+    if err != _DRIVER.CUresult.CUDA_SUCCESS:
         raise SsdTrtError(f"{name} failed: {err}")
 
 
@@ -295,6 +303,7 @@ class _Slot:
     download: _PinnedBuffer
     events: list[Any]  # recorded before upload and after each stage
     handle: FastPathHandle | None = None
+    frames_dev: Any = None  # device copy of the packed frames (its batch is done on reuse)
 
 
 @dataclass
@@ -332,6 +341,8 @@ class GpuFastPath:
         timing: bool = True,
         nms: NmsSettings | None = None,
         provider_options: dict[str, str] | None = None,
+        large_batch: int = 16,
+        large_batch_options: dict[str, str] | None = None,
         engine: Path | None = None,
     ) -> None:
         self._core = require("cuda.core", "gpu")
@@ -359,6 +370,12 @@ class GpuFastPath:
         self._cuda_graphs = cuda_graphs
         self._tf32 = tf32
         self._provider_options = dict(provider_options or {})
+        # Batch sizes >= large_batch: no CUDA graph (launch overhead does not matter there) and
+        # these provider options on top (e.g. prefer_nhwc, which graph capture refuses); None
+        # keeps every batch size like the small ones.
+        self._large_batch = large_batch
+        self._large_options = None if large_batch_options is None else dict(large_batch_options)
+        self._upload_stream: Any = None  # second stream for uploads of large batches
         self._networks: dict[int, NetworkRunner] = {}
         self._engine = engine  # a TensorRT engine of the --nms none network runs it instead
         self._slots: list[_Slot] = []
@@ -366,6 +383,7 @@ class GpuFastPath:
         self._frames_dev: Any = None
         self._mask_dev: Any = None
         self._out_dev: Any = None
+        self._cand_dev: Any = None  # NMS candidate records [batch, CAND_WORDS] int32
         self._hist_dev: Any = None  # NMS stage-1 histograms [batch, 2048] int32, kept zero
         self._count_dev: Any = None  # NMS stage-2 list lengths [batch] int32, kept zero
         self._nms_debug = 0  # device pointer of 16 int64 phase stamps per image, or 0
@@ -438,12 +456,23 @@ class GpuFastPath:
         for i, f in enumerate(frames):
             meta[i] = (offsets[i], f.shape[0], f.shape[1], 0)
             host[start + offsets[i] : start + offsets[i] + f.nbytes] = f.reshape(-1)
-        dev = self._frames_buffer(total)
+        dev = self._frames_buffer(slot, total)
 
         ev = slot.events
-        self._record(ev[0])
-        _driver_call("cuMemcpyHtoDAsync", int(dev.handle), slot.upload.ptr, total, stream)
-        self._record(ev[1])
+        if n >= OVERLAP_MIN_BATCH:
+            # Upload on a second stream: the slot's buffers are free (its last batch finished
+            # before the slot was taken), so only the preprocess waits for the copy.
+            up = self._upload_stream
+            if up is None:
+                up = self._upload_stream = self.device.create_stream()
+            up.record(ev[0])
+            _driver_call("cuMemcpyHtoDAsync", int(dev.handle), slot.upload.ptr, total, up)
+            up.record(ev[1])
+            stream.wait(ev[1])
+        else:
+            stream.record(ev[0])
+            _driver_call("cuMemcpyHtoDAsync", int(dev.handle), slot.upload.ptr, total, stream)
+            stream.record(ev[1])
         cfg = self.spec.preprocess
         plane = cfg.height * cfg.width
         core = self._core
@@ -544,13 +573,20 @@ class GpuFastPath:
             for buf in (
                 self._frames_dev,
                 self._mask_dev,
+                self._cand_dev,
                 self._out_dev,
                 self._hist_dev,
                 self._count_dev,
             ):
                 if buf is not None:
                     buf.close(self.stream)
+            for slot in self._slots:
+                if slot.frames_dev is not None:
+                    slot.frames_dev.close(self.stream)
+                    slot.frames_dev = None
             self.stream.sync()
+            if self._upload_stream is not None:
+                self._upload_stream.close()
             for slot in self._slots:
                 slot.upload.close()
                 slot.download.close()
@@ -625,14 +661,16 @@ class GpuFastPath:
             }
         slot.handle = None
 
-    def _frames_buffer(self, size: int) -> Any:
-        """The device staging buffer for packed frames; grown (stream-ordered) when needed."""
-        if self._frames_dev is None or self._frames_dev.size < size:
-            if self._frames_dev is not None:
-                self._frames_dev.close(self.stream)
-                self._frames_dev = None
-            self._frames_dev = self._allocate(max(size, 1 << 22), "the frames")
-        return self._frames_dev
+    def _frames_buffer(self, slot: _Slot, size: int) -> Any:
+        """The slot's device buffer for packed frames; grown when needed. The allocation is
+        ordered on the main stream and the upload may run on the other: wait for it once."""
+        if slot.frames_dev is None or slot.frames_dev.size < size:
+            if slot.frames_dev is not None:
+                slot.frames_dev.close(self.stream)
+                slot.frames_dev = None
+            slot.frames_dev = self._allocate(max(size, 1 << 22), "the frames")
+            self.stream.sync()
+        return slot.frames_dev
 
     def _allocate(self, size: int, what: str) -> Any:
         try:
@@ -645,9 +683,10 @@ class GpuFastPath:
             raise SsdTrtError(f"GPU allocation failed: {_first_line(exc)}") from exc
 
     def _launch_nms(self, net: NetworkRunner, n: int) -> None:
-        """Three kernels: a coarse score histogram and the candidate list above the cut, both
-        with several blocks per image, then one block per image for the exact top-``cap`` cut,
-        the sort and the NMS walk."""
+        """Five kernels: a coarse score histogram and the candidate list above the cut, both
+        with several blocks per image; one block per image for the exact top-``cap`` cut, the
+        sort and the class grouping; the suppression rows, one warp per candidate; the walk, one
+        warp per image."""
         s = self.spec.nms
         core, stream = self._core, self.stream
         sdt = _dtype_name(net.dtypes["scores"])
@@ -677,11 +716,18 @@ class GpuFastPath:
             np.int32(s.max_total),
             np.int32(self.candidate_cap),
             self._mask_dev,
-            self._out_dev,
+            self._cand_dev,
             self._hist_dev,
             self._count_dev,
             np.uint64(self._nms_debug),
         )
+        cap, warps = self.candidate_cap, gpu_kernels.ROW_WARPS
+        core.launch(stream, core.LaunchConfig(grid=(-(-cap // warps), n), block=32 * warps),
+                    self._kernels.nms_rows, self._cand_dev, np.float32(s.iou_threshold),
+                    self._mask_dev)  # fmt: skip
+        core.launch(stream, core.LaunchConfig(grid=n, block=32), self._kernels.nms_walk,
+                    self._cand_dev, self._mask_dev, np.int32(s.max_per_class),
+                    np.int32(s.max_total), self._out_dev, np.uint64(self._nms_debug))  # fmt: skip
 
     @property
     def _sm_count(self) -> int:
@@ -745,20 +791,31 @@ class GpuFastPath:
             self.spec,
             self.device,
             self.stream,
-            cuda_graphs=self._cuda_graphs,
+            cuda_graphs=self._cuda_graphs and not self._is_large(batch),
             tf32=self._tf32,
-            extra_provider_options=self._provider_options,
+            extra_provider_options=self._session_options(batch),
         )
+
+    def _is_large(self, batch: int) -> bool:
+        return self._large_options is not None and batch >= self._large_batch
+
+    def _session_options(self, batch: int) -> dict[str, str]:
+        """Provider options of the batch-``batch`` session."""
+        if self._is_large(batch):
+            return {**self._provider_options, **(self._large_options or {})}
+        return self._provider_options
 
     def _grow_nms_buffers(self, batch: int) -> None:
         have = 0 if self._out_dev is None else self._out_dev.size // (self._record_words * 4)
         if have >= batch:
             return
-        for buf in (self._mask_dev, self._out_dev, self._hist_dev, self._count_dev):
+        bufs = (self._mask_dev, self._cand_dev, self._out_dev, self._hist_dev, self._count_dev)
+        for buf in bufs:
             if buf is not None:
                 buf.close(self.stream)
-        self._mask_dev = self._out_dev = self._hist_dev = self._count_dev = None
+        self._mask_dev = self._cand_dev = self._out_dev = self._hist_dev = self._count_dev = None
         self._mask_dev = self._allocate(batch * gpu_kernels.MAX_CANDIDATES * 32 * 4, "NMS scratch")
+        self._cand_dev = self._allocate(batch * gpu_kernels.CAND_WORDS * 4, "NMS candidates")
         self._out_dev = self._allocate(batch * self._record_words * 4, "NMS outputs")
         self._hist_dev = self._allocate(batch * gpu_kernels.NBINS * 4, "NMS histograms")
         self._count_dev = self._allocate(batch * 4, "NMS counters")

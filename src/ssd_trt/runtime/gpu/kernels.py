@@ -1,14 +1,17 @@
 """CUDA C++ kernels of the GPU fast path, compiled at run time with NVRTC.
 
-Two kernels, each instantiated for the tensor dtypes a network may have:
+Kernels, instantiated for the tensor dtypes a network may have:
 
 - ``preprocess_<out>``: bilinear resize of packed uint8 HWC frames of any size (sampling as
   cv2.resize INTER_LINEAR does, with its 11-bit fixed-point weights), BGR->RGB, scale/offset,
   NCHW float32 or float16 out. One thread per output pixel; grid.y is the image.
-- ``select_nms_<boxes>_<scores>``: one 1024-thread block per image. Radix-selects the top
-  ``cap`` (anchor, class) candidates scoring above the threshold (score descending, ties by lower
-  flat index), sorts them, builds the same-class IoU suppression bit matrix, then one warp walks
-  the candidates in order exactly as ``ssd_trt.nms.nms_image`` does and writes the top-K rows.
+- NMS in five kernels: ``nms_hist_<scores>`` and ``nms_compact_<scores>`` (several blocks per
+  image: coarse score histogram, list of candidates at or above the cut bucket);
+  ``select_nms_<boxes>_<scores>`` (one 1024-thread block per image: exact radix cut of the top
+  ``cap`` (anchor, class) candidates by score descending, ties by lower flat index, sort, class
+  grouping, candidate records to global memory); ``nms_rows`` (one warp per candidate: its
+  same-class IoU suppression row); ``nms_walk`` (one warp per image: walks the candidates in
+  order exactly as ``ssd_trt.nms.nms_image`` does and writes the top-K rows).
 
 ``compile_ptx`` needs only NVRTC (no driver, no GPU), so CI can check that every kernel compiles.
 """
@@ -24,6 +27,8 @@ MAX_CANDIDATES = 1024
 MAX_CLASSES = 2048  # class counters reuse the 2048-bin radix histogram
 NBINS = 2048  # bins of the NMS score histogram
 BLOCK_PREPROCESS = 256
+ROW_WARPS = 8  # warps (candidates) per block of the NMS row kernel
+CAND_WORDS = 4 + 9 * MAX_CANDIDATES + 12  # int32 words of one image's candidate record
 
 # Tensor element types the kernels read or write, by their name in kernel names.
 DTYPES = {"f32": "float", "f16": "unsigned short"}  # f16 travels as raw bits, see h2f/f2h
@@ -151,10 +156,21 @@ __device__ __forceinline__ float iou(float4 a, float4 b) {
     float area_a = __fmul_rn(__fsub_rn(a.z, a.x), __fsub_rn(a.w, a.y));
     float area_b = __fmul_rn(__fsub_rn(b.z, b.x), __fsub_rn(b.w, b.y));
     float uni = __fsub_rn(__fadd_rn(area_a, area_b), inter);
-    return uni > 0.f ? __fdiv_rn(inter, uni) : 0.f;
+    // Disjoint boxes: 0 without the (slow, correctly rounded) division; the same comparison.
+    return inter > 0.f && uni > 0.f ? __fdiv_rn(inter, uni) : 0.f;
 }
 
 #define SCRATCH_KEYS (MAXCAND * 16)  // u64 keys that fit the per-image mask scratch
+
+// Per-image candidate record of the select kernel, in int32 words: count, then per candidate in
+// score order box (float4), score, class (0-based), [pos, gend) of its class group (int2), and
+// the candidates grouped by class (memb).
+#define C_BOX 4
+#define C_SCORE (C_BOX + 4 * MAXCAND)
+#define C_CLS (C_SCORE + MAXCAND)
+#define C_RANGE (C_CLS + MAXCAND)
+#define C_MEMB (C_RANGE + 2 * MAXCAND)
+#define CAND_WORDS (C_MEMB + MAXCAND + 12)
 
 // Coarse, monotone bucket of a key: 16 buckets per octave for scores in [2^-64, 2).
 __device__ __forceinline__ int bucket0(u64 k) {
@@ -370,15 +386,11 @@ __device__ void nms_compact(const TS* __restrict__ scores, int A, int C, float s
 template <typename TB, typename TS>
 __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ scores, int A,
                            int C, float score_thr, float iou_thr, int max_per_class, int K,
-                           int cap, u32* __restrict__ mask, int* __restrict__ out,
+                           int cap, u32* __restrict__ mask, int* __restrict__ cand,
                            int* __restrict__ ghist, int* __restrict__ gcount,
                            long long* __restrict__ dbg) {
     __shared__ int hist[NBINS];  // radix histogram, then class offsets, then per-class kept
     __shared__ u64 keys[MAXCAND];
-    __shared__ float4 cbox[MAXCAND];
-    __shared__ float cscore[MAXCAND];
-    __shared__ int ccls[MAXCAND];
-    __shared__ int memb[MAXCAND];  // candidates grouped by class
     __shared__ int warp_sums[32];
     __shared__ int s_digit, s_above, s_total, s_count, s_len;
 
@@ -387,7 +399,6 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
     const TS* sc = scores + (long long)img * total;
     const TB* bx = boxes + (long long)img * A * 4;
     u32* m = mask + (long long)img * MAXCAND * 32;
-    int* rec = out + (long long)img * (1 + 6 * K);
     long long* stamp = dbg ? dbg + 16ll * img : nullptr;
     if (stamp && tid == 0) stamp[0] = gtime();
 
@@ -411,11 +422,11 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
 
     // 2. Exact cut inside bucket d (radix passes over the 64-bit keys), over stage 2's list of
     //    the candidates at or above it when it fitted the scratch, else over all scores.
-    const u64* cand = (const u64*)m;
+    const u64* klist = (const u64*)m;
     const ScoreSource<TS> all{sc, score_thr, 0u};
     if (!cut.take_all && !whole_bucket) {
         if (compact) {
-            refine(KeySource{cand}, (long long)len, d, remaining, prefix, pmask, hist,
+            refine(KeySource{klist}, (long long)len, d, remaining, prefix, pmask, hist,
                    warp_sums, &s_digit, &s_above, &s_total);
         } else {
             refine(all, total, d, remaining, prefix, pmask, hist, warp_sums, &s_digit,
@@ -428,7 +439,7 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
     if (tid == 0) s_count = 0;
     __syncthreads();
     if (compact) {
-        gather(KeySource{cand}, (long long)len, d, prefix, pmask, keys, &s_count);
+        gather(KeySource{klist}, (long long)len, d, prefix, pmask, keys, &s_count);
     } else {
         gather(all, total, d, prefix, pmask, keys, &s_count);
     }
@@ -460,15 +471,14 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
     //    group the candidates by class (class offsets by a block scan of the class counts).
     int ci = -1;
     float4 bi = make_float4(0.f, 0.f, 0.f, 0.f);
+    float si = 0.f;
     if (tid < n) {
         u32 flat = 0xFFFFFFFFu - (u32)keys[tid];
         int a = (int)(flat / (u32)C);
         ci = (int)(flat - (u32)a * (u32)C);
         bi = make_float4(load_f(bx, 4ll * a), load_f(bx, 4ll * a + 1), load_f(bx, 4ll * a + 2),
                          load_f(bx, 4ll * a + 3));
-        ccls[tid] = ci;
-        cscore[tid] = load_f(sc, (long long)flat);
-        cbox[tid] = bi;
+        si = load_f(sc, (long long)flat);
     }
     for (int c = tid; c < NBINS; c += NT) hist[c] = 0;
     __syncthreads();
@@ -495,40 +505,65 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
         }
         __syncthreads();
     }
-    if (ci >= 0) memb[pos] = tid;
-    __syncthreads();
     const int gend = ci >= 0 ? hist[ci] : 0;  // one past the class's last member
     if (stamp && tid == 0) stamp[5] = gtime();
 
-    // 6. Suppression row of candidate i: bit j set when j > i, same class, IoU > threshold.
-    //    Only the later candidates of i's class are compared, in ascending j, so each word is
-    //    stored once (no read-modify-write of global memory).
-    const int W = (n + 31) >> 5;
+    // 6. Candidates (score order) and their class groups to global memory for the row and walk
+    //    kernels: box, score, class, grouped order, and each candidate's [pos, gend) range.
+    int* cw = cand + (long long)img * CAND_WORDS;
+    if (tid == 0) cw[0] = n;
     if (ci >= 0) {
-        u32* row = m + tid * 32;
-        for (int w = 0; w < W; ++w) row[w] = 0u;
-        u32 acc = 0;
-        int wcur = -1;
-        for (int p = pos + 1; p < gend; ++p) {
-            const int j = memb[p];
-            if (iou(bi, cbox[j]) > iou_thr) {
-                if ((j >> 5) != wcur) {
-                    if (acc) row[wcur] = acc;
-                    acc = 0;
-                    wcur = j >> 5;
-                }
-                acc |= 1u << (j & 31);
-            }
-        }
-        if (acc) row[wcur] = acc;
+        ((float4*)(cw + C_BOX))[tid] = bi;
+        ((float*)(cw + C_SCORE))[tid] = si;
+        cw[C_CLS + tid] = ci;
+        cw[C_MEMB + pos] = tid;
+        ((int2*)(cw + C_RANGE))[tid] = make_int2(pos, gend);
     }
-    for (int c = tid; c < NBINS; c += NT) hist[c] = 0;
-    __syncthreads();
     if (stamp && tid == 0) stamp[6] = gtime();
+}
 
-    // 7. One warp walks the candidates in score order, as nms_image does, jumping straight to
-    //    the next candidate no kept box suppressed.
-    if (tid >= 32) return;
+// Stage 4, grid (ceil(cap / ROW_WARPS), N), ROW_WARPS warps per block: one warp per candidate i
+// builds its suppression row (bit j set when j > i, same class, IoU > threshold) in shared
+// memory and stores all 32 words (the walk reads words < ceil(n / 32)).
+#define ROW_WARPS 8
+extern "C" __global__ void __launch_bounds__(ROW_WARPS * 32) nms_rows(
+        const int* __restrict__ cand, float iou_thr, u32* __restrict__ mask) {
+    __shared__ u32 srow[ROW_WARPS][32];
+    const int img = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int i = blockIdx.x * ROW_WARPS + warp;
+    const int* cw = cand + (long long)img * CAND_WORDS;
+    const int n = cw[0];
+    if (i >= n) return;  // whole warps leave together
+    srow[warp][lane] = 0u;
+    __syncwarp();
+    const float4* cb = (const float4*)(cw + C_BOX);
+    const float4 bi = cb[i];
+    const int2 r = ((const int2*)(cw + C_RANGE))[i];
+    for (int p = r.x + 1 + lane; p < r.y; p += 32) {
+        const int j = cw[C_MEMB + p];
+        if (iou(bi, cb[j]) > iou_thr) atomicOr(&srow[warp][j >> 5], 1u << (j & 31));
+    }
+    __syncwarp();
+    mask[((long long)img * MAXCAND + i) * 32 + lane] = srow[warp][lane];
+}
+
+// Stage 5, one warp per image: walks the candidates in score order as nms_image does, jumping
+// straight to the next candidate no kept box suppressed. The rows (and classes) of the next
+// WALK_AHEAD unsuppressed candidates are loaded together, so one memory latency covers many
+// steps; a row whose candidate gets suppressed meanwhile is simply not used.
+#define WALK_AHEAD 16
+extern "C" __global__ void __launch_bounds__(32) nms_walk(
+        const int* __restrict__ cand, const u32* __restrict__ mask, int max_per_class, int K,
+        int* __restrict__ out, long long* __restrict__ dbg) {
+    __shared__ int kept_of[NBINS];  // kept boxes per class
+    const int img = blockIdx.x, lane = threadIdx.x;
+    const int* cw = cand + (long long)img * CAND_WORDS;
+    const u32* m = mask + (long long)img * MAXCAND * 32;
+    int* rec = out + (long long)img * (1 + 6 * K);
+    for (int c = lane; c < NBINS; c += 32) kept_of[c] = 0;
+    const int n = cw[0];
+    __syncwarp();
+    const int W = (n + 31) >> 5;
     u32 removed = 0;  // lane w holds bits of candidates 32w .. 32w + 31
     int kept = 0, cur = 0;
     float* obox = (float*)(rec + 1);
@@ -552,31 +587,42 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
         const u32 wv = __shfl_sync(0xffffffffu, avail, wl);
         return (wl << 5) + __ffs(wv) - 1;
     };
-    // The row of the candidate after the current one is loaded one step early: when no kept
-    // box suppresses it, its load overlaps the current step.
-    int pf_i = -1;
-    u32 pf_row = 0;
-    while (kept < K) {
-        const int i = next(cur);
-        if (i < 0) break;
-        cur = i + 1;
-        const u32 row = pf_i == i ? pf_row : (lane < W ? m[i * 32 + lane] : 0u);
-        const int i2 = next(cur);
-        if (i2 >= 0 && lane < W) pf_row = m[i2 * 32 + lane];
-        pf_i = i2;
-        const int c = ccls[i];
-        if (hist[c] >= max_per_class) continue;
-        removed |= row;
-        if (lane == 0) {
-            hist[c] += 1;
-            float4 b = cbox[i];
-            obox[4 * kept] = b.x; obox[4 * kept + 1] = b.y;
-            obox[4 * kept + 2] = b.z; obox[4 * kept + 3] = b.w;
-            oscore[kept] = cscore[i];
-            ocls[kept] = c + 1;
+    bool done = false;
+    while (!done && kept < K) {
+        int idx[WALK_AHEAD];
+        u32 row[WALK_AHEAD];
+        int cls[WALK_AHEAD];
+        int from = cur;
+        #pragma unroll
+        for (int d = 0; d < WALK_AHEAD; ++d) {
+            idx[d] = from >= 0 ? next(from) : -1;
+            from = idx[d] >= 0 ? idx[d] + 1 : -1;
         }
-        __syncwarp();
-        ++kept;
+        #pragma unroll
+        for (int d = 0; d < WALK_AHEAD; ++d) {
+            row[d] = idx[d] >= 0 && lane < W ? m[idx[d] * 32 + lane] : 0u;
+            cls[d] = idx[d] >= 0 ? cw[C_CLS + idx[d]] : 0;
+        }
+        #pragma unroll
+        for (int d = 0; d < WALK_AHEAD; ++d) {
+            const int i = idx[d];
+            if (i < 0) { done = true; break; }
+            cur = i + 1;
+            if ((__shfl_sync(0xffffffffu, removed, i >> 5) >> (i & 31)) & 1u) continue;
+            const int c = cls[d];
+            if (kept_of[c] >= max_per_class) continue;
+            removed |= row[d];
+            if (lane == 0) {
+                kept_of[c] += 1;
+                const float4 b = ((const float4*)(cw + C_BOX))[i];
+                obox[4 * kept] = b.x; obox[4 * kept + 1] = b.y;
+                obox[4 * kept + 2] = b.z; obox[4 * kept + 3] = b.w;
+                oscore[kept] = ((const float*)(cw + C_SCORE))[i];
+                ocls[kept] = c + 1;
+            }
+            __syncwarp();
+            if (++kept >= K) break;
+        }
     }
     for (int j = kept + lane; j < K; j += 32) {
         obox[4 * j] = 0.f; obox[4 * j + 1] = 0.f; obox[4 * j + 2] = 0.f; obox[4 * j + 3] = 0.f;
@@ -584,7 +630,7 @@ __device__ void select_nms(const TB* __restrict__ boxes, const TS* __restrict__ 
         ocls[j] = 0;
     }
     if (lane == 0) rec[0] = kept;
-    if (stamp && lane == 0) stamp[7] = gtime();
+    if (dbg && lane == 0) dbg[16ll * img + 7] = gtime();
 }
 
 #define NMS_STAGES(TNAME, TS)                                                                 \
@@ -603,10 +649,10 @@ NMS_STAGES(f16, unsigned short)
 #define SELECT_NMS(NAME, TB, TS)                                                              \
     extern "C" __global__ void __launch_bounds__(NT) NAME(                                    \
         const TB* boxes, const TS* scores, int A, int C, float score_thr, float iou_thr,      \
-        int max_per_class, int K, int cap, u32* mask, int* out, int* ghist, int* gcount,      \
+        int max_per_class, int K, int cap, u32* mask, int* cand, int* ghist, int* gcount,     \
         long long* dbg) {                                                                     \
         select_nms<TB, TS>(boxes, scores, A, C, score_thr, iou_thr, max_per_class, K, cap,    \
-                           mask, out, ghist, gcount, dbg);                                    \
+                           mask, cand, ghist, gcount, dbg);                                   \
     }
 SELECT_NMS(select_nms_f32_f32, float, float)
 SELECT_NMS(select_nms_f32_f16, float, unsigned short)
@@ -618,6 +664,7 @@ KERNEL_NAMES = tuple(
     [f"preprocess_{o}" for o in DTYPES]
     + [f"nms_{stage}_{s}" for stage in ("hist", "compact") for s in DTYPES]
     + [f"select_nms_{b}_{s}" for b in DTYPES for s in DTYPES]
+    + ["nms_rows", "nms_walk"]
 )
 
 
@@ -695,6 +742,8 @@ class Kernels:
     nms_hist: dict[str, object]  # NMS stage 1, by scores dtype
     nms_compact: dict[str, object]  # NMS stage 2, by scores dtype
     select_nms: dict[tuple[str, str], object]  # NMS stage 3, by (boxes dtype, scores dtype)
+    nms_rows: object  # NMS stage 4: suppression rows, one warp per candidate
+    nms_walk: object  # NMS stage 5: the walk, one warp per image
 
     @classmethod
     def load(cls, arch: str | int) -> Kernels:
@@ -706,4 +755,6 @@ class Kernels:
             select_nms={
                 (b, s): code.get_kernel(f"select_nms_{b}_{s}") for b in DTYPES for s in DTYPES
             },
+            nms_rows=code.get_kernel("nms_rows"),
+            nms_walk=code.get_kernel("nms_walk"),
         )
