@@ -19,7 +19,9 @@ from .detections import Detections
 from .errors import SsdTrtError
 from .nms import batched_nms
 from .postprocess import to_detections
+from .precision.cpu import cpu_has_fast_fp16
 from .precision.engine import BuildOptions
+from .precision.quantize import Flavour
 from .precision.trt_compat import load_trt
 from .preprocess import preprocess
 from .runtime.base import Backend
@@ -109,7 +111,12 @@ class Detector:
 
     def _open_onnx(self, model: str | Path, name: str, precision: str) -> Backend:
         onnx = self.store.onnx(model)
-        prepared = self.store.prepared(onnx, precision, self.calibration)
+        if name == "cpu" and precision == "fp16" and not cpu_has_fast_fp16():
+            log.warning(
+                "FP16 is for GPUs: ONNX Runtime's CPU kernels have no fast float16 path on this "
+                "CPU, so FP16 runs slower than FP32 here; use fp32 or int8 on the CPU"
+            )
+        prepared = self.store.prepared(onnx, precision, self.calibration, flavour=flavour_for(name))
         if name == "tensorrt":
             options = BuildOptions(precision=precision, max_batch=self.max_batch)
             return TensorRTBackend(self.store.engine(prepared, options, load_trt()))
@@ -190,6 +197,13 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def flavour_for(backend: str) -> Flavour:
+    """The INT8 form a concrete backend runs fastest: ONNX Runtime's CPU kernels want their own
+    (QLinearConv-ready) form; TensorRT and ONNX Runtime's CUDA/TensorRT providers the Q/DQ one.
+    ``auto`` resolves to a concrete backend first, so it never gets a form slower there."""
+    return "cpu" if backend == "cpu" else "tensorrt"
 
 
 def _image_list(images: object) -> list[np.ndarray]:
