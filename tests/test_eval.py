@@ -20,7 +20,9 @@ def test_onnx_fp32_map_equals_tensorflow_map(exported, registry_graphs, coco_min
 
     coco = load_annotations(coco_mini / ANNOTATIONS)
     images = coco_mini / "images"
-    with Detector(exported(MODEL), "cpu", score_threshold=EVAL_SCORE_THRESHOLD) as detector:
+    with Detector(
+        exported(MODEL), "cpu", score_threshold=EVAL_SCORE_THRESHOLD
+    ) as detector:
         onnx_result = coco_map(coco, images, detector.detect, detector.info.labels)
         labels = detector.info.labels
 

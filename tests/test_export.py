@@ -223,6 +223,7 @@ def test_efficient_nms_graph(registry_graphs, tmp_path):
         registry_graphs["ssdlite_mobilenet_v2_person"],
         out,
         ExportOptions(nms="efficient", max_detections=50),
+       
     )
     assert summary.nms == "efficient"
     model = onnx.load(str(out))
@@ -242,6 +243,7 @@ def test_export_is_deterministic(registry_graphs, exported, tmp_path):
         registry_graphs["ssdlite_mobilenet_v2_person"],
         again,
         ExportOptions(labels="person"),
+       
     )
     assert again.read_bytes() == exported("ssdlite_mobilenet_v2_person").read_bytes()
 

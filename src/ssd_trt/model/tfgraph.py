@@ -112,7 +112,6 @@ _TFJS_DTYPES = {"float32": np.float32, "int32": np.int32, "bool": np.bool_}
 
 def _fix_tfjs_bytes(attr: dict[str, Any]) -> None:
     """Old TF.js converters wrote bytes fields as lists of ints; protobuf-JSON wants base64."""
-
     def b64(value: Any) -> Any:
         if isinstance(value, list) and all(isinstance(v, int) for v in value):
             return base64.b64encode(bytes(value)).decode()

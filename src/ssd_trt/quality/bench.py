@@ -282,9 +282,10 @@ def precision_table(
         for n in range(rounds):
             log.info("precision table: round %d/%d", n + 1, rounds)
             for p in precisions:
-                net, det = nets[p], full[p]
-                times[p]["net"] += list(_timed(lambda: net.infer(batch), per_round, warmup))
-                times[p]["e2e"] += list(_timed(lambda: det.detect(image), per_round, warmup))
+                infer = lambda net=nets[p]: net.infer(batch)  # noqa: E731
+                detect = lambda det=full[p]: det.detect(image)  # noqa: E731
+                times[p]["net"] += list(_timed(infer, per_round, warmup))
+                times[p]["e2e"] += list(_timed(detect, per_round, warmup))
         report = PrecisionReport(
             model=str(model),
             backend=full["fp32"].backend_name,
