@@ -123,6 +123,21 @@ def range_tensors(optimized: Any) -> list[str]:
     return names
 
 
+def head_outputs(optimized: Any) -> list[str]:
+    """Conv outputs that leave the quantizable trunk: the box and class heads, whose values are
+    decoded (sigmoid, exp) rather than fed to another Conv, Add or ReLU6."""
+    trunk_ops = ("Conv", "Add", "Sum", "Clip")
+    users: dict[str, list[str]] = {}
+    for node in optimized.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node.op_type)
+    return [
+        n.output[0]
+        for n in _network_nodes(optimized)
+        if n.op_type == "Conv" and not any(u in trunk_ops for u in users.get(n.output[0], []))
+    ]
+
+
 def _clip_inputs(optimized: Any) -> dict[str, str]:
     """Clip input -> Clip output, for the network's Clips that are their input's only user."""
     users: dict[str, int] = {}
