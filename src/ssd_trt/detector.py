@@ -20,7 +20,9 @@ from .detections import Detections
 from .errors import SsdTrtError
 from .nms import batched_nms
 from .postprocess import to_detections
+from .precision.cpu import cpu_has_fast_fp16
 from .precision.engine import BuildOptions
+from .precision.quantize import Flavour
 from .precision.trt_compat import load_trt
 from .preprocess import check_image, preprocess
 from .runtime.base import Backend
@@ -117,9 +119,14 @@ class Detector:
             return FastPathBackend(
                 self._prepared(onnx, precision), max_batch=max(self.max_batch, 64)
             )
+        if name == "cpu" and precision == "fp16" and not cpu_has_fast_fp16():
+            log.warning(
+                "FP16 is for GPUs: ONNX Runtime's CPU kernels have no fast float16 path on this "
+                "CPU, so FP16 runs slower than FP32 here; use fp32 or int8 on the CPU"
+            )
         if name == "tensorrt":
             return self._open_tensorrt(model, precision)
-        prepared = self._prepared(self.store.onnx(model), precision)
+        prepared = self._prepared(self.store.onnx(model), precision, flavour_for(name))
         return OnnxRuntimeBackend(prepared, ORT_DEVICE[name], self.threads)
 
     def _open_tensorrt(self, model: str | Path, precision: str) -> Backend:
@@ -137,8 +144,8 @@ class Detector:
         prepared = self._prepared(self.store.onnx(model), precision)
         return TensorRTBackend(self.store.engine(prepared, options, api))
 
-    def _prepared(self, onnx: Path, precision: str) -> Path:
-        return self.store.prepared(onnx, precision, self.calibration)
+    def _prepared(self, onnx: Path, precision: str, flavour: Flavour = "tensorrt") -> Path:
+        return self.store.prepared(onnx, precision, self.calibration, flavour=flavour)
 
     def _class_ids(self, classes: Collection[int | str] | None) -> set[int] | None:
         if classes is None:
@@ -239,6 +246,13 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def flavour_for(backend: str) -> Flavour:
+    """The INT8 form a concrete backend runs fastest: ONNX Runtime's CPU kernels want their own
+    (QLinearConv-ready) form; TensorRT and ONNX Runtime's CUDA/TensorRT providers the Q/DQ one.
+    ``auto`` resolves to a concrete backend first, so it never gets a form slower there."""
+    return "cpu" if backend == "cpu" else "tensorrt"
 
 
 def _image_list(images: object) -> list[np.ndarray]:

@@ -33,7 +33,7 @@ from .precision.engine import (
     engine_cache_key,
     preflight,
 )
-from .precision.quantize import prepare
+from .precision.quantize import Flavour, prepare
 from .precision.trt_compat import TrtApi, local_gpu
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,13 @@ class ArtifactStore:
         precision: str,
         calibration: Calibration = Calibration(),
         out_dir: Path | None = None,
+        flavour: Flavour = "tensorrt",
     ) -> Path:
-        """The ONNX for ``precision``: the FP32 export itself, or a converted copy (cached)."""
+        """The ONNX for ``precision``: the FP32 export itself, or a converted copy (cached).
+
+        ``flavour`` picks the INT8 form: ``tensorrt`` for TensorRT and ONNX Runtime's GPU
+        providers, ``cpu`` for ONNX Runtime's CPU kernels; both come from one calibration.
+        """
         return prepare(
             onnx_path,
             precision,
@@ -157,6 +162,7 @@ class ArtifactStore:
             calib_cache=calibration.cache,
             calib_count=calibration.count,
             calib_batch=calibration.batch,
+            flavour=flavour,
         )
 
     # ----------------------------------------------------------------- engine
