@@ -268,7 +268,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(report.table())
     if args.json:
         write_json(report, Path(args.json))
-    return EXIT_OK if report.passed else EXIT_FAILURE
+    return {"PASS": EXIT_OK, "FAIL": EXIT_FAILURE}.get(report.verdict, EXIT_USAGE)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
