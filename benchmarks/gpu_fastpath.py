@@ -137,7 +137,8 @@ def main() -> None:
         default="fp32,fp16,fp32-tf32",
         help="comma-separated: fp32 (TF32 on) or fp16, optionally -tf32 (TF32 off), +nhwc "
         "(prefer_nhwc=1), +exh (cudnn_conv_algo_search=EXHAUSTIVE), +ws (max cuDNN workspace), "
-        "+big (batch sizes >= 16 without CUDA graphs), +bignhwc (that and prefer_nhwc=1 there)",
+        "+big (batch sizes >= 16 without CUDA graphs), +bignhwc (that and prefer_nhwc=1 there), "
+        "+nograph (no CUDA graphs of our own around the network)",
     )
     parser.add_argument("--sizes", default="8,32,64")
     args = parser.parse_args()
@@ -175,10 +176,12 @@ def main() -> None:
             tf32="-tf32" not in variant,
             provider_options=opts,
             large_batch_options=large,
+            own_graphs="+nograph" not in variant,
         ) as fp:
             fp.warm_up()
             report[f"{variant}_setup_s"] = time.perf_counter() - t0
             res = {"batch1": latency(fp, frames[0], args.iters)}
+            res["own_graphs"] = fp._graph_mode
             res["batch1_network_only_ms"] = network_only(fp, args.iters)
             res["batch1_nms"] = nms_only(fp, 1)
             log.info("%s batch 1: %s", variant, res["batch1"])

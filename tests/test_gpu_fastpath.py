@@ -278,6 +278,25 @@ def test_gpu_nms_equals_numpy_nms(fastpath32) -> None:
 
 
 @gpu_test
+def test_own_cuda_graphs_give_the_same_detections(fastpath32, video_frames) -> None:
+    """A batch layout seen before replays from our own CUDA graph(s): the same outputs as the
+    first, launch-by-launch run, and the stage times still come back."""
+    for n in (1, 3):
+        frames = video_frames[n : 2 * n]
+        first = fastpath32.run(frames)
+        for _ in range(6):  # both slots: counted, captured, replayed
+            again = fastpath32.run(frames)
+            for key in first:
+                np.testing.assert_array_equal(again[key], first[key], err_msg=key)
+            assert set(fastpath32.last_stage_ms) == {
+                "upload", "preprocess", "network", "nms", "download", "total"
+            }  # fmt: skip
+    assert fastpath32._graph_mode in ("whole", "split"), fastpath32._graph_mode
+    assert len(fastpath32._graphs) >= 4
+    print("own CUDA graphs:", fastpath32._graph_mode)
+
+
+@gpu_test
 def test_async_submit_collect_overlaps(fastpath32, images) -> None:
     handles = [fastpath32.submit(images[i : i + 4]) for i in range(0, 16, 4)]  # > n_slots
     outs = [fastpath32.collect(h) for h in handles]

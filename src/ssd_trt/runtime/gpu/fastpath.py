@@ -39,6 +39,8 @@ _ALIGN = 256  # byte alignment of each frame in the packed upload
 # Batches of at least this many frames are uploaded on a second stream, so that the upload of one
 # batch overlaps the network of the previous one (at batch 1 the extra event wait only costs).
 OVERLAP_MIN_BATCH = 8
+# Our own CUDA graphs (batches below OVERLAP_MIN_BATCH): at most this many batch layouts.
+MAX_GRAPHS = 64
 
 
 def _first_line(exc: BaseException) -> str:
@@ -253,13 +255,64 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 
 _DRIVER: Any = None
+_SUCCESS: Any = None
+_CAPTURE_MODE: Any = None
+_RECORD_EXTERNAL: Any = None
+
+
+def _load_driver() -> Any:
+    global _DRIVER, _SUCCESS, _CAPTURE_MODE, _RECORD_EXTERNAL
+    if _DRIVER is None:
+        drv = require("cuda.bindings.driver", "gpu")
+        _SUCCESS = drv.CUresult.CUDA_SUCCESS
+        _CAPTURE_MODE = drv.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+        _RECORD_EXTERNAL = int(drv.CUevent_record_flags.CU_EVENT_RECORD_EXTERNAL)
+        _DRIVER = drv
+    return _DRIVER
+
+
+def _check(result: Any, what: str) -> None:
+    err = result[0] if isinstance(result, tuple) else result
+    if err != _SUCCESS:
+        raise SsdTrtError(f"{what} failed: {err}")
+
+
+def _graph_launch(exe: Any, stream: Any) -> None:
+    _check(_DRIVER.cuGraphLaunch(exe, stream.handle), "cuGraphLaunch")
+
+
+def _destroy_graph(parts: Sequence[Any]) -> None:
+    for exe in parts:
+        if exe is not None:
+            _DRIVER.cuGraphExecDestroy(exe)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the frames of one list of frame shapes go in the packed upload."""
+
+    meta: np.ndarray  # uint8 bytes of the header: (offset, h, w, 0) int64 per frame
+    spans: tuple[tuple[int, int], ...]  # byte range of each frame in the upload
+    start: int  # first frame byte
+    total: int  # bytes to upload
+
+    @classmethod
+    def of(cls, shapes: Sequence[tuple[int, ...]]) -> _Layout:
+        header = 4 * 8 * len(shapes)
+        start = -(-header // _ALIGN) * _ALIGN
+        meta = np.zeros((len(shapes), 4), np.int64)
+        spans, cursor = [], 0
+        for i, shape in enumerate(shapes):
+            nbytes = int(np.prod(shape))
+            meta[i] = (cursor, shape[0], shape[1], 0)
+            spans.append((start + cursor, start + cursor + nbytes))
+            cursor += -(-nbytes // _ALIGN) * _ALIGN
+        return cls(meta.view(np.uint8).reshape(-1), tuple(spans), start, start + cursor)
 
 
 def _driver_call(name: str, *args: Any) -> None:
     """A cuda.bindings driver call with stream-ordered semantics; raises on failure."""
-    global _DRIVER
-    if _DRIVER is None:
-        _DRIVER = require("cuda.bindings.driver", "gpu")
+    _load_driver()
     *rest, stream = args
     result = getattr(_DRIVER, name)(*rest, stream.handle)
     err = result[0] if isinstance(result, tuple) else result
@@ -299,6 +352,7 @@ class _PinnedBuffer:
 class _Slot:
     """Host-side buffers and events of one batch in flight."""
 
+    index: int
     upload: _PinnedBuffer
     download: _PinnedBuffer
     events: list[Any]  # recorded before upload and after each stage
@@ -325,6 +379,9 @@ class GpuFastPath:
     this many (anchor, class) candidates per image go into NMS (<= 1024). ``tf32``: let ORT use TF32
     convolutions in fp32 mode (ORT's own default; scores move by ~2e-3 against the CPU, network
     0.89 instead of 1.30 ms at batch 1 on an H100); ``tf32=False`` for plain float32.
+    ``own_graphs``: a batch below 8 frames whose layout (frame count and sizes) was seen before
+    is replayed from a CUDA graph of our own (upload, preprocess, network launch, NMS, download,
+    events: one host call) instead of launch by launch.
     """
 
     def __init__(
@@ -344,9 +401,10 @@ class GpuFastPath:
         large_batch: int = 16,
         large_batch_options: dict[str, str] | None = None,
         engine: Path | None = None,
+        own_graphs: bool = True,
     ) -> None:
         self._core = require("cuda.core", "gpu")
-        require("cuda.bindings.driver", "gpu")
+        _load_driver()
         self._ort = None if engine is not None else require("onnxruntime", "gpu")
         if (
             self._ort is not None
@@ -387,6 +445,19 @@ class GpuFastPath:
         self._hist_dev: Any = None  # NMS stage-1 histograms [batch, 2048] int32, kept zero
         self._count_dev: Any = None  # NMS stage-2 list lengths [batch] int32, kept zero
         self._nms_debug = 0  # device pointer of 16 int64 phase stamps per image, or 0
+        self._out_ptr = 0
+        # Host-side launch work done once: network per frame count, upload layout per list of
+        # frame shapes, preprocess/NMS launch arguments, our own CUDA graphs per batch layout
+        # ("whole": upload..download in one graph; "split": one graph before and one after the
+        # network's own launch; "off": kernel by kernel).
+        self._net_for: dict[int, NetworkRunner] = {}
+        self._layouts: dict[tuple[tuple[int, ...], ...], _Layout] = {}
+        self._prep_launches: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._nms_launches: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {}
+        self._graphs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._graph_seen: dict[tuple[Any, ...], int] = {}
+        self._graph_mode = ("whole" if cuda_graphs else "split") if own_graphs else "off"
+        self._capturing = False
         self._closed = False
 
         path = Path(onnx_path)
@@ -434,79 +505,230 @@ class GpuFastPath:
 
     def submit(self, frames: Sequence[np.ndarray], bgr: bool = True) -> FastPathHandle:
         """Queue one batch (at most the largest batch size) on the GPU; returns at once."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         n = len(frames)
-        if n == 0 or n > self.batch_sizes[-1]:
-            raise SsdTrtError(f"a batch holds 1..{self.batch_sizes[-1]} frames, not {n}")
+        net = self._net_for.get(n)
+        if net is None:
+            if n == 0 or n > self.batch_sizes[-1]:
+                raise SsdTrtError(f"a batch holds 1..{self.batch_sizes[-1]} frames, not {n}")
+            net = self._network(next(b for b in self.batch_sizes if b >= n))
+            self._net_for[n] = net
         frames = [self._checked(i, f) for i, f in enumerate(frames)]
-        net = self._network(next(b for b in self.batch_sizes if b >= n))
         slot = self._take_slot()
-        stream = self.stream
 
-        # Pack meta (offset, h, w, 0 per frame) and the frames into pinned memory.
-        header = 4 * 8 * n
-        offsets, cursor = [], 0
-        for f in frames:
-            offsets.append(cursor)
-            cursor += -(-f.nbytes // _ALIGN) * _ALIGN
-        start = -(-header // _ALIGN) * _ALIGN
-        total = start + cursor
+        # Pack meta (offset, h, w, 0 per frame) and the frames into pinned memory; the layout
+        # of a list of frame shapes is computed once.
+        shapes = tuple(f.shape for f in frames)
+        layout = self._layouts.get(shapes)
+        if layout is None:
+            layout = self._layouts[shapes] = _Layout.of(shapes)
+            if len(self._layouts) > 64:
+                del self._layouts[next(iter(self._layouts))]
+        total = layout.total
         host = slot.upload.reserve(total)
-        meta = host[:header].view(np.int64).reshape(n, 4)
-        for i, f in enumerate(frames):
-            meta[i] = (offsets[i], f.shape[0], f.shape[1], 0)
-            host[start + offsets[i] : start + offsets[i] + f.nbytes] = f.reshape(-1)
+        host[: layout.meta.nbytes] = layout.meta
+        for f, (lo, hi) in zip(frames, layout.spans, strict=True):
+            host[lo:hi] = f.reshape(-1)
         dev = self._frames_buffer(slot, total)
+        out_bytes = n * self._record_words * 4
+        slot.download.reserve(out_bytes)
 
-        ev = slot.events
         if n >= OVERLAP_MIN_BATCH:
-            # Upload on a second stream: the slot's buffers are free (its last batch finished
-            # before the slot was taken), so only the preprocess waits for the copy.
-            up = self._upload_stream
-            if up is None:
-                up = self._upload_stream = self.device.create_stream()
-            up.record(ev[0])
-            _driver_call("cuMemcpyHtoDAsync", int(dev.handle), slot.upload.ptr, total, up)
-            up.record(ev[1])
-            stream.wait(ev[1])
+            self._enqueue_overlapped(slot, net, n, int(dev.handle), total, layout.start, bgr)
         else:
-            stream.record(ev[0])
-            _driver_call("cuMemcpyHtoDAsync", int(dev.handle), slot.upload.ptr, total, stream)
-            stream.record(ev[1])
-        cfg = self.spec.preprocess
-        plane = cfg.height * cfg.width
-        core = self._core
-        block = gpu_kernels.BLOCK_PREPROCESS
-        core.launch(
-            stream,
-            core.LaunchConfig(grid=(-(-plane // block), n), block=block),
-            self._kernels.preprocess[_dtype_name(net.dtypes["images"])],
-            np.uint64(int(dev.handle) + start),
-            np.uint64(int(dev.handle)),
-            np.uint64(net.ptr["images"]),
-            np.int32(cfg.height),
-            np.int32(cfg.width),
-            np.float32(cfg.scale),
-            np.float32(cfg.offset),
-            np.int32(1 if bgr else 0),
-        )
-        self._record(ev[2])
+            self._enqueue_small(slot, net, n, int(dev.handle), total, layout.start, bgr)
+        handle = FastPathHandle(count=n, _slot=slot)
+        slot.handle = handle
+        return handle
+
+    def _enqueue_small(
+        self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
+    ) -> None:
+        """One batch on one stream: from our own CUDA graph when this exact batch layout (slot,
+        buffers, byte count) was seen before, else launch by launch (and count the layout)."""
+        key = (slot.index, slot.upload.ptr, slot.download.ptr, dev, total, start, n, net.batch,
+               bgr, self._nms_debug)  # fmt: skip
+        graph = self._graphs.get(key)
+        if graph is not None:
+            for part in graph:
+                if part is None:
+                    self._run_network(net)
+                else:
+                    _graph_launch(part, self.stream)
+            return
+        seen = self._graph_seen.get(key, 0) + 1
+        if len(self._graph_seen) > 4096:
+            self._graph_seen.clear()
+        self._graph_seen[key] = seen
+        if self._graph_mode != "off" and seen >= 2:
+            graph = self._build_graph(slot, net, n, dev, total, start, bgr)
+            if graph is not None:
+                self._graphs[key] = graph
+                while len(self._graphs) > MAX_GRAPHS:
+                    _destroy_graph(self._graphs.pop(next(iter(self._graphs))))
+                for part in graph:
+                    if part is None:
+                        self._run_network(net)
+                    else:
+                        _graph_launch(part, self.stream)
+                return
+        self._issue_upload(slot, n, dev, total, self.stream)
+        self._issue_preprocess(slot, net, n, dev, start, bgr)
+        self._run_network(net)
+        self._issue_tail(slot, net, n)
+
+    def _enqueue_overlapped(
+        self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
+    ) -> None:
+        """Upload on a second stream: the slot's buffers are free (its last batch finished
+        before the slot was taken), so only the preprocess waits for the copy."""
+        up = self._upload_stream
+        if up is None:
+            up = self._upload_stream = self.device.create_stream()
+        self._issue_upload(slot, n, dev, total, up)
+        self.stream.wait(slot.events[1])
+        self._issue_preprocess(slot, net, n, dev, start, bgr)
+        self._run_network(net)
+        self._issue_tail(slot, net, n)
+
+    def _issue_upload(self, slot: _Slot, n: int, dev: int, total: int, stream: Any) -> None:
+        ev = slot.events
+        self._record(ev[0], stream)
+        _check(_DRIVER.cuMemcpyHtoDAsync(dev, slot.upload.ptr, total, stream.handle), "H2D")
+        self._record(ev[1], stream)
+
+    def _issue_preprocess(
+        self, slot: _Slot, net: NetworkRunner, n: int, dev: int, start: int, bgr: bool
+    ) -> None:
+        key = (net.batch, n, dev, start, bgr)
+        launch = self._prep_launches.get(key)
+        if launch is None:
+            cfg = self.spec.preprocess
+            plane = cfg.height * cfg.width
+            block = gpu_kernels.BLOCK_PREPROCESS
+            launch = self._prep_launches[key] = (
+                self._core.LaunchConfig(grid=(-(-plane // block), n), block=block),
+                self._kernels.preprocess[_dtype_name(net.dtypes["images"])],
+                np.uint64(dev + start),
+                np.uint64(dev),
+                np.uint64(net.ptr["images"]),
+                np.int32(cfg.height),
+                np.int32(cfg.width),
+                np.float32(cfg.scale),
+                np.float32(cfg.offset),
+                np.int32(1 if bgr else 0),
+            )
+            if len(self._prep_launches) > 256:
+                del self._prep_launches[next(iter(self._prep_launches))]
+        self._core.launch(self.stream, *launch)
+        self._record(slot.events[2], self.stream)
+
+    def _run_network(self, net: NetworkRunner) -> None:
         try:
             net.run()
         except Exception as exc:
             raise SsdTrtError(f"the network failed on the GPU: {_first_line(exc)}") from exc
-        self._record(ev[3])
+
+    def _issue_tail(self, slot: _Slot, net: NetworkRunner, n: int) -> None:
+        """After the network: NMS, the download of the top-K rows, the batch's last event."""
+        ev, stream = slot.events, self.stream
+        self._record(ev[3], stream)
         self._launch_nms(net, n)
-        self._record(ev[4])
-        out_bytes = n * self._record_words * 4
-        slot.download.reserve(out_bytes)
-        _driver_call(
-            "cuMemcpyDtoHAsync", slot.download.ptr, int(self._out_dev.handle), out_bytes, stream
-        )
-        self._record(ev[5])
-        handle = FastPathHandle(count=n, _slot=slot)
-        slot.handle = handle
-        return handle
+        self._record(ev[4], stream)
+        size = n * self._record_words * 4
+        _check(_DRIVER.cuMemcpyDtoHAsync(slot.download.ptr, self._out_ptr, size, stream.handle),
+               "D2H")  # fmt: skip
+        self._record(ev[5], stream)
+
+    def _build_graph(
+        self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
+    ) -> tuple[Any, ...] | None:
+        """Capture this batch layout into CUDA graphs of our own: one graph with the network's
+        own launch inside ("whole") where the driver captures that, else one graph before and
+        one after the network ("split"). None (and no more tries) where capture fails."""
+
+        def head() -> None:
+            self._issue_upload(slot, n, dev, total, self.stream)
+            self._issue_preprocess(slot, net, n, dev, start, bgr)
+
+        def tail() -> None:
+            self._issue_tail(slot, net, n)
+
+        if self._graph_mode == "whole" and not self._graph_launch_is_captured():
+            log.info("own CUDA graphs: graph launches are not captured; two graphs per batch")
+            self._graph_mode = "split"
+        if self._graph_mode == "whole":
+
+            def whole() -> None:
+                head()
+                self._run_network(net)
+                tail()
+
+            graph = self._capture(whole)
+            if graph is not None:
+                return (graph,)
+            log.info("own CUDA graphs: the network launch is not captured; two graphs per batch")
+            self._graph_mode = "split"
+        first = self._capture(head)
+        second = self._capture(tail) if first is not None else None
+        if first is None or second is None:
+            _destroy_graph((first,))
+            log.info("own CUDA graphs: capture failed; launching kernel by kernel")
+            self._graph_mode = "off"
+            return None
+        return (first, None, second)
+
+    def _graph_launch_is_captured(self) -> bool:
+        """Whether the driver captures a graph launch (the network's CUDA graph) into a graph:
+        tried on a one-node graph of our own before the network is asked to."""
+        count, stream = int(self._count_dev.handle), self.stream
+
+        def memset() -> None:  # the NMS counters are kept zero: zeroing one is harmless
+            _check(_DRIVER.cuMemsetD32Async(count, 0, 1, stream.handle), "cuMemsetD32Async")
+
+        inner = self._capture(memset)
+        if inner is None:
+            return False
+        outer = self._capture(lambda: _graph_launch(inner, stream))
+        _destroy_graph((inner, outer))
+        return outer is not None
+
+    def _capture(self, issue: Any) -> Any:
+        """``issue()`` captured on our stream into an instantiated graph, or None."""
+        drv, handle = _DRIVER, self.stream.handle
+        (err,) = drv.cuStreamBeginCapture(handle, _CAPTURE_MODE)
+        if err != _SUCCESS:
+            return None
+        self._capturing = True
+        failed: BaseException | None = None
+        try:
+            issue()
+        except Exception as exc:
+            failed = exc
+        finally:
+            self._capturing = False
+            err, graph = drv.cuStreamEndCapture(handle)
+        if failed is not None or err != _SUCCESS:
+            if graph is not None and int(graph):
+                drv.cuGraphDestroy(graph)
+            log.info("graph capture failed: %s", _first_line(failed) if failed else err)
+            return None
+        err, exe = drv.cuGraphInstantiate(graph, 0)
+        drv.cuGraphDestroy(graph)
+        if err != _SUCCESS:
+            log.info("graph instantiation failed: %s", err)
+            return None
+        return exe
+
+    def _record(self, event: Any, stream: Any = None) -> None:
+        stream = self.stream if stream is None else stream
+        if self._capturing:  # a graph node that records the event each replay
+            (err,) = _DRIVER.cuEventRecordWithFlags(event.handle, stream.handle, _RECORD_EXTERNAL)
+            if err != _SUCCESS:
+                raise SsdTrtError(f"cuEventRecordWithFlags failed: {err}")
+        else:
+            stream.record(event)
 
     def collect(self, handle: FastPathHandle) -> dict[str, np.ndarray]:
         """Wait for a submitted batch and return its detections (copies, safe to keep)."""
@@ -570,6 +792,7 @@ class GpuFastPath:
             for net in self._networks.values():
                 net.close(self.stream)
             self._networks.clear()
+            self._drop_graphs()
             for buf in (
                 self._frames_dev,
                 self._mask_dev,
@@ -623,13 +846,11 @@ class GpuFastPath:
     def _new_slot(self) -> _Slot:
         opts = self._core.EventOptions(timing_enabled=self._timing)
         return _Slot(
+            index=len(self._slots),
             upload=_PinnedBuffer(self._core),
             download=_PinnedBuffer(self._core),
             events=[self.device.create_event(options=opts) for _ in range(len(STAGES) + 1)],
         )
-
-    def _record(self, event: Any) -> None:
-        self.stream.record(event)
 
     def _take_slot(self) -> _Slot:
         slot = self._slots[self._next_slot]
@@ -686,9 +907,17 @@ class GpuFastPath:
         """Five kernels: a coarse score histogram and the candidate list above the cut, both
         with several blocks per image; one block per image for the exact top-``cap`` cut, the
         sort and the class grouping; the suppression rows, one warp per candidate; the walk, one
-        warp per image."""
+        warp per image. Configurations and arguments are built once per (batch, count)."""
+        launches = self._nms_launches.get((net.batch, n, self._nms_debug))
+        if launches is None:
+            launches = self._nms_launches[(net.batch, n, self._nms_debug)] = self._nms_args(net, n)
+        launch, stream = self._core.launch, self.stream
+        for args in launches:
+            launch(stream, *args)
+
+    def _nms_args(self, net: NetworkRunner, n: int) -> list[tuple[Any, ...]]:
         s = self.spec.nms
-        core, stream = self._core, self.stream
+        core = self._core
         sdt = _dtype_name(net.dtypes["scores"])
         total = net.anchors * net.classes
         per_image = max(1, min(-(-total // 8192), -(-2 * self._sm_count // n)))
@@ -697,37 +926,26 @@ class GpuFastPath:
         scores, anchors, classes = (
             np.uint64(net.ptr["scores"]), np.int32(net.anchors), np.int32(net.classes)
         )  # fmt: skip
-        core.launch(stream, grid, self._kernels.nms_hist[sdt], scores, anchors, classes, thr,
-                    self._hist_dev)  # fmt: skip
-        core.launch(stream, grid, self._kernels.nms_compact[sdt], scores, anchors, classes, thr,
-                    np.int32(self.candidate_cap), self._hist_dev, self._count_dev,
-                    self._mask_dev)  # fmt: skip
-        core.launch(
-            stream,
-            core.LaunchConfig(grid=n, block=gpu_kernels.BLOCK_NMS),
-            self._kernels.select_nms[(_dtype_name(net.dtypes["boxes"]), sdt)],
-            np.uint64(net.ptr["boxes"]),
-            scores,
-            anchors,
-            classes,
-            thr,
-            np.float32(s.iou_threshold),
-            np.int32(s.max_per_class),
-            np.int32(s.max_total),
-            np.int32(self.candidate_cap),
-            self._mask_dev,
-            self._cand_dev,
-            self._hist_dev,
-            self._count_dev,
-            np.uint64(self._nms_debug),
-        )
         cap, warps = self.candidate_cap, gpu_kernels.ROW_WARPS
-        core.launch(stream, core.LaunchConfig(grid=(-(-cap // warps), n), block=32 * warps),
-                    self._kernels.nms_rows, self._cand_dev, np.float32(s.iou_threshold),
-                    self._mask_dev)  # fmt: skip
-        core.launch(stream, core.LaunchConfig(grid=n, block=32), self._kernels.nms_walk,
-                    self._cand_dev, self._mask_dev, np.int32(s.max_per_class),
-                    np.int32(s.max_total), self._out_dev, np.uint64(self._nms_debug))  # fmt: skip
+        k = self._kernels
+        return [
+            (grid, k.nms_hist[sdt], scores, anchors, classes, thr, self._hist_dev),
+            (grid, k.nms_compact[sdt], scores, anchors, classes, thr, np.int32(cap),
+             self._hist_dev, self._count_dev, self._mask_dev),
+            (
+                core.LaunchConfig(grid=n, block=gpu_kernels.BLOCK_NMS),
+                k.select_nms[(_dtype_name(net.dtypes["boxes"]), sdt)],
+                np.uint64(net.ptr["boxes"]), scores, anchors, classes, thr,
+                np.float32(s.iou_threshold), np.int32(s.max_per_class), np.int32(s.max_total),
+                np.int32(cap), self._mask_dev, self._cand_dev, self._hist_dev, self._count_dev,
+                np.uint64(self._nms_debug),
+            ),
+            (core.LaunchConfig(grid=(-(-cap // warps), n), block=32 * warps), k.nms_rows,
+             self._cand_dev, np.float32(s.iou_threshold), self._mask_dev),
+            (core.LaunchConfig(grid=n, block=32), k.nms_walk, self._cand_dev, self._mask_dev,
+             np.int32(s.max_per_class), np.int32(s.max_total), self._out_dev,
+             np.uint64(self._nms_debug)),
+        ]  # fmt: skip
 
     @property
     def _sm_count(self) -> int:
@@ -796,6 +1014,13 @@ class GpuFastPath:
             extra_provider_options=self._session_options(batch),
         )
 
+    def _drop_graphs(self) -> None:
+        for parts in self._graphs.values():
+            _destroy_graph(parts)
+        self._graphs.clear()
+        self._graph_seen.clear()
+        self._nms_launches.clear()
+
     def _is_large(self, batch: int) -> bool:
         return self._large_options is not None and batch >= self._large_batch
 
@@ -809,6 +1034,8 @@ class GpuFastPath:
         have = 0 if self._out_dev is None else self._out_dev.size // (self._record_words * 4)
         if have >= batch:
             return
+        self.stream.sync()
+        self._drop_graphs()  # they point at the buffers replaced here
         bufs = (self._mask_dev, self._cand_dev, self._out_dev, self._hist_dev, self._count_dev)
         for buf in bufs:
             if buf is not None:
@@ -819,5 +1046,6 @@ class GpuFastPath:
         self._out_dev = self._allocate(batch * self._record_words * 4, "NMS outputs")
         self._hist_dev = self._allocate(batch * gpu_kernels.NBINS * 4, "NMS histograms")
         self._count_dev = self._allocate(batch * 4, "NMS counters")
+        self._out_ptr = int(self._out_dev.handle)
         for buf in (self._hist_dev, self._count_dev):  # the NMS kernels keep them zero
             _driver_call("cuMemsetD32Async", int(buf.handle), 0, buf.size // 4, self.stream)
