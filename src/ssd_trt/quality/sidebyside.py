@@ -200,4 +200,7 @@ def run(
             measure(detector, frames, batch_sizes, iterations, result)
             if variant.backend == "cuda" and variant.precision == "fp32":
                 report.video = video_run(detector, video, max_frames)
+    fast = [v for v in report.variants if v.backend == "cuda"]
+    if fast and all(v.error for v in fast):
+        raise SsdTrtError(fast[0].error or "the cuda backend cannot run here")
     return report
