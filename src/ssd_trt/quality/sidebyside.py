@@ -19,6 +19,7 @@ import numpy as np
 
 from ..detector import Detector
 from ..errors import SsdTrtError
+from ..runtime.ort import available_providers
 from ..sources import open_source
 from ..video.pipeline import STAGES, Pipeline
 from .bench import machine_info
@@ -178,6 +179,11 @@ def run(
 ) -> SideBySideReport:
     if not frames:
         raise SsdTrtError("no frames to benchmark with")
+    if "CUDAExecutionProvider" not in available_providers():
+        raise SsdTrtError(
+            "bench --backend cuda compares the GPU paths, and ONNX Runtime here has no "
+            "CUDAExecutionProvider: on an NVIDIA GPU, pip install 'ssd-trt[gpu]'"
+        )
     report = SideBySideReport(model=str(model), machine=machine_info())
     for variant in variants:
         result = VariantResult(variant.label, variant.backend, variant.precision)
