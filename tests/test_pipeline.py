@@ -7,9 +7,11 @@ import json
 import time
 
 import pytest
+from conftest import error_line
 from conftest import run_cli as cli
 
 from ssd_trt import Detector
+from ssd_trt.runtime.ort import available_providers
 from ssd_trt.sources import PacedSource, open_source
 from ssd_trt.video.pipeline import STAGES, Pipeline
 
@@ -86,3 +88,16 @@ def test_bench_verb_writes_every_section(coco_onnx, bikes_video, tmp_path):
 def test_bench_rejects_bad_batch_sizes():
     proc = cli("bench", "--batch-sizes", "0,x")
     assert proc.returncode == 2 and "--batch-sizes" in proc.stderr
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in available_providers(), reason="checks machines without a GPU stack"
+)
+def test_cuda_backend_without_gpu_names_the_extra(coco_onnx, bikes_video):
+    for args in (
+        ("bench", "--backend", "cuda", "--video", str(bikes_video)),
+        ("detect", str(bikes_video), "--backend", "cuda", "--model", str(coco_onnx)),
+    ):
+        proc = cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert error_line(proc).endswith("pip install 'ssd-trt[gpu]'"), proc.stderr
