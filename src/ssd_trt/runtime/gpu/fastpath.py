@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from ssd_trt.errors import SsdTrtError, require
 from ssd_trt.nms import NmsSettings
 from ssd_trt.preprocess import PreprocessConfig
 
+from ..cuda_graph import cudart
 from . import kernels as gpu_kernels
 from .trt_network import TensorRTNetwork
 
@@ -447,16 +449,18 @@ class GpuFastPath:
         self._nms_debug = 0  # device pointer of 16 int64 phase stamps per image, or 0
         self._out_ptr = 0
         # Host-side launch work done once: network per frame count, upload layout per list of
-        # frame shapes, preprocess/NMS launch arguments, our own CUDA graphs per batch layout
-        # ("whole": upload..download in one graph; "split": one graph before and one after the
-        # network's own launch; "off": kernel by kernel).
+        # frame shapes, preprocess/NMS launch arguments, our own CUDA graphs per batch layout.
         self._net_for: dict[int, NetworkRunner] = {}
         self._layouts: dict[tuple[tuple[int, ...], ...], _Layout] = {}
         self._prep_launches: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._nms_launches: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {}
         self._graphs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._graph_seen: dict[tuple[Any, ...], int] = {}
-        self._graph_mode = ("whole" if cuda_graphs else "split") if own_graphs else "off"
+        # "split": one graph of ours before the network's launch and one after it. One graph
+        # around the network's own graph launch is not possible: the driver (580) refuses to
+        # capture a graph launch (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED).
+        self._graph_mode = "split" if own_graphs else "off"
+        self._thread: int | None = None  # the thread whose CUDA context is current (submit)
         self._capturing = False
         self._closed = False
 
@@ -507,6 +511,9 @@ class GpuFastPath:
         """Queue one batch (at most the largest batch size) on the GPU; returns at once."""
         if self._closed:
             self._check_open()
+        if self._thread != threading.get_ident():  # CUDA contexts are current per thread
+            self.device.set_current()
+            self._thread = threading.get_ident()
         n = len(frames)
         net = self._net_for.get(n)
         if net is None:
@@ -644,9 +651,8 @@ class GpuFastPath:
     def _build_graph(
         self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
     ) -> tuple[Any, ...] | None:
-        """Capture this batch layout into CUDA graphs of our own: one graph with the network's
-        own launch inside ("whole") where the driver captures that, else one graph before and
-        one after the network ("split"). None (and no more tries) where capture fails."""
+        """Capture this batch layout into two CUDA graphs of our own, one before and one after
+        the network's launch. None (and no more tries) where capture fails."""
 
         def head() -> None:
             self._issue_upload(slot, n, dev, total, self.stream)
@@ -655,21 +661,6 @@ class GpuFastPath:
         def tail() -> None:
             self._issue_tail(slot, net, n)
 
-        if self._graph_mode == "whole" and not self._graph_launch_is_captured():
-            log.info("own CUDA graphs: graph launches are not captured; two graphs per batch")
-            self._graph_mode = "split"
-        if self._graph_mode == "whole":
-
-            def whole() -> None:
-                head()
-                self._run_network(net)
-                tail()
-
-            graph = self._capture(whole)
-            if graph is not None:
-                return (graph,)
-            log.info("own CUDA graphs: the network launch is not captured; two graphs per batch")
-            self._graph_mode = "split"
         first = self._capture(head)
         second = self._capture(tail) if first is not None else None
         if first is None or second is None:
@@ -678,21 +669,6 @@ class GpuFastPath:
             self._graph_mode = "off"
             return None
         return (first, None, second)
-
-    def _graph_launch_is_captured(self) -> bool:
-        """Whether the driver captures a graph launch (the network's CUDA graph) into a graph:
-        tried on a one-node graph of our own before the network is asked to."""
-        count, stream = int(self._count_dev.handle), self.stream
-
-        def memset() -> None:  # the NMS counters are kept zero: zeroing one is harmless
-            _check(_DRIVER.cuMemsetD32Async(count, 0, 1, stream.handle), "cuMemsetD32Async")
-
-        inner = self._capture(memset)
-        if inner is None:
-            return False
-        outer = self._capture(lambda: _graph_launch(inner, stream))
-        _destroy_graph((inner, outer))
-        return outer is not None
 
     def _capture(self, issue: Any) -> Any:
         """``issue()`` captured on our stream into an instantiated graph, or None."""
@@ -712,6 +688,7 @@ class GpuFastPath:
         if failed is not None or err != _SUCCESS:
             if graph is not None and int(graph):
                 drv.cuGraphDestroy(graph)
+            cudart().cudaGetLastError()  # leave no error pending for ONNX Runtime's next call
             log.info("graph capture failed: %s", _first_line(failed) if failed else err)
             return None
         err, exe = drv.cuGraphInstantiate(graph, 0)
