@@ -29,6 +29,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import SsdTrtError, require
 from ..model.export import POST_PREFIX
 
@@ -162,7 +164,6 @@ def quantize(
     Tensors without a range (integer shape arithmetic) are left alone by the quantizer.
     """
     require("onnxruntime", "ort")
-    import numpy as np
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
