@@ -98,6 +98,7 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         show=args.show,
         sync=args.sync,
         realtime=getattr(args, "realtime", False),
+        loop=getattr(args, "loop", False),
         max_frames=args.max_frames,
     )
     stats = run_video(job, _detector_factory(args))

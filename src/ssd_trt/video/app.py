@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import progress
 from ..detector import Detector
 from ..errors import SsdTrtError
-from ..sources import PacedSource, open_source
+from ..sources import Frame, PacedSource, Source, open_source
 from .outputs import (
     FrameResult,
     JsonLinesOutput,
@@ -36,6 +36,73 @@ class VideoJob:
     sync: bool = False
     realtime: bool = False  # deliver a file at its own frame rate, like a camera
     max_frames: int | None = None
+    loop: bool = False  # replay a file from the start when it ends (demos, soak runs)
+
+
+class LoopSource(Source):
+    """Replays a file source forever, numbering frames on across passes (0, 1, ... N, N+1).
+
+    Each pass reopens the file, so decoder state never carries over; a file that yields no
+    frame on a pass ends the run instead of spinning.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self._spec = spec
+        self._inner: Source | None = open_source(spec)
+        if self._inner.live:
+            self._inner.close()
+            raise SsdTrtError("--loop is for files and images; live sources do not end")
+        super().__init__(f"{self._inner.description} (looped)")
+        self.fps, self.size = self._inner.fps, self._inner.size
+        self.passes = 1
+        self._index = 0
+        self._offset = 0.0  # media time of the passes before this one
+        self._last = 0.0
+        self._skipped_before = 0
+        self._pass_frames = 0
+
+    def read(self) -> Frame | None:
+        for _ in range(2):  # this pass, else one fresh pass
+            if self._inner is None:
+                return None
+            frame = self._inner.read()
+            if frame is not None:
+                return self._renumber(frame)
+            self._next_pass()
+        return None
+
+    def _renumber(self, frame: Frame) -> Frame:
+        self._last = frame.timestamp
+        frame = Frame(self._index, self._offset + frame.timestamp, frame.image, frame.name)
+        self._index += 1
+        self._pass_frames += 1
+        return frame
+
+    def _next_pass(self) -> None:
+        assert self._inner is not None
+        self._skipped_before += self._inner.frames_skipped
+        self._inner.close()
+        if self._pass_frames == 0:  # nothing decodable: stop rather than reopen forever
+            self._inner = None
+            return
+        step = 1.0 / self.fps if self.fps else 0.04
+        self._offset += self._last + step
+        self._pass_frames = 0
+        self._inner = open_source(self._spec)
+        self.passes += 1
+
+    @property
+    def frames_skipped(self) -> int:  # type: ignore[override]
+        return self._skipped_before + (self._inner.frames_skipped if self._inner else 0)
+
+    @frames_skipped.setter
+    def frames_skipped(self, value: int) -> None:
+        pass  # the base class initializes it; the count lives in the passes
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -60,7 +127,7 @@ def run_video(
     detector = source = None
     bar = None
     try:
-        source = open_source(job.source)
+        source = LoopSource(str(job.source)) if job.loop else open_source(job.source)
         if job.realtime:
             if source.live:
                 raise SsdTrtError("--realtime is for files and images; live sources already are")
@@ -88,7 +155,12 @@ def run_video(
             detector, source, outputs, sync=job.sync, max_frames=job.max_frames, on_frame=on_frame
         )
         outputs = []  # the pipeline owns them now and finalizes them
-        return pipeline.run()
+        try:
+            return pipeline.run()
+        except KeyboardInterrupt:
+            # Ctrl-C is a normal way to end a live run: say what it did before the exit.
+            log.info("%s", pipeline.stats.summary())
+            raise
     finally:
         if bar is not None:
             bar.close()
