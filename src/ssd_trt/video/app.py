@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import progress
+from ..detections import Detections
 from ..detector import Detector
 from ..errors import SsdTrtError
 from ..sources import Frame, PacedSource, Source, open_source
@@ -132,8 +133,7 @@ def run_video(
             if source.live:
                 raise SsdTrtError("--realtime is for files and images; live sources already are")
             source = PacedSource(source, source.fps or 25.0)
-        detector = make_detector()
-        log.info("backend: %s; source: %s", detector.backend_name, source.description)
+        # Outputs before the model: an unwritable path or a taken port fails in a second.
         if job.output:
             outputs.append(VideoOutput(job.output, source.fps))
         if job.json:
@@ -142,6 +142,8 @@ def run_video(
             server = ServeOutput(*job.serve)
             outputs.append(server)
             log.info("serving the live view at %s", server.url)
+        detector = make_detector()
+        log.info("backend: %s; source: %s", detector.backend_name, source.description)
         if job.show if job.show is not None else has_display():
             outputs.append(WindowOutput())
         bar = progress.bar(source.frame_count or None, "detect", "frame", leave=False)
@@ -170,3 +172,48 @@ def run_video(
             source.close()
         if detector is not None:
             detector.close()
+
+
+class FoundSummary:
+    """What a run found, for people: one line per image, or per class over a video's frames."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.per_class: dict[str, tuple[int, float]] = {}  # label -> (frames seen in, best)
+
+    def add(self, result: FrameResult) -> str | None:
+        """Count one frame; for an image (a named frame) return its line."""
+        self.frames += 1
+        best: dict[str, float] = {}
+        for det in result.detections:
+            best[det.label] = max(best.get(det.label, 0.0), det.score)
+        for label, score in best.items():
+            seen, top = self.per_class.get(label, (0, 0.0))
+            self.per_class[label] = (seen + 1, max(top, score))
+        if not result.frame.name:
+            return None
+        return f"{result.frame.name}: {describe(result.detections)}"
+
+    def lines(self) -> list[str]:
+        """The end-of-run summary: each class, in how many frames, best score."""
+        if not self.per_class:
+            return [f"found nothing in {self.frames} frames above the score threshold"]
+        ranked = sorted(self.per_class.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return [
+            f"{label}: in {seen} of {self.frames} frames (best {top:.2f})"
+            for label, (seen, top) in ranked
+        ]
+
+
+def describe(detections: Detections) -> str:
+    """``2 person (0.91, 0.85), 1 bicycle (0.77)`` or ``nothing found``."""
+    groups: dict[str, list[float]] = {}
+    for det in detections:
+        groups.setdefault(det.label, []).append(det.score)
+    if not groups:
+        return "nothing found"
+    ranked = sorted(groups.items(), key=lambda kv: -max(kv[1]))
+    return ", ".join(
+        f"{len(scores)} {label} ({', '.join(f'{s:.2f}' for s in sorted(scores, reverse=True))})"
+        for label, scores in ranked
+    )

@@ -18,8 +18,8 @@ from typing import Any
 
 from ..detector import Detector
 from ..sources import Frame, Source
-from .outputs import FrameResult, Output, StopPipeline
-from .overlay import draw_banner, draw_detections
+from .outputs import FrameResult, Output, OutputWriteError, StopPipeline
+from .overlay import draw_frame
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ class Pipeline:
         t0 = time.perf_counter()
         image = frame.image
         if self.draw:
-            image = draw_detections(image.copy(), detections)
-            draw_banner(image, self._fps.value, infer_ms, self.detector.backend_name)
+            image = image.copy()
+            draw_frame(image, detections, self._fps.value, infer_ms, self.detector.backend_name)
         t1 = time.perf_counter()
         result = FrameResult(
             frame=frame,
@@ -169,8 +169,9 @@ class Pipeline:
     def run(self) -> RunStats:
         """Process until the stream ends, an output stops it, or Ctrl-C; then finalize outputs.
 
-        Outputs are closed (finalized) on a normal end, on q/Esc and on Ctrl-C; on an error they
-        are aborted so no partial file is left.
+        Outputs are closed (finalized) on a normal end, on q/Esc, on Ctrl-C and when an output
+        cannot write any more (disk full: they keep the frames written so far); on any other
+        error they are aborted so no partial file is left.
         """
         start = time.perf_counter()
         failed = False
@@ -181,6 +182,10 @@ class Pipeline:
                 self._run_async()
         except StopPipeline as stop:
             self.stats.stopped_by = str(stop) or "output"
+        except OutputWriteError:
+            # Disk full and the like: keep (close, not discard) what was written so far.
+            self.stats.stopped_by = "an output write failure"
+            raise
         except KeyboardInterrupt:
             self.stats.stopped_by = "Ctrl-C"
             raise
