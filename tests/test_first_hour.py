@@ -272,7 +272,7 @@ def play_in_chromium(video: Path, tmp_path: Path) -> str:
     if not chromium:
         pytest.fail("chromium is missing: apt-get install chromium (.ci/run does)")
     site = tmp_path / "site"
-    site.mkdir()
+    site.mkdir(parents=True)
     shutil.copy(video, site / "video.mp4")
     (site / "index.html").write_text(PLAYER)
     with static_server(site) as url:
@@ -447,17 +447,16 @@ def test_disk_full_stops_with_one_line_and_keeps_whole_frames(
         assert proc.returncode == 2, proc.stderr
         line = error_line(proc)
         reason = "no space left" if mounted else "file size limit"
-        assert reason in line and "outputs keep the frames before that" in line, line
+        assert reason in line and "outputs were closed with what was written" in line, line
         assert "Traceback" not in proc.stderr
         records = lines_of(disk / "d.jsonl")  # every line whole
         assert 0 < len(records) < 250
         assert [r["frame"] for r in records] == list(range(len(records)))
-        cap = cv2.VideoCapture(str(disk / "a.mp4"))
-        decoded = 0
-        while decoded < 300 and cap.read()[0]:
-            decoded += 1
-        cap.release()
-        assert decoded > 0, "the video was not kept up to its last good frames"
+        import av
+
+        with av.open(str(disk / "a.mp4")) as container:  # ends cleanly: no torn fragment
+            decoded = sum(1 for _ in container.decode(video=0))
+        assert 0 < decoded <= len(records), (decoded, len(records))
         assert not list(disk.glob(".*partial*"))
     finally:
         if mounted:
@@ -563,3 +562,4 @@ def test_errno_names_are_what_the_user_reads():
 
     err = write_failed(Path("a.mp4"), 7, OSError(errno.ENOSPC, "No space left on device"))
     assert str(err).startswith("writing a.mp4 stopped after 7 frames: no space left on the device")
+    assert "\n" not in str(err)

@@ -111,8 +111,9 @@ def _reason(exc: OSError) -> str:
 
 def write_failed(path: Path, frames: int, exc: OSError) -> OutputWriteError:
     return OutputWriteError(
-        f"writing {path} stopped after {frames} frames: {_reason(exc)}; the outputs keep the "
-        "frames before that. Free some space or write to another disk"
+        f"writing {path} stopped after {frames} frames: {_reason(exc)}; the outputs were "
+        "closed with what was written before (a video up to its last whole 2 s fragment); "
+        "free some space or write to another disk"
     )
 
 
@@ -211,6 +212,30 @@ class _PyAvH264:
             self.container.close()
 
 
+def cut_to_whole_fragments(path: Path) -> int:
+    """Cut a fragmented MP4 back to its last complete fragment (moof + mdat); returns its size.
+
+    A write that failed mid-fragment (disk full) leaves a torn box at the end, which players
+    and decoders report as an error; without it the file ends cleanly at the last good frame.
+    """
+    size, good = path.stat().st_size, 0
+    with open(path, "r+b") as f:
+        pos = 0
+        while pos + 8 <= size:
+            f.seek(pos)
+            head = f.read(16)
+            length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if length == 1 and len(head) >= 16:  # 64-bit box size
+                length = int.from_bytes(head[8:16], "big")
+            if length < 8 or pos + length > size:
+                break  # the torn box
+            pos += length
+            if kind in (b"moov", b"mdat"):  # header complete, or a fragment's data complete
+                good = pos
+        f.truncate(good)
+    return good
+
+
 class _OpenCvWriter:
     def __init__(self, cv2: Any, path: Path, fourcc: str, fps: float, size: tuple[int, int]):
         self.writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
@@ -254,6 +279,7 @@ class VideoOutput(_AtomicFileOutput):
         self.writer: _PyAvH264 | _OpenCvWriter | None = None
         self.size: tuple[int, int] = (0, 0)
         self.codec = ""
+        self._torn = False  # a write failed: the file may end in a partial fragment
 
     def _open_writer(self, size: tuple[int, int]) -> None:
         suffix = self.path.suffix.lower()
@@ -287,6 +313,7 @@ class VideoOutput(_AtomicFileOutput):
         try:
             self.writer.write(annotated)
         except OSError as exc:
+            self._torn = True
             raise write_failed(self.path, self.frames, exc) from None
         self.frames += 1
 
@@ -300,11 +327,16 @@ class VideoOutput(_AtomicFileOutput):
     def _release(self) -> None:
         super()._release()
         writer, self.writer = getattr(self, "writer", None), None
-        if writer is not None:
-            try:
-                writer.close()
-            except OSError as exc:  # the disk filled: what was written before stays
-                log.warning("finishing %s: %s", self.path, _reason(exc))
+        if writer is None:
+            return
+        try:
+            writer.close()
+        except OSError as exc:  # the disk filled: what was written before stays
+            log.debug("finishing %s: %s", self.path, _reason(exc))
+            self._torn = True
+        if self._torn and isinstance(writer, _PyAvH264) and self.tmp.exists():
+            kept = cut_to_whole_fragments(self.tmp)
+            log.info("%s keeps its whole fragments (%d bytes)", self.path, kept)
 
 
 class JsonLinesOutput(_AtomicFileOutput):

@@ -180,6 +180,8 @@ class Pipeline:
                 self._run_sync()
             else:
                 self._run_async()
+            if self.max_frames is not None and self.stats.frames >= self.max_frames:
+                self.stats.stopped_by = "--max-frames"
         except StopPipeline as stop:
             self.stats.stopped_by = str(stop) or "output"
         except OutputWriteError:
