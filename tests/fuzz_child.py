@@ -63,10 +63,13 @@ def check_calib(path):
     from ssd_trt.precision.quantize import CalibrationCache
 
     cache = CalibrationCache.load(path)
-    if cache is not None:  # a usable cache: every range a finite, positive number
-        assert isinstance(cache.key, str) and isinstance(cache.amax, dict), cache
-        for value in cache.amax.values():
-            assert isinstance(value, (int, float)) and np.isfinite(value) and value >= 0, cache
+    if cache is None:  # refused: the caller calibrates again
+        return "refused"
+    # A cache it accepts must be usable: every range a finite, non-negative number.
+    assert isinstance(cache.key, str) and isinstance(cache.amax, dict), cache
+    for value in cache.amax.values():
+        assert isinstance(value, (int, float)) and np.isfinite(value) and value >= 0, cache
+    return None
 
 
 check = {"onnx": check_onnx, "sidecar": check_sidecar, "calib": check_calib}[kind]
@@ -75,7 +78,7 @@ if kind == "sidecar":
     engine = work / "e.engine"
     engine.write_bytes(original.with_name(original.name[: -len(".json")]).read_bytes())
     target = work / "e.engine.json"
-counts = {"ok": 0, "error": 0}
+counts = {"ok": 0, "error": 0, "refused": 0}
 start = time.monotonic()
 for case in range(cases):
     if time.monotonic() - start > budget:
@@ -83,8 +86,8 @@ for case in range(cases):
     target.write_bytes(mutate(data))
     print(f"case {case}", flush=True)
     try:
-        check(engine if kind == "sidecar" else target)
-        counts["ok"] += 1
+        outcome = check(engine if kind == "sidecar" else target)
+        counts[outcome or "ok"] += 1
     except SsdTrtError as exc:
         assert "\n" not in str(exc), repr(exc)
         counts["error"] += 1

@@ -520,7 +520,8 @@ def run_fuzz(kind: str, original: Path, tmp_path: Path, cases: int = 200, budget
     last = proc.stdout.strip().splitlines()[-1:] or [""]
     assert proc.returncode == 0, f"rc {proc.returncode} at {last}: {proc.stdout[-3000:]}"
     counts = json.loads(last[0].removeprefix("RESULT "))
-    assert counts["ok"] + counts["error"] == cases, counts  # all cases ran within the budget
+    print(kind, counts)  # shown with -s: how many cases loaded and how many were refused
+    assert sum(counts.values()) == cases, counts  # all cases ran within the budget
     return counts
 
 
@@ -541,7 +542,8 @@ def test_fuzz_engine_sidecar(person_raw_onnx, tmp_path):
 
     engine = tmp_path / "built" / "p.engine"
     engine.parent.mkdir()
-    build_engine(person_raw_onnx, engine, BuildOptions(compute_capability="sm89"), load_trt("rtx"))
+    options = BuildOptions(compute_capability="sm89")
+    build_engine(person_raw_onnx, engine, options, trt_api=load_trt("rtx"))
     counts = run_fuzz("sidecar", Path(f"{engine}.json"), tmp_path)
     assert counts["error"] > 0 and counts["ok"] > 0
 
@@ -554,7 +556,7 @@ def test_fuzz_calibration_cache(person_raw_onnx, calib_dir, tmp_path):
     store.prepared(person_raw_onnx, "int8", calibration, out_dir=tmp_path / "prepared")
     (cache,) = (tmp_path / "prepared").glob("*.calib.json")
     counts = run_fuzz("calib", cache, tmp_path)
-    assert counts["ok"] + counts["error"] == 200
+    assert counts["refused"] > 0  # mutations that break the JSON are refused, never a crash
 
 
 def test_errno_names_are_what_the_user_reads():
