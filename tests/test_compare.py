@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_cli as cli
 
-from ssd_trt.quality.report import agreement, match
 from ssd_trt.detections import Detections
+from ssd_trt.quality.report import agreement, match
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 ANNOTATIONS = "instances_train2017_small.json"

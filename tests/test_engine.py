@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ssd_trt.errors import MissingExtraError, SsdTrtError
 from ssd_trt.precision.engine import (
     BuildOptions,
     EngineMetadata,
@@ -27,7 +28,6 @@ from ssd_trt.precision.engine import (
     read_engine_bytes,
     sidecar_path,
 )
-from ssd_trt.errors import MissingExtraError, SsdTrtError
 from ssd_trt.precision.trt_compat import load_trt, normalize_cc
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is in the [rtx] extra")

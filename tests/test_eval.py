@@ -8,8 +8,8 @@ import subprocess
 from conftest import run_cli as cli
 
 from ssd_trt import Detector
-from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, METRICS, coco_map, load_annotations
 from ssd_trt.postprocess import to_detections
+from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, METRICS, coco_map, load_annotations
 
 MODEL = "ssdlite_mobilenet_v2_coco"
 ANNOTATIONS = "instances_train2017_small.json"
@@ -20,9 +20,7 @@ def test_onnx_fp32_map_equals_tensorflow_map(exported, registry_graphs, coco_min
 
     coco = load_annotations(coco_mini / ANNOTATIONS)
     images = coco_mini / "images"
-    with Detector(
-        exported(MODEL), "cpu", score_threshold=EVAL_SCORE_THRESHOLD
-    ) as detector:
+    with Detector(exported(MODEL), "cpu", score_threshold=EVAL_SCORE_THRESHOLD) as detector:
         onnx_result = coco_map(coco, images, detector.detect, detector.info.labels)
         labels = detector.info.labels
 

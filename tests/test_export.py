@@ -20,9 +20,9 @@ from conftest import run_cli as cli
 
 from ssd_trt.contract import DETECTION_OUTPUTS
 from ssd_trt.model.export import ExportOptions, export
+from ssd_trt.model.tfgraph import load_graph_def
 from ssd_trt.nms import NmsSettings, batched_nms
 from ssd_trt.preprocess import PreprocessConfig, preprocess
-from ssd_trt.model.tfgraph import load_graph_def
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 CONFIG = PreprocessConfig()
@@ -223,7 +223,6 @@ def test_efficient_nms_graph(registry_graphs, tmp_path):
         registry_graphs["ssdlite_mobilenet_v2_person"],
         out,
         ExportOptions(nms="efficient", max_detections=50),
-       
     )
     assert summary.nms == "efficient"
     model = onnx.load(str(out))
@@ -243,7 +242,6 @@ def test_export_is_deterministic(registry_graphs, exported, tmp_path):
         registry_graphs["ssdlite_mobilenet_v2_person"],
         again,
         ExportOptions(labels="person"),
-       
     )
     assert again.read_bytes() == exported("ssdlite_mobilenet_v2_person").read_bytes()
 

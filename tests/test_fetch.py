@@ -263,9 +263,7 @@ def test_fetch_url_model_then_noop(server: Server, tmp_path: Path, caplog) -> No
     assert os.listdir(cache / "models") == [ZOO]
 
 
-def test_fetch_url_model_without_published_checksum(
-    server: Server, tmp_path: Path, caplog
-) -> None:
+def test_fetch_url_model_without_published_checksum(server: Server, tmp_path: Path, caplog) -> None:
     tarball = zoo_tarball(server.root / f"{ZOO}.tar.gz")
     spec = dataclasses.replace(MODELS[ZOO], sha256=None)
     cache = tmp_path / "cache"

@@ -14,9 +14,9 @@ from conftest import iou
 from conftest import run_cli as cli
 
 from ssd_trt import Detector, SsdTrtError
-from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
 from ssd_trt.model.export import POST_PREFIX
 from ssd_trt.precision.quantize import CalibrationCache, calibration_key, prepare, to_fp16, to_int8
+from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
 from ssd_trt.runtime.tensorrt import GraphPolicy, TensorSpec, check_batch, plan_buffers
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")

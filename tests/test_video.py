@@ -325,7 +325,9 @@ def test_help_on_every_verb():
     for verb in verbs:
         assert verb in listed.stdout
         proc = cli(verb, "--help")
-        assert proc.returncode == 0 and "--quiet" in proc.stdout and "--verbose" in proc.stdout, verb
+        assert proc.returncode == 0 and "--quiet" in proc.stdout and "--verbose" in proc.stdout, (
+            verb
+        )
 
 
 def test_global_options_before_and_after_the_verb(tmp_path):
