@@ -565,3 +565,21 @@ def test_errno_names_are_what_the_user_reads():
     err = write_failed(Path("a.mp4"), 7, OSError(errno.ENOSPC, "No space left on device"))
     assert str(err).startswith("writing a.mp4 stopped after 7 frames: no space left on the device")
     assert "\n" not in str(err)
+
+
+# ------------------------------------------------------------------- --loop (the soak's source)
+
+
+def test_loop_replays_a_file_and_numbers_frames_on(coco_onnx, bikes_video, tmp_path):
+    out = tmp_path / "d.jsonl"
+    proc = run_cli(
+        "detect", str(bikes_video), "--model", str(coco_onnx), "--no-show", "--loop",
+        "--max-frames", "300", "--json", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = lines_of(out)
+    assert [r["frame"] for r in records] == list(range(300))
+    stamps = [r["timestamp"] for r in records]
+    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))  # media time goes on
+    assert records[250]["detections"] == records[0]["detections"]  # the second pass = the first
+    assert "stopped by --max-frames" in proc.stderr
