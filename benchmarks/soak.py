@@ -176,7 +176,14 @@ def main() -> int:
     if args.cpu:
         cmd = ["taskset", "-c", args.cpu, *cmd]
     log = open(work / "detect.log", "w")  # noqa: SIM115 - open for the whole run
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    # A background job (nohup ... &) starts with SIGINT ignored, and children inherit that:
+    # give detect the default back, so the SIGINT that ends the run acts as Ctrl-C does.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     wait_for_server(port, proc, 600)
     readers = [Reader(port) for _ in range(args.readers)]
     threads = [threading.Thread(target=r.run, daemon=True) for r in readers]
@@ -199,7 +206,11 @@ def main() -> int:
         print(json.dumps(sample), flush=True)
 
     proc.send_signal(signal.SIGINT)
-    rc = proc.wait(timeout=120)
+    try:
+        rc = proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise SystemExit("detect did not stop within 120 s of SIGINT") from None
     for r in readers:
         r.stop.set()
     log.close()
