@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +110,7 @@ class Pipeline:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._fps = _Fps()
+        self._interrupted = False
 
     # ------------------------------------------------------------------------ stage functions
 
@@ -176,10 +179,13 @@ class Pipeline:
         start = time.perf_counter()
         failed = False
         try:
-            if self.sync:
-                self._run_sync()
-            else:
-                self._run_async()
+            with self._graceful_interrupts():
+                if self.sync:
+                    self._run_sync()
+                else:
+                    self._run_async()
+            if self._interrupted:
+                raise KeyboardInterrupt
             if self.max_frames is not None and self.stats.frames >= self.max_frames:
                 self.stats.stopped_by = "--max-frames"
         except StopPipeline as stop:
@@ -205,6 +211,35 @@ class Pipeline:
                 except Exception as exc:  # finalize the others regardless
                     log.warning("closing %s failed: %s", type(out).__name__, exc)
         return self.stats
+
+    @contextmanager
+    def _graceful_interrupts(self) -> Iterator[None]:
+        """The first Ctrl-C (or a SIGTERM the CLI turns into one) stops at a frame boundary,
+        so every output holds the same whole frames and the count is exact; a second one
+        interrupts at once.
+
+        Only on the main thread, and only where the signal is handled by Python (a background
+        job that ignores SIGINT keeps ignoring it).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, frame: object) -> None:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self._stop.set()
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if callable(signal.getsignal(sig)):
+                previous[sig] = signal.signal(sig, stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _run_sync(self) -> None:
         while not self._done():
