@@ -317,6 +317,12 @@ class VideoOutput(_AtomicFileOutput):
             raise write_failed(self.path, self.frames, exc) from None
         self.frames += 1
 
+    def _finish(self) -> None:
+        if not self.codec:  # no frame ever came: leave no empty video behind
+            self.tmp.unlink(missing_ok=True)
+            return
+        super()._finish()
+
     def _fit(self, image: np.ndarray) -> np.ndarray:
         """Pad an odd-sized frame by one pixel; resize frames of another size (image folders)."""
         h, w = image.shape[:2]
