@@ -165,3 +165,13 @@ def vtest_video() -> Path:
     if not VTEST.is_file():
         pytest.fail(f"{VTEST} is missing: apt-get install opencv-doc (.ci/run does)")
     return VTEST
+
+
+@pytest.fixture(scope="session")
+def gpu_data() -> Path:
+    """The GPU machine's test data ($SSD_TRT_GPU_DATA): coco_none.onnx (an ``ssd-trt export
+    ssdlite_mobilenet_v2_coco --nms none``), person_none.onnx, bikes.mp4, coco_mini/images."""
+    path = Path(os.environ.get("SSD_TRT_GPU_DATA", "gpu-test-data"))
+    if not (path / "coco_none.onnx").is_file():
+        pytest.fail(f"set SSD_TRT_GPU_DATA to a folder with coco_none.onnx (now {path})")
+    return path

@@ -67,8 +67,12 @@ def test_fp16_passes(name, run_compare, coco_mini):
     if name == MODELS[0]:  # COCO labels: the mAP-drop check applies too
         extra = ["--coco-annotations", str(coco_mini / ANNOTATIONS)]
     proc, data = run_compare(name, "--precisions", "fp32,fp16", *extra)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "PASS"
+    # The person model finds only ~14 people in these 16 photos: too few to judge a match
+    # rate (one lost box moves it by 0.07), so compare says so instead of PASS or FAIL.
+    judgeable = data["variants"]["fp16"]["agreement"]["reference"] >= 30
+    assert proc.returncode == (0 if judgeable else 2), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == ("PASS" if judgeable else "INCONCLUSIVE")
+    assert judgeable or "too few detections to judge fp16" in proc.stdout
     assert "engines not compared" in proc.stdout  # no engine runs on this machine
     fp16 = data["variants"]["fp16"]
     assert_sane(fp16)
@@ -76,6 +80,7 @@ def test_fp16_passes(name, run_compare, coco_mini):
     assert a["reference"] >= 10 and a["match_rate"] >= 0.9 and a["mean_score_drift"] <= 0.02
     assert fp16["tensors"]["num_detections"]["max_abs"] == 0
     assert data["passed"] and data["images"] == 16
+    assert data["verdict"] == ("PASS" if judgeable else "INCONCLUSIVE")
     if extra:
         checks = {c["name"]: c for c in fp16["checks"]}
         assert checks["mAP drop"]["passed"] and data["reference_coco"]["AP"] > 0.1
@@ -93,10 +98,26 @@ def test_int8_drift_is_reported(name, run_compare, calib_dir):
     # Quantization moves scores, but the model still finds most of the same objects.
     assert int8["agreement"]["matched"] >= 0.5 * int8["agreement"]["reference"] > 0
     assert int8["tensors"]["detection_scores"]["mean_abs"] > 0
-    verdict = "PASS" if data["passed"] else "FAIL"
+    verdict = data["verdict"]
     assert proc.stdout.strip().splitlines()[-1] == verdict
-    assert proc.returncode == (0 if data["passed"] else 1)
+    assert proc.returncode == {"PASS": 0, "FAIL": 1, "INCONCLUSIVE": 2}[verdict]
     assert data["passed"] == all(c["passed"] for c in int8["checks"])
+
+
+def test_person_int8_passes_on_its_own_domain(exported, vtest_video, calib_dir, tmp_path):
+    """The person model's INT8 "FAIL" on 16 COCO photos was 14 detections judged; on 48 frames
+    of pedestrians (vtest.avi, not the calibration images) it passes the default tolerances."""
+    out = tmp_path / "person.json"
+    proc = cli(
+        "compare", str(exported(MODELS[1])), "--precisions", "fp32,int8",
+        "--images", str(vtest_video), "--max-images", "48",
+        "--calib-images", str(calib_dir), "--json", str(out), "-q",
+    )  # fmt: skip
+    data = json.loads(out.read_text())
+    int8 = data["variants"]["int8"]
+    print(json.dumps(int8["agreement"]))
+    assert int8["agreement"]["reference"] >= 100
+    assert proc.returncode == 0 and data["verdict"] == "PASS", proc.stdout[-3000:]
 
 
 def test_impossible_tolerances_fail(run_compare):

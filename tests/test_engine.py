@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,7 @@ trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is in the [rtx] e
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 TARGETS = ("sm86", "sm89")
-NMS_ERROR = "TensorRT-RTX has no NMS layer; export with --nms none"
+NMS_ERROR = "has no NMS layer but"
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_aot_build_writes_engine_and_sidecar(engines, exported, rtx, name, cc):
     assert side["build_options"]["max_batch"] == 4
     assert side["build_seconds"] > 0 and side["created"].endswith("+00:00")
     meta = side["onnx_metadata"]
-    assert meta["ssd_trt.nms"] == "none" and meta["ssd_trt.color"] == "RGB"
+    assert meta["ssd_trt.nms"] == "none" and meta["ssd_trt.precision"] == "fp32"
     labels = json.loads(meta["ssd_trt.labels"])
     assert labels["1"] == "person" and (len(labels) == 1) == name.endswith("person")
 
@@ -118,6 +119,8 @@ def test_deserialize_here_works_or_fails_with_tensorrts_error(engines, rtx):
     if loaded is not None:
         names = {loaded.get_tensor_name(i) for i in range(loaded.num_io_tensors)}
         assert names == {"images", "boxes", "scores"}
+        config = rtx.runtime_config(loaded)  # RTX captures CUDA graphs itself
+        assert config.cuda_graph_strategy == trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
     else:
         assert log.errors, "deserialization failed without a TensorRT error"
         assert any("CUDA" in e or "compute capability" in e for e in log.errors), log.errors
@@ -137,8 +140,35 @@ def test_portable_build_without_target(exported, rtx, tmp_path):
 def test_nms_graph_is_refused_on_rtx(exported, rtx, tmp_path):
     with pytest.raises(SsdTrtError) as err:
         build_engine(exported(MODELS[0], "onnx"), tmp_path / "x.engine", trt_api=rtx)
-    assert str(err.value) == NMS_ERROR
+    assert NMS_ERROR in str(err.value) and "--nms none" in str(err.value)
     assert only_files(tmp_path) == []
+
+
+def test_efficient_nms_is_refused_on_rtx_before_parsing(exported, rtx, tmp_path):
+    # RTX's plugin registry has no EfficientNMS_TRT creator: the build says so in one line.
+    creators = {c.name for c in trt.get_plugin_registry().all_creators}
+    assert "EfficientNMS_TRT" not in creators
+    with pytest.raises(SsdTrtError) as err:
+        build_engine(exported(MODELS[1], "efficient"), tmp_path / "x.engine", trt_api=rtx)
+    assert NMS_ERROR in str(err.value) and "\n" not in str(err.value)
+    assert only_files(tmp_path) == []
+
+
+def test_builder_failure_is_one_line(rtx):
+    # trt.Builder raises a raw TypeError where it cannot start (full TensorRT without a GPU);
+    # RTX raises the same for a logger it cannot take.
+    with pytest.raises(SsdTrtError) as err:
+        rtx.builder(None)
+    assert "cannot create a builder" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_rtx_graph_strategy_is_the_runtimes(rtx):
+    # TensorRT-RTX engines get RTX's own whole-graph capture, not user stream capture.
+    assert (
+        rtx.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        in rtx.trt.CudaGraphStrategy.__members__.values()
+    )
+    assert rtx.can_target_compute_capability and not rtx.has_nms_layer
 
 
 def test_corrupt_onnx(rtx, tmp_path):
@@ -271,15 +301,16 @@ def test_compute_capability_mismatch(engine_copy, rtx):
 # --------------------------------------------------------------------- caches and Ctrl-C
 
 
-def test_timing_cache_is_not_used_by_rtx(exported, rtx, tmp_path, capfd):
+def test_timing_cache_is_not_used_by_rtx(exported, rtx, tmp_path, caplog):
     """TensorRT-RTX made timing caches no-ops (1.2); the build says so and writes none.
 
     Full TensorRT loads the file if present and saves it (atomically) after each build.
     """
     cache = tmp_path / "timing.cache"
     options = BuildOptions(compute_capability="sm89", timing_cache=cache)
+    caplog.set_level(logging.INFO, logger="ssd_trt")
     build_engine(exported(MODELS[1], "none"), tmp_path / "a.engine", options, trt_api=rtx)
-    assert "timing cache: not used (TensorRT-RTX" in capfd.readouterr().err
+    assert "timing cache: not used (TensorRT-RTX" in caplog.text
     assert not cache.exists()
 
 

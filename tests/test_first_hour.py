@@ -374,7 +374,9 @@ def test_stuck_and_vanishing_clients_neither_stall_nor_grow_the_server():
         sock.close()
 
 
-def test_detect_serve_keeps_every_frame_with_stuck_and_vanishing_readers(coco_onnx, bikes_video, tmp_path):
+def test_detect_serve_keeps_every_frame_with_stuck_and_vanishing_readers(
+    coco_onnx, bikes_video, tmp_path
+):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -17,7 +17,8 @@ from ssd_trt import Detector, SsdTrtError
 from ssd_trt.model.export import POST_PREFIX
 from ssd_trt.precision.quantize import CalibrationCache, calibration_key, prepare, to_fp16, to_int8
 from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
-from ssd_trt.runtime.tensorrt import GraphPolicy, TensorSpec, check_batch, plan_buffers
+from ssd_trt.runtime.cuda_graph import GraphPolicy
+from ssd_trt.runtime.tensorrt import TensorSpec, check_batch, plan_buffers
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 
@@ -249,19 +250,21 @@ def test_rtx_refuses_graph_with_nms(exported, tmp_path):
 
 
 def test_plan_buffers_sizes_for_the_profile_max_batch():
+    # Shapes as the execution context resolves them with the input at the profile's max (8).
     specs = [
-        TensorSpec("images", True, np.dtype(np.float32), (-1, 3, 300, 300)),
-        TensorSpec("num_detections", False, np.dtype(np.int32), (-1, 1)),
-        TensorSpec("detection_boxes", False, np.dtype(np.float32), (-1, 100, 4)),
-        TensorSpec("raw_nms", False, np.dtype(np.int64), (-1, -1, 3)),
+        TensorSpec("images", True, np.dtype(np.float32), (8, 3, 300, 300)),
+        TensorSpec("num_detections", False, np.dtype(np.int32), (8, 1)),
+        TensorSpec("detection_boxes", False, np.dtype(np.float32), (8, 100, 4)),
+        TensorSpec("raw_nms", False, np.dtype(np.int64), (-1, 3)),  # NonMaxSuppression rows
     ]
-    plan = plan_buffers(specs, max_batch=8)
+    plan = plan_buffers(specs)
     assert plan["images"].shape == (8, 3, 300, 300) and plan["images"].nbytes == 8 * 270000 * 4
     assert plan["num_detections"].nbytes == 32 and not plan["detection_boxes"].data_dependent
     assert plan["detection_boxes"].nbytes == 8 * 100 * 4 * 4
-    assert plan["raw_nms"].data_dependent  # goes through an output allocator
+    # [-1, 3]: only the first dimension is dynamic, and it is data-dependent, not the batch.
+    assert plan["raw_nms"].data_dependent and not plan["images"].data_dependent
     with pytest.raises(SsdTrtError, match="dynamic dims"):
-        plan_buffers([TensorSpec("images", True, np.dtype(np.float32), (-1, 3, -1, -1))], 4)
+        plan_buffers([TensorSpec("images", True, np.dtype(np.float32), (4, 3, -1, -1))])
 
 
 def test_check_batch_against_profile():
@@ -298,3 +301,195 @@ def test_graph_policy_captures_replays_and_falls_back():
     assert not policy.enabled and "StreamCapture" in policy.failure
     calls.clear()
     assert policy.run((2, 3, 300, 300)) == "direct" and calls == ["enqueue"]
+
+
+# ------------------------------------------------------------------- INT8 for the CPU (issue 11)
+
+
+def ort_optimized_ops(path: Path) -> dict[str, int]:
+    """Op counts after ONNX Runtime's CPU graph optimizations: what its kernels really run."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(path.with_suffix(".ort-opt.onnx"))
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    counts: dict[str, int] = {}
+    for node in onnx.load(options.optimized_model_filepath).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def test_cpu_int8_runs_as_qlinearconv_with_uint8_activations(exported, calib_dir, tmp_path):
+    src = exported(MODELS[0])
+    path = prepare(src, "int8", tmp_path, calib_images=str(calib_dir), flavour="cpu")
+    assert path.name.endswith(".cpu.int8.onnx")
+    model = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    qs = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert qs and all(inits[q.input[2]].dtype == np.uint8 for q in qs)
+    weights = [
+        inits[n.input[0]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and inits.get(n.input[0]) is not None
+        and inits[n.input[0]].ndim == 4
+    ]
+    assert len(weights) == 88 and all(w.dtype == np.int8 for w in weights)
+    # ReLU6 folds into the Conv before it (uint8 saturation clips); 59 Clips were there.
+    clips = [
+        n for n in model.graph.node if n.op_type == "Clip" and not n.name.startswith(POST_PREFIX)
+    ]
+    assert len(clips) <= 2, len(clips)
+    assert not any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.name.startswith(POST_PREFIX)
+        for n in model.graph.node
+    )
+    ops = ort_optimized_ops(path)
+    assert ops.get("QLinearConv", 0) == 88 and ops.get("Conv", 0) == 0, ops
+    # The TensorRT form from the same cache stays dequantize -> float Conv in ONNX Runtime.
+    trt = prepare(src, "int8", tmp_path, calib_images=str(calib_dir))
+    trt_ops = ort_optimized_ops(trt)
+    float_convs = trt_ops.get("Conv", 0) + trt_ops.get("FusedConv", 0)
+    assert float_convs >= 80 and trt_ops.get("QLinearConv", 0) <= 8, trt_ops
+
+
+def test_cpu_int8_map_within_001_of_fp32(exported, calib_dir, coco_mini, tmp_path):
+    coco = load_annotations(coco_mini / "instances_train2017_small.json")
+    src = exported(MODELS[0])
+    ap = {}
+    for precision in ("fp32", "int8"):
+        with Detector(
+            src,
+            "cpu",
+            precision=precision,
+            calib_images=str(calib_dir),
+            cache_dir=tmp_path,
+            score_threshold=EVAL_SCORE_THRESHOLD,
+        ) as d:
+            ap[precision] = coco_map(coco, coco_mini / "images", d.detect, d.info.labels)
+            ap[precision] = ap[precision].metrics["AP"]
+            if precision == "int8":
+                assert d.model_path.name.endswith(".cpu.int8.onnx")
+    print("COCO AP, CPU INT8 form:", ap)
+    assert ap["fp32"] > 0.1 and abs(ap["int8"] - ap["fp32"]) <= 0.01, ap
+
+
+def test_backends_get_their_int8_form(exported, calib_dir, tmp_path):
+    from ssd_trt.detector import flavour_for
+
+    assert flavour_for("cpu") == "cpu"
+    assert {flavour_for(b) for b in ("tensorrt", "cuda", "onnxruntime-tensorrt")} == {"tensorrt"}
+    # auto resolves to the CPU here and so gets the CPU form, never the slower TensorRT form.
+    with Detector(
+        exported(MODELS[1]),
+        "auto",
+        precision="int8",
+        calib_images=str(calib_dir),
+        cache_dir=tmp_path,
+    ) as d:
+        assert d.backend_name == "cpu" and d.model_path.name.endswith(".cpu.int8.onnx")
+
+
+def test_fp16_on_this_cpu_logs_one_note(exported, tmp_path, caplog):
+    from ssd_trt.precision.cpu import cpu_has_fast_fp16
+
+    assert not cpu_has_fast_fp16()  # x86: ONNX Runtime has no fast float16 CPU kernels
+    with caplog.at_level("WARNING", logger="ssd_trt"):
+        Detector(exported(MODELS[1]), "cpu", precision="fp16", cache_dir=tmp_path).close()
+        Detector(exported(MODELS[1]), "cpu", cache_dir=tmp_path).close()
+    notes = [r.getMessage() for r in caplog.records if "FP16 is for GPUs" in r.getMessage()]
+    assert len(notes) == 1 and "\n" not in notes[0]
+
+
+def test_calibration_cache_keyed_by_the_image_set(exported, calib_dir, tmp_path):
+    src = exported(MODELS[1])
+    cache = tmp_path / "c.json"
+
+    def run(images: str | None, count: int = 64) -> bool:
+        return to_int8(src, tmp_path / "x.onnx", images, cache_path=cache, count=count)[1]
+
+    assert not run(str(calib_dir))
+    assert run(str(calib_dir))  # same images: reused
+    assert not run(str(calib_dir), count=10)  # another count: recalibrated
+    assert CalibrationCache.load(cache).images == 10
+    other = tmp_path / "other"
+    other.mkdir()
+    for i, image in enumerate(sorted(calib_dir.glob("*.jpg"))[::7]):
+        (other / f"{i}.jpg").write_bytes(image.read_bytes())
+    assert not run(str(other))  # other images: recalibrated
+    assert run(None)  # no images: the cache as it is, said in the log
+    # Bad calibration inputs are errors even though a matching cache exists.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = tmp_path / "notes.txt"
+    text.write_text("not images")
+    for bad in (empty, text):
+        with pytest.raises(SsdTrtError):
+            run(str(bad))
+
+
+def test_person_int8_in_domain_calibration_keeps_person_ap(
+    exported, vtest_video, coco_mini, tmp_path
+):
+    """The person model calibrated on pedestrians (vtest.avi), evaluated on COCO's people."""
+    from conftest import read_frames
+    from pycocotools.coco import COCO
+
+    calib = tmp_path / "vtest"
+    calib.mkdir()
+    for i, frame in enumerate(read_frames(vtest_video, every=16)):
+        cv2.imwrite(str(calib / f"{i:03d}.png"), frame)
+    coco = load_annotations(coco_mini / "instances_train2017_small.json")
+    people = COCO()
+    anns = [a for a in coco.dataset["annotations"] if a["category_id"] == 1]
+    ids = {a["image_id"] for a in anns}
+    people.dataset = {
+        "images": [im for im in coco.dataset["images"] if im["id"] in ids],
+        "annotations": anns,
+        "categories": [c for c in coco.dataset["categories"] if c["id"] == 1],
+    }
+    people.createIndex()
+    ap = {}
+    for precision in ("fp32", "int8"):
+        with Detector(
+            exported(MODELS[1]),
+            "cpu",
+            precision=precision,
+            calib_images=str(calib),
+            cache_dir=tmp_path,
+            score_threshold=EVAL_SCORE_THRESHOLD,
+        ) as d:
+            ap[precision] = coco_map(people, coco_mini / "images", d.detect, d.info.labels)
+            ap[precision] = ap[precision].metrics["AP"]
+    print("person AP on coco_mini people:", ap)
+    assert ap["fp32"] > 0.2 and abs(ap["int8"] - ap["fp32"]) <= 0.02, ap
+
+
+def test_bench_compares_precisions_in_one_run(exported, calib_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = cli(
+        "bench",
+        "--model",
+        str(exported(MODELS[1])),
+        "--precision",
+        "fp32,int8",
+        "--calib-images",
+        str(calib_dir),
+        "--threads",
+        "1",
+        "--iterations",
+        "5",
+        "--cache-dir",
+        str(tmp_path),
+        "--json",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = {r["precision"]: r for r in data["results"]}
+    assert list(rows) == ["fp32", "int8"] and data["threads"] == 1
+    assert rows["fp32"]["network_speedup"] == 1.0 and rows["fp32"]["detect_speedup"] == 1.0
+    assert rows["int8"]["model_path"].endswith(".cpu.int8.onnx")
+    for r in rows.values():
+        assert 0 < r["network_ms"] and 0 < r["detect_ms"]
+    assert "speed-up" in proc.stdout and "int8" in proc.stdout

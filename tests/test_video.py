@@ -129,8 +129,9 @@ def test_detector_backend_auto_names_its_choice(coco_onnx, caplog):
             assert d.backend_name == "cpu"
             assert "auto: not tensorrt" in caplog.text
     if "CUDAExecutionProvider" not in available_providers():
-        with pytest.raises(SsdTrtError, match="CUDAExecutionProvider"):
-            Detector(coco_onnx, "cuda")
+        for name in ("cuda", "onnxruntime-cuda"):  # one line naming the extra to install
+            with pytest.raises(SsdTrtError, match=r"pip install 'ssd-trt\[gpu\]'"):
+                Detector(coco_onnx, name)
 
 
 def test_backend_names_old_and_new(coco_onnx):

@@ -7,6 +7,7 @@ that end at raw boxes and scores) -> postprocess. Files come from the artifact s
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -19,12 +20,15 @@ from .detections import Detections
 from .errors import SsdTrtError
 from .nms import batched_nms
 from .postprocess import to_detections
+from .precision.cpu import cpu_has_fast_fp16
 from .precision.engine import BuildOptions
+from .precision.quantize import Flavour
 from .precision.trt_compat import load_trt
-from .preprocess import preprocess
+from .preprocess import check_image, preprocess
 from .runtime.base import Backend
+from .runtime.gpu.backend import FastPathBackend
 from .runtime.ort import OnnxRuntimeBackend
-from .runtime.select import ORT_DEVICE, candidates, canonical_backend
+from .runtime.select import ORT_DEVICE, candidates, canonical_backend, has_module
 from .runtime.tensorrt import TensorRTBackend
 from .store import ArtifactStore, Calibration
 
@@ -108,12 +112,40 @@ class Detector:
         raise AssertionError("candidates() is never empty")
 
     def _open_onnx(self, model: str | Path, name: str, precision: str) -> Backend:
-        onnx = self.store.onnx(model)
-        prepared = self.store.prepared(onnx, precision, self.calibration)
+        if name == "cuda":  # NMS runs on the GPU after the network: the --nms none export
+            onnx = self.store.onnx(model, nms="none")
+            if precision == "fp16":  # the fast path converts the network itself
+                return FastPathBackend(onnx, fp16=True, max_batch=max(self.max_batch, 64))
+            return FastPathBackend(
+                self._prepared(onnx, precision), max_batch=max(self.max_batch, 64)
+            )
+        if name == "cpu" and precision == "fp16" and not cpu_has_fast_fp16():
+            log.warning(
+                "FP16 is for GPUs: ONNX Runtime's CPU kernels have no fast float16 path on this "
+                "CPU, so FP16 runs slower than FP32 here; use fp32 or int8 on the CPU"
+            )
         if name == "tensorrt":
-            options = BuildOptions(precision=precision, max_batch=self.max_batch)
-            return TensorRTBackend(self.store.engine(prepared, options, load_trt()))
+            return self._open_tensorrt(model, precision)
+        prepared = self._prepared(self.store.onnx(model), precision, flavour_for(name))
         return OnnxRuntimeBackend(prepared, ORT_DEVICE[name], self.threads)
+
+    def _open_tensorrt(self, model: str | Path, precision: str) -> Backend:
+        """With the fast path's kernels (cuda.core) here: an engine of the ``--nms none``
+        network between the GPU resize and NMS kernels. Without: the engine of the default
+        export (TensorRT's NMS layer), host arrays in and out."""
+        api = load_trt()
+        options = BuildOptions(precision=precision, max_batch=self.max_batch)
+        if has_module("cuda.core"):
+            raw = self.store.onnx(model, nms="none")
+            if ModelInfo.from_onnx(raw).raw_outputs:
+                raw = self._prepared(raw, precision)
+                engine = self.store.engine(raw, options, api)
+                return FastPathBackend(raw, max_batch=self.max_batch, engine=engine)
+        prepared = self._prepared(self.store.onnx(model), precision)
+        return TensorRTBackend(self.store.engine(prepared, options, api))
+
+    def _prepared(self, onnx: Path, precision: str, flavour: Flavour = "tensorrt") -> Path:
+        return self.store.prepared(onnx, precision, self.calibration, flavour=flavour)
 
     def _class_ids(self, classes: Collection[int | str] | None) -> set[int] | None:
         if classes is None:
@@ -152,11 +184,35 @@ class Detector:
         batch = [images] if single else _image_list(images)
         if not batch:
             return []
-        outputs = self.nms(self.infer(self.preprocess(batch)))
-        result = self.postprocess(outputs, [im.shape[:2] for im in batch])
+        result, _ = self.detect_timed(batch)
         return result[0] if single else result
 
-    # The stages, separately, for pipelines and benchmarks that time or overlap them.
+    def detect_timed(
+        self, images: Sequence[np.ndarray]
+    ) -> tuple[list[Detections], dict[str, float]]:
+        """A batch -> its Detections and the milliseconds of each stage (GPU stages from CUDA
+        events where the backend does them on the GPU)."""
+        t0 = time.perf_counter()
+        if self.backend.takes_frames:
+            for i, image in enumerate(images):
+                check_image(i, image)
+            outputs = self.backend.detect_frames(images, bgr=not self.rgb)
+            stages = dict(self.backend.last_stage_ms)
+            t3 = time.perf_counter()
+        else:
+            batch = self.preprocess(images)
+            t1 = time.perf_counter()
+            outputs = self.infer(batch)
+            t2 = time.perf_counter()
+            outputs = self.nms(outputs)
+            t3 = time.perf_counter()
+            stages = {"preprocess": t1 - t0, "inference": t2 - t1, "nms": t3 - t2}
+            stages = {k: v * 1000 for k, v in stages.items()}
+        result = self.postprocess(outputs, [im.shape[:2] for im in images])
+        stages["postprocess"] = (time.perf_counter() - t3) * 1000
+        return result, stages
+
+    # The stages, separately, for benchmarks and callers that time or overlap them.
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return preprocess(images, self.info.preprocess, bgr=not self.rgb)
@@ -190,6 +246,13 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def flavour_for(backend: str) -> Flavour:
+    """The INT8 form a concrete backend runs fastest: ONNX Runtime's CPU kernels want their own
+    (QLinearConv-ready) form; TensorRT and ONNX Runtime's CUDA/TensorRT providers the Q/DQ one.
+    ``auto`` resolves to a concrete backend first, so it never gets a form slower there."""
+    return "cpu" if backend == "cpu" else "tensorrt"
 
 
 def _image_list(images: object) -> list[np.ndarray]:

@@ -31,13 +31,18 @@ def preprocess(
     cv2 = require("cv2", "video")
     out = np.empty((len(images), 3, config.height, config.width), np.float32)
     for i, image in enumerate(images):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise SsdTrtError(
-                f"image {i} has shape {image.shape} and dtype {image.dtype}; "
-                "expected HxWx3 uint8 (as cv2.imread returns)"
-            )
+        check_image(i, image)
         resized = cv2.resize(image, (config.width, config.height), interpolation=cv2.INTER_LINEAR)
         if bgr:
             resized = resized[:, :, ::-1]
         out[i] = resized.transpose(2, 0, 1) * np.float32(config.scale) + np.float32(config.offset)
     return out
+
+
+def check_image(i: int, image: np.ndarray) -> None:
+    """One clear error for anything but an HxWx3 uint8 image (``i``: its place in the batch)."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise SsdTrtError(
+            f"image {i} has shape {image.shape} and dtype {image.dtype}; "
+            "expected HxWx3 uint8 (as cv2.imread returns)"
+        )

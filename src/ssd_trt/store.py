@@ -33,7 +33,7 @@ from .precision.engine import (
     engine_cache_key,
     preflight,
 )
-from .precision.quantize import prepare
+from .precision.quantize import Flavour, prepare
 from .precision.trt_compat import TrtApi, local_gpu
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,9 @@ class ArtifactStore:
         the network); a given .onnx keeps whatever it was exported with.
         """
         path = Path(model).expanduser()
-        if path.suffix == ONNX_SUFFIX or is_engine(path):
+        if is_engine(path):
+            raise SsdTrtError(f"{path} is a TensorRT engine; this step takes the exported .onnx")
+        if path.suffix == ONNX_SUFFIX:
             if not path.is_file():
                 raise SsdTrtError(f"{path} does not exist; export a model with 'ssd-trt export'")
             return path
@@ -145,8 +147,13 @@ class ArtifactStore:
         precision: str,
         calibration: Calibration = Calibration(),
         out_dir: Path | None = None,
+        flavour: Flavour = "tensorrt",
     ) -> Path:
-        """The ONNX for ``precision``: the FP32 export itself, or a converted copy (cached)."""
+        """The ONNX for ``precision``: the FP32 export itself, or a converted copy (cached).
+
+        ``flavour`` picks the INT8 form: ``tensorrt`` for TensorRT and ONNX Runtime's GPU
+        providers, ``cpu`` for ONNX Runtime's CPU kernels; both come from one calibration.
+        """
         return prepare(
             onnx_path,
             precision,
@@ -155,6 +162,7 @@ class ArtifactStore:
             calib_cache=calibration.cache,
             calib_count=calibration.count,
             calib_batch=calibration.batch,
+            flavour=flavour,
         )
 
     # ----------------------------------------------------------------- engine

@@ -20,6 +20,7 @@ from ..fsutil import atomic_write
 from ..nms import NmsSettings
 from ..preprocess import PreprocessConfig
 from .labels import label_map
+from .nms_graph import const, efficient_nms, onnx_nms, onnx_nms_per_class
 from .tfgraph import BOX_ENCODINGS, CLASS_SCORES, PREPROCESSED, SsdGraph, analyze, load_graph_def
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class ExportOptions:
     score_threshold: float | None = None
     iou_threshold: float | None = None
     max_per_class: int | None = None
+    # Candidates NMS looks at, best (anchor, class) scores first; None: NmsSettings' default
+    # (1000), 0: every pair above the threshold through per-class NMS (the pre-cap graph).
+    max_candidates: int | None = None
     labels: str = "auto"  # see labels.label_map
     model_name: str = ""
 
@@ -63,15 +67,16 @@ class ExportSummary:
         """Only the settings that apply, said where they apply."""
         s = self.settings
         common = f"top-K {s.max_total}, score >= {s.score_threshold:g}, IoU {s.iou_threshold:g}"
+        cap = f", candidates {s.max_candidates or 'all'}"
         if self.nms == "none":
             # Not in the graph: recorded in the metadata for the NMS run after the network.
             return (
                 f"no NMS in the graph; ssd_trt applies it after the network with {common}, "
-                f"per class {s.max_per_class}"
+                f"per class {s.max_per_class}{cap}"
             )
         if self.nms == "efficient":
             return f"EfficientNMS_TRT: {common} (the plugin has no per-class limit)"
-        return f"NMS in the graph: {common}, per class {s.max_per_class}"
+        return f"NMS in the graph: {common}, per class {s.max_per_class}{cap}"
 
 
 def _settings(ssd: SsdGraph, options: ExportOptions) -> NmsSettings:
@@ -83,6 +88,7 @@ def _settings(ssd: SsdGraph, options: ExportOptions) -> NmsSettings:
         iou_threshold=_first(options.iou_threshold, s.iou_threshold),
         max_per_class=int(_first(options.max_per_class, s.max_per_class)),
         max_total=min(int(_first(options.max_detections, s.max_total)), most),
+        max_candidates=int(_first(options.max_candidates, s.max_candidates)),
     )
 
 
@@ -111,6 +117,8 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         raise SsdTrtError(f"unknown NMS mode {options.nms!r}; use one of {', '.join(NMS_MODES)}")
     if settings.max_total < 1 or settings.max_per_class < 1:
         raise SsdTrtError("--max-detections and --max-per-class must be at least 1")
+    if settings.max_candidates < 0:
+        raise SsdTrtError(f"max_candidates {settings.max_candidates} must be >= 0 (0: no cap)")
     if not 0.0 < settings.iou_threshold <= 1.0:
         raise SsdTrtError(f"--iou-threshold {settings.iou_threshold} must be in (0, 1]")
 
@@ -135,9 +143,9 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         op="Slice",
         inputs=[
             class_scores,
-            _c(gs, "bg_start", [1]),
-            _c(gs, "bg_end", [2**31 - 1]),
-            _c(gs, "bg_axis", [2]),
+            const(gs, "bg_start", [1]),
+            const(gs, "bg_end", [2**31 - 1]),
+            const(gs, "bg_axis", [2]),
         ],
         outputs=["class_scores_fg"],
     )[0]
@@ -146,9 +154,13 @@ def build_onnx(ssd: SsdGraph, body: Any, options: ExportOptions) -> Any:
         boxes.dtype, scores.dtype = np.float32, np.float32
         graph.outputs = [boxes, scores]
     elif options.nms == "efficient":
-        graph.outputs = _efficient_nms(graph, gs, boxes, scores, settings)
+        graph.outputs = efficient_nms(graph, gs, boxes, scores, settings)
+    elif settings.max_candidates == 0:
+        graph.outputs = onnx_nms_per_class(
+            graph, gs, boxes, scores, settings, ssd.num_classes, ssd.anchors.shape[0]
+        )
     else:
-        graph.outputs = _onnx_nms(
+        graph.outputs = onnx_nms(
             graph, gs, boxes, scores, settings, ssd.num_classes, ssd.anchors.shape[0]
         )
     names = RAW_OUTPUTS if options.nms == "none" else DETECTION_OUTPUTS
@@ -233,10 +245,6 @@ def canonicalize(model: Any) -> None:
     g.name = "ssd_trt"
 
 
-def _c(gs: Any, name: str, values: Any, dtype: Any = np.int64) -> Any:
-    return gs.Constant(name, np.asarray(values, dtype=dtype))
-
-
 def _output_shape(name: str, k: int, ssd: SsdGraph) -> list[Any]:
     anchors = ssd.anchors.shape[0]
     return {
@@ -258,33 +266,45 @@ def _decode(graph: Any, gs: Any, encodings: Any, ssd: SsdGraph) -> Any:
     f32 = np.float32
     rel = graph.layer(
         op="Slice",
-        inputs=[encodings, _c(gs, "enc_c0", [0]), _c(gs, "enc_c1", [2]), _c(gs, "enc_axis", [2])],
+        inputs=[
+            encodings,
+            const(gs, "enc_c0", [0]),
+            const(gs, "enc_c1", [2]),
+            const(gs, "enc_axis", [2]),
+        ],
         outputs=["enc_center"],
     )[0]
     log = graph.layer(
         op="Slice",
-        inputs=[encodings, _c(gs, "enc_s0", [2]), _c(gs, "enc_s1", [4]), _c(gs, "enc_axis2", [2])],
+        inputs=[
+            encodings,
+            const(gs, "enc_s0", [2]),
+            const(gs, "enc_s1", [4]),
+            const(gs, "enc_axis2", [2]),
+        ],
         outputs=["enc_size"],
     )[0]
     rel = graph.layer(
         op="Mul",
-        inputs=[rel, _c(gs, "inv_center_scale", [1 / sy, 1 / sx], f32)],
+        inputs=[rel, const(gs, "inv_center_scale", [1 / sy, 1 / sx], f32)],
         outputs=["enc_center_scaled"],
     )[0]
     rel = graph.layer(
-        op="Mul", inputs=[rel, _c(gs, "anchor_size", size, f32)], outputs=["center_offset"]
+        op="Mul", inputs=[rel, const(gs, "anchor_size", size, f32)], outputs=["center_offset"]
     )[0]
     ctr = graph.layer(
-        op="Add", inputs=[rel, _c(gs, "anchor_center", center, f32)], outputs=["box_center"]
+        op="Add", inputs=[rel, const(gs, "anchor_center", center, f32)], outputs=["box_center"]
     )[0]
     log = graph.layer(
         op="Mul",
-        inputs=[log, _c(gs, "inv_size_scale", [1 / sh, 1 / sw], f32)],
+        inputs=[log, const(gs, "inv_size_scale", [1 / sh, 1 / sw], f32)],
         outputs=["enc_size_scaled"],
     )[0]
     ext = graph.layer(op="Exp", inputs=[log], outputs=["size_ratio"])[0]
     ext = graph.layer(
-        op="Mul", inputs=[ext, _c(gs, "anchor_half_size", size / 2, f32)], outputs=["box_half_size"]
+        op="Mul",
+        inputs=[ext, const(gs, "anchor_half_size", size / 2, f32)],
+        outputs=["box_half_size"],
     )[0]
     lo = graph.layer(op="Sub", inputs=[ctr, ext], outputs=["box_min"])[0]
     hi = graph.layer(op="Add", inputs=[ctr, ext], outputs=["box_max"])[0]
@@ -293,132 +313,9 @@ def _decode(graph: Any, gs: Any, encodings: Any, ssd: SsdGraph) -> Any:
     ]
     return graph.layer(
         op="Clip",
-        inputs=[box, _c(gs, "clip_lo", 0.0, f32), _c(gs, "clip_hi", 1.0, f32)],
+        inputs=[box, const(gs, "clip_lo", 0.0, f32), const(gs, "clip_hi", 1.0, f32)],
         outputs=["boxes_decoded"],
     )[0]
-
-
-def _onnx_nms(
-    graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings, classes: int, anchors: int
-) -> list:
-    """Per-class ONNX NonMaxSuppression, then the best K over all classes, as TF does it.
-
-    NonMaxSuppression returns a data-dependent list of (batch, class, anchor) triples; scattering
-    the kept scores into a dense [N, C*A] tensor and taking TopK gives static output shapes.
-    """
-    f32, i64 = np.float32, np.int64
-    scores_ca = graph.layer(
-        op="Transpose", inputs=[scores], outputs=["scores_nca"], attrs={"perm": [0, 2, 1]}
-    )[0]
-    selected = graph.layer(
-        op="NonMaxSuppression",
-        inputs=[
-            boxes,
-            scores_ca,
-            _c(gs, "nms_max_per_class", [s.max_per_class]),
-            _c(gs, "nms_iou", [s.iou_threshold], f32),
-            _c(gs, "nms_score", [s.score_threshold], f32),
-        ],
-        outputs=["nms_selected"],
-    )[0]
-    kept = graph.layer(op="GatherND", inputs=[scores_ca, selected], outputs=["nms_kept_scores"])[0]
-    shape = graph.layer(op="Shape", inputs=[scores_ca], outputs=["scores_nca_shape"])[0]
-    empty = graph.layer(
-        op="ConstantOfShape",
-        inputs=[shape],
-        outputs=["nms_empty"],
-        attrs={"value": gs.Constant("neg_one", np.array([-1.0], f32))},
-    )[0]
-    dense = graph.layer(op="ScatterND", inputs=[empty, selected, kept], outputs=["nms_dense"])[0]
-    flat = graph.layer(
-        op="Reshape", inputs=[dense, _c(gs, "flat_shape", [0, -1])], outputs=["nms_flat"]
-    )[0]
-    top = graph.layer(
-        op="TopK",
-        inputs=[flat, _c(gs, "topk_k", [s.max_total])],
-        outputs=["top_scores", "top_index"],
-        attrs={"axis": 1, "largest": 1, "sorted": 1},
-    )
-    top_scores, top_index = top
-    valid = graph.layer(
-        op="Greater", inputs=[top_scores, _c(gs, "valid_min", [-0.5], f32)], outputs=["top_valid"]
-    )[0]
-    n_anchors = _c(gs, "num_anchors", [anchors], i64)
-    cls = graph.layer(op="Div", inputs=[top_index, n_anchors], outputs=["top_class0"])[0]
-    anchor = graph.layer(op="Mod", inputs=[top_index, n_anchors], outputs=["top_anchor"])[0]
-    cls = graph.layer(op="Add", inputs=[cls, _c(gs, "one_i64", [1])], outputs=["top_class"])[0]
-    anchor = graph.layer(
-        op="Unsqueeze", inputs=[anchor, _c(gs, "last_axis", [2])], outputs=["top_anchor_idx"]
-    )[0]
-    top_boxes = graph.layer(
-        op="GatherND", inputs=[boxes, anchor], outputs=["top_boxes"], attrs={"batch_dims": 1}
-    )[0]
-    valid3 = graph.layer(
-        op="Unsqueeze", inputs=[valid, _c(gs, "last_axis2", [2])], outputs=["top_valid3"]
-    )[0]
-    det_boxes = graph.layer(
-        op="Where",
-        inputs=[valid3, top_boxes, _c(gs, "zero_f", [0.0], f32)],
-        outputs=["detection_boxes"],
-    )[0]
-    det_scores = graph.layer(
-        op="Where",
-        inputs=[valid, top_scores, _c(gs, "zero_f2", [0.0], f32)],
-        outputs=["detection_scores"],
-    )[0]
-    cls = graph.layer(op="Where", inputs=[valid, cls, _c(gs, "zero_i", [0])], outputs=["cls64"])[0]
-    det_classes = graph.layer(
-        op="Cast", inputs=[cls], outputs=["detection_classes"], attrs={"to": onnx_int32()}
-    )[0]
-    count = graph.layer(
-        op="Cast", inputs=[valid], outputs=["valid_i32"], attrs={"to": onnx_int32()}
-    )[0]
-    num = graph.layer(
-        op="ReduceSum",
-        inputs=[count, _c(gs, "sum_axis", [1])],
-        outputs=["num_detections"],
-        attrs={"keepdims": 1},
-    )[0]
-    det_boxes.dtype, det_scores.dtype = np.float32, np.float32
-    det_classes.dtype, num.dtype = np.int32, np.int32
-    return [num, det_boxes, det_scores, det_classes]
-
-
-def onnx_int32() -> int:
-    return int(require("onnx", "export").TensorProto.INT32)
-
-
-def _efficient_nms(graph: Any, gs: Any, boxes: Any, scores: Any, s: NmsSettings) -> list:
-    """TensorRT's EfficientNMS_TRT plugin (TensorRT 10 only; ONNX Runtime cannot run it).
-
-    The plugin has no per-class limit and numbers classes from 0, so label ids get +1 after it.
-    """
-    outs = [
-        gs.Variable(n)
-        for n in ("num_detections", "detection_boxes", "detection_scores", "nms_classes0")
-    ]
-    graph.layer(
-        op="EfficientNMS_TRT",
-        name="efficient_nms",
-        inputs=[boxes, scores],
-        outputs=outs,
-        attrs={
-            "plugin_version": "1",
-            "background_class": -1,
-            "max_output_boxes": s.max_total,
-            "score_threshold": max(s.score_threshold, 0.0),
-            "iou_threshold": s.iou_threshold,
-            "score_activation": 0,
-            "class_agnostic": 0,
-            "box_coding": 0,
-        },
-    )
-    classes = graph.layer(
-        op="Add", inputs=[outs[3], _c(gs, "one_i32", [1], np.int32)], outputs=["detection_classes"]
-    )[0]
-    outs[0].dtype, outs[1].dtype, outs[2].dtype = np.int32, np.float32, np.float32
-    outs[3].dtype = classes.dtype = np.int32
-    return [outs[0], outs[1], outs[2], classes]
 
 
 def write_onnx_atomic(model: Any, output: Path) -> None:

@@ -6,6 +6,10 @@ TensorRT 11 builds strongly typed networks only, so precision lives in the ONNX 
   weights (output-channel axis), per-tensor activations whose ranges come from entropy (KL)
   calibration on real images. Decoding and NMS nodes are never quantized.
 ONNX Runtime runs both on the CPU, so their accuracy can be measured without a GPU.
+
+INT8 comes in two forms made from one calibration (one cache): ``flavour="tensorrt"`` is the
+form above, for TensorRT and ONNX Runtime's GPU providers; ``flavour="cpu"`` is the form ONNX
+Runtime's CPU kernels run fast (see precision.cpu).
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -34,11 +38,14 @@ from ..fsutil import atomic_write
 from ..model.export import POST_PREFIX, canonicalize, write_onnx_atomic
 from ..preprocess import PreprocessConfig, preprocess
 from ..sources import open_source
+from . import cpu
 
 log = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ("Conv", "Gemm")
 CALIBRATION_METHOD = "entropy"
+Flavour = Literal["tensorrt", "cpu"]
+FLAVOURS: tuple[Flavour, ...] = ("tensorrt", "cpu")
 
 
 def _onnx():
@@ -124,18 +131,31 @@ def _drop_cast_round_trips(model: Any) -> None:
 
 @dataclass
 class CalibrationCache:
-    """Activation ranges (amax per tensor) and what they were computed for."""
+    """Activation ranges (amax per tensor) and what they were computed from.
+
+    ``key`` names the model, preprocessing and method; ``image_set`` the calibration images
+    themselves (which ones, how many), so new images or another count recalibrate.
+    """
 
     key: str
     method: str
     images: int
     amax: dict[str, float]
+    image_set: str = ""
+    nonneg: list[str] = field(default_factory=list)  # tensors never negative in calibration
 
     @classmethod
     def load(cls, path: Path) -> CalibrationCache | None:
         try:
             data = json.loads(path.read_text())
-            return cls(data["key"], data["method"], int(data["images"]), data["amax"])
+            return cls(
+                data["key"],
+                data["method"],
+                int(data["images"]),
+                data["amax"],
+                str(data.get("image_set", "")),
+                list(data.get("nonneg", [])),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -147,7 +167,18 @@ class CalibrationCache:
 def calibration_key(model_bytes: bytes, config: PreprocessConfig) -> str:
     """Changes when the model or the preprocessing changes; then the cache is stale."""
     h = hashlib.sha256(model_bytes)
-    h.update(json.dumps({"pre": asdict(config), "method": CALIBRATION_METHOD}).encode())
+    # "ranges" 3: the CPU form's head outputs keep their observed peak (see to_int8).
+    rules = {"pre": asdict(config), "method": CALIBRATION_METHOD, "ranges": 3}
+    h.update(json.dumps(rules).encode())
+    return h.hexdigest()
+
+
+def image_set_digest(images: Sequence[np.ndarray]) -> str:
+    """Identifies a calibration set by its pixels: other images, or another count, differ."""
+    h = hashlib.sha256(str(len(images)).encode())
+    for image in images:
+        h.update(str(image.shape).encode())
+        h.update(np.ascontiguousarray(image).tobytes())
     return h.hexdigest()
 
 
@@ -172,17 +203,22 @@ def calibrate(
     images: Sequence[np.ndarray],
     config: PreprocessConfig,
     batch: int = 8,
-) -> dict[str, float]:
-    """Entropy (KL) calibration of every Conv/Gemm activation input of the network part.
+    names: Sequence[str] | None = None,
+    keep_peak: Collection[str] = (),
+) -> tuple[dict[str, float], list[str]]:
+    """Entropy (KL) calibration of ``names`` (default: every Conv/Gemm activation input of the
+    network part); returns (amax per tensor, the tensors never seen negative).
 
     Two passes over the images through ONNX Runtime: the first finds each tensor's largest
     magnitude, the second fills a 2048-bin histogram of magnitudes; the threshold is the one
     whose 128-level quantization loses the least information (TensorRT's entropy calibration).
+    ReLU6 outputs and ``keep_peak`` keep their observed peak instead. Each tensor's range
+    depends on its own values only, so adding names changes no other range.
     """
     ort = require("onnxruntime", "ort")
     onnx = _onnx()
     model = onnx.load(str(model_path))
-    names = _activation_inputs(model)
+    names = list(names) if names is not None else _activation_inputs(model)
     known = {o.name for o in model.graph.output}
     for name in names:
         if name not in known:
@@ -196,13 +232,15 @@ def calibrate(
             yield dict(zip(names, outs, strict=True))
 
     peak = dict.fromkeys(names, 0.0)
+    low = dict.fromkeys(names, 0.0)
     for acts in activations("pass 1/2"):
         for name, value in acts.items():
             peak[name] = max(peak[name], float(np.abs(value).max()))
+            low[name] = min(low[name], float(value.min()))
     # ReLU6 outputs keep their whole observed range: their mass sits near 0, so KL would clip
     # them to a tenth of it and lose the saturated values (measured: COCO AP 0.19 -> 0.00).
     bounds = _clip_bounds(model)
-    bounded = {n for n in names if n in bounds}
+    bounded = {n for n in names if n in bounds or n in keep_peak}
     hists = {name: np.zeros(HIST_BINS, np.int64) for name in names if name not in bounded}
     for acts in activations("pass 2/2"):
         for name in hists:
@@ -211,7 +249,7 @@ def calibrate(
     amax = {name: peak[name] for name in bounded}
     for name, hist in hists.items():
         amax[name] = entropy_threshold(hist, peak[name]) if peak[name] > 0 else 1e-8
-    return amax
+    return amax, [name for name in names if low[name] >= 0.0]
 
 
 HIST_BINS = 2048
@@ -237,6 +275,10 @@ def entropy_threshold(hist: np.ndarray, peak: float) -> float:
             level_sum, level_count, out=np.zeros_like(level_sum), where=level_count > 0
         )
         q = np.repeat(per_bin, np.diff(np.append(starts, i))) * nonzero
+        if not q.any():
+            # All kept bins are empty and the mass is clipped into the last one: Q cannot
+            # represent P at all. Without this check log(0) made the KL -inf, the "best".
+            continue
         keep = p > 0
         kl = float(
             np.sum(p[keep] * np.log(p[keep] * q.sum() / (np.maximum(q[keep], 1e-12) * total)))
@@ -287,39 +329,109 @@ def to_int8(
     cache_path: Path | None = None,
     count: int = 64,
     batch: int = 8,
+    flavour: Flavour = "tensorrt",
 ) -> tuple[Path, bool]:
-    """Write a Q/DQ INT8 ONNX; returns (path, whether the calibration cache was reused)."""
+    """Write an INT8 ONNX in ``flavour``'s form; returns (path, whether cached ranges were reused).
+
+    Both forms come from one calibration of the union of the tensors they quantize, so one
+    cache serves both and a tensor's range is the same in either form.
+    """
+    if flavour not in FLAVOURS:
+        raise SsdTrtError(f"unknown INT8 flavour {flavour!r}; use one of {', '.join(FLAVOURS)}")
     onnx = _onnx()
     raw = src.read_bytes()
     model = onnx.load_from_string(raw)
     _require_fp32(model, src, "quantize")
     config = ModelInfo.from_metadata(metadata_of(model), str(src)).preprocess
-    key = calibration_key(raw, config)
-    cached = CalibrationCache.load(cache_path) if cache_path and cache_path.exists() else None
-    reused = cached is not None and cached.key == key
-    if reused:
-        assert cached is not None
-        amax = cached.amax
-        log.info("calibration cache %s matches; skipping calibration", cache_path)
+    optimized = cpu.optimize(model)
+    names = _activation_inputs(model)
+    # The CPU form also quantizes Conv outputs (KL, like the rest). The heads' outputs are
+    # logits and box codes decoded through sigmoid/exp: their extremes carry the detections,
+    # so they keep the observed peak. KL clipped the person model's logits and, calibrated on
+    # bikes.mp4, made ~1000 false persons at score >= 0.3 on vtest.avi.
+    cpu_only = [n for n in cpu.range_tensors(optimized) if n not in names]
+    heads = [n for n in cpu.head_outputs(optimized) if n in cpu_only]
+    ranges, reused = calibration_ranges(
+        src,
+        calibration_key(raw, config),
+        names + cpu_only,
+        heads,
+        config,
+        calib_images,
+        cache_path,
+        count,
+        batch,
+    )
+    if flavour == "cpu":
+        quantized = cpu.quantize(optimized, ranges.amax, set(ranges.nonneg))
+        log.info("INT8 for ONNX Runtime's CPU kernels: %s", cpu.describe(quantized))
     else:
-        if cached is not None:
-            log.info(
-                "calibration cache %s is stale (model or preprocessing changed); recalibrating",
-                cache_path,
-            )
-        if not calib_images:
-            raise SsdTrtError(
-                "INT8 needs calibration images: pass --calib-images DIR (real photos or a video)"
-            )
-        images = calibration_images(calib_images, count)
-        log.info("calibrating on %d images from %s", len(images), calib_images)
-        amax = calibrate(src, images, config, batch)
-        if cache_path is not None:
-            CalibrationCache(key, CALIBRATION_METHOD, len(images), amax).save(cache_path)
-    quantized = insert_qdq(model, amax)
+        quantized = insert_qdq(model, ranges.amax)
     set_precision(quantized, "int8")
     write_onnx_atomic(quantized, dst)
     return dst, reused
+
+
+def calibration_ranges(
+    src: Path,
+    key: str,
+    names: Sequence[str],
+    keep_peak: Collection[str],
+    config: PreprocessConfig,
+    calib_images: str | None,
+    cache_path: Path | None,
+    count: int,
+    batch: int,
+) -> tuple[CalibrationCache, bool]:
+    """The ranges of ``names``: from the cache when it was made for this model from the same
+    images (or when no images are given), else calibrated now; returns (ranges, reused).
+
+    Given images are always read first, so an empty folder or a file that is no image or video
+    is an error even when a cache exists.
+    """
+    images = calibration_images(calib_images, count) if calib_images else None
+    image_set = image_set_digest(images) if images is not None else None
+    cached = CalibrationCache.load(cache_path) if cache_path and cache_path.exists() else None
+    stale = _why_stale(cached, key, names, image_set)
+    if cached is not None and stale is None:
+        if images is None:
+            log.info(
+                "reusing calibration cache %s (%d images); skipping calibration (pass "
+                "--calib-images to recalibrate)",
+                cache_path,
+                cached.images,
+            )
+        else:
+            log.info("calibration cache %s matches these images; skipping calibration", cache_path)
+        return cached, True
+    if images is None:
+        raise SsdTrtError(
+            "INT8 needs calibration images: pass --calib-images DIR (real photos or a video)"
+            + (f" (the calibration cache {cache_path} {stale})" if cached is not None else "")
+        )
+    if cached is not None:
+        log.info("calibration cache %s %s; recalibrating", cache_path, stale)
+    log.info("calibrating on %d images from %s", len(images), calib_images)
+    amax, nonneg = calibrate(src, images, config, batch, names, keep_peak)
+    ranges = CalibrationCache(key, CALIBRATION_METHOD, len(images), amax, image_set or "", nonneg)
+    if cache_path is not None:
+        ranges.save(cache_path)
+    return ranges, False
+
+
+def _why_stale(
+    cached: CalibrationCache | None, key: str, names: Sequence[str], image_set: str | None
+) -> str | None:
+    """None when ``cached`` can be used, else why not (for the log)."""
+    if cached is None:
+        return "is missing or unreadable"
+    if cached.key != key:
+        return "is stale (model or preprocessing changed)"
+    if any(n not in cached.amax for n in names):
+        return "lacks ranges this version needs"
+    if image_set is not None and cached.image_set != image_set:
+        return "was made from other calibration images (or another --calib-count)"
+    return None
 
 
 def insert_qdq(model: Any, amax: dict[str, float]) -> Any:
@@ -406,20 +518,24 @@ def prepare(
     calib_cache: Path | None = None,
     calib_count: int = 64,
     calib_batch: int = 8,
+    flavour: Flavour = "tensorrt",
 ) -> Path:
     """The ONNX to build or run for ``precision``: the FP32 export itself, or a converted copy.
 
-    Converted copies are named after the source's content hash, so a changed model never reuses
-    a stale conversion; the INT8 calibration cache defaults to the same folder.
+    ``flavour`` picks the INT8 form: ``tensorrt`` (TensorRT, ONNX Runtime's CUDA and TensorRT
+    providers) or ``cpu`` (ONNX Runtime's CPU kernels). Converted copies are named after the
+    source's content hash, so a changed model never reuses a stale conversion; the INT8
+    calibration cache defaults to the same folder and is shared by both forms.
     """
     if check_precision(precision) == "fp32":
         return onnx_path
     digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()[:16]
-    target = out_dir / f"{onnx_path.stem}.{digest}.{precision}.onnx"
+    form = "cpu." if precision == "int8" and flavour == "cpu" else ""
+    target = out_dir / f"{onnx_path.stem}.{digest}.{form}{precision}.onnx"
     if precision == "fp16":
         return target if target.exists() else to_fp16(onnx_path, target)
     cache = calib_cache or out_dir / f"{onnx_path.stem}.{digest}.calib.json"
-    # The cache key check inside to_int8 decides whether calibration reruns.
+    # The cache checks inside to_int8 decide whether calibration reruns.
     path, _ = to_int8(
         onnx_path,
         target,
@@ -427,5 +543,6 @@ def prepare(
         cache_path=cache,
         count=calib_count,
         batch=calib_batch,
+        flavour=flavour,
     )
     return path

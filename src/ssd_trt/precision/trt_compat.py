@@ -114,6 +114,24 @@ class TrtApi:
             )
         return builder
 
+    def runtime_config(self, engine: Any) -> Any:
+        """TensorRT-RTX's IRuntimeConfig with its own whole-graph CUDA capture turned on (RTX
+        needs REQUIRE_USER_ALLOCATION engines for user stream capture; this needs nothing);
+        None for TensorRT, where the runtime captures graphs itself (runtime.cuda_graph)."""
+        strategy = getattr(self.trt, "CudaGraphStrategy", None)
+        if self.flavour != "tensorrt-rtx" or strategy is None:
+            return None
+        config = engine.create_runtime_config()
+        config.cuda_graph_strategy = strategy.WHOLE_GRAPH_CAPTURE
+        return config
+
+    def execution_context(self, engine: Any) -> Any:
+        """An execution context (None when TensorRT cannot make one, e.g. out of memory)."""
+        config = self.runtime_config(engine)
+        if config is None:
+            return engine.create_execution_context()
+        return engine.create_execution_context(config)
+
     def set_workspace(self, config: Any, nbytes: int) -> None:
         config.set_memory_pool_limit(self.trt.MemoryPoolType.WORKSPACE, int(nbytes))
 

@@ -1,4 +1,5 @@
-"""Benchmarks: backend latency per batch size, per-stage costs on a video, sync vs async FPS.
+"""Benchmarks: backend latency per batch size, per-stage costs on a video, sync vs async FPS,
+and a precision table (network-only and end-to-end latency of FP32/FP16/INT8 in one run).
 
 Numbers are only comparable within one run on one machine; the JSON records the machine.
 """
@@ -10,6 +11,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,12 +182,16 @@ def video_run(
     return pipeline
 
 
-def _first_frames(video: str, n: int) -> list[np.ndarray]:
+def first_frames(video: str, n: int) -> list[np.ndarray]:
     with open_source(video) as source:
         frames = [f.image for f, _ in zip(source, range(n), strict=False)]
     if not frames:
         raise SsdTrtError(f"{video} yielded no frames to benchmark with")
     return frames
+
+
+def first_frame(video: str) -> np.ndarray:
+    return first_frames(video, 1)[0]
 
 
 def run(
@@ -200,7 +206,7 @@ def run(
     """All measurements; ``paced_fps`` delivers the video at that rate, like a camera."""
     model = detector.model_path.name if detector.model_path else ""
     report = BenchReport(model=model, backend=detector.backend_name, machine=machine_info())
-    frames = _first_frames(video, 16)
+    frames = first_frames(video, 16)
     report.latency = latency(detector, frames, batch_sizes, iterations, warmup)
     report.overhead = detect_overhead(detector, frames[0], max(10, iterations // 3), warmup)
     # Sync, async, async, sync: evens out warm-up and drifting load.
@@ -222,6 +228,106 @@ def run(
         "async_dropped": sum(p.stats.dropped for p in runs[False]),
     }
     return report
+
+
+# ------------------------------------------------------------------------------ precisions
+
+
+@dataclass
+class PrecisionResult:
+    precision: str
+    model_path: str
+    network_ms: float  # p50, batch 1: the network alone (no NMS)
+    detect_ms: float  # p50, batch 1: Detector.detect, preprocessing to Detections
+    network_speedup: float = 1.0  # FP32's p50 / this p50
+    detect_speedup: float = 1.0
+
+
+@dataclass
+class PrecisionReport:
+    model: str
+    backend: str
+    machine: dict[str, Any]
+    threads: int | None
+    network_model: str  # what network_ms ran: the --nms none export, or the model itself
+    results: list[PrecisionResult] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        lines = [
+            f"model {self.model}  backend {self.backend}  threads {self.threads or 'default'}  "
+            f"({self.machine.get('cpu', '?')})",
+            "precision  network p50 ms  speed-up  end-to-end p50 ms  speed-up",
+        ]
+        for r in self.results:
+            lines.append(
+                f"{r.precision:9s} {r.network_ms:14.2f} {r.network_speedup:8.2f}x "
+                f"{r.detect_ms:18.2f} {r.detect_speedup:8.2f}x"
+            )
+        return "\n".join(lines)
+
+
+def precision_table(
+    open_detector: Callable[[str, str], Detector],
+    precisions: Sequence[str],
+    image: np.ndarray,
+    network_model: str,
+    model: str,
+    iterations: int = 50,
+    rounds: int = 5,
+    warmup: int = 3,
+) -> PrecisionReport:
+    """p50 latency of each precision, network alone and end to end, at batch 1 on ``image``.
+
+    ``open_detector(model, precision)`` opens a Detector; ``network_model`` is a graph without
+    NMS (``--nms none``), so its ``infer`` is the network alone, and ``model`` the one whose
+    ``detect`` is timed end to end. The precisions are timed in turns, ``rounds`` times, so
+    drifting load on a shared machine hits them alike. FP32 must come first (the reference).
+    """
+    if not precisions or precisions[0] != "fp32":
+        raise SsdTrtError("the precision table needs fp32 first, as the reference")
+    nets = {p: open_detector(network_model, p) for p in precisions}
+    full = {p: open_detector(model, p) for p in precisions}
+    try:
+        batch = nets["fp32"].preprocess([image])
+        times: dict[str, dict[str, list[float]]] = {p: {"net": [], "e2e": []} for p in precisions}
+        per_round = max(1, iterations // rounds)
+        for n in range(rounds):
+            log.info("precision table: round %d/%d", n + 1, rounds)
+            for p in precisions:
+                infer = lambda net=nets[p]: net.infer(batch)  # noqa: E731
+                detect = lambda det=full[p]: det.detect(image)  # noqa: E731
+                times[p]["net"] += list(_timed(infer, per_round, warmup))
+                times[p]["e2e"] += list(_timed(detect, per_round, warmup))
+        report = PrecisionReport(
+            model=str(model),
+            backend=full["fp32"].backend_name,
+            machine=machine_info(),
+            threads=full["fp32"].threads,
+            network_model=str(network_model),
+        )
+        for p in precisions:
+            report.results.append(
+                PrecisionResult(
+                    precision=p,
+                    model_path=str(full[p].model_path),
+                    network_ms=float(np.median(times[p]["net"])),
+                    detect_ms=float(np.median(times[p]["e2e"])),
+                )
+            )
+    finally:
+        for d in (*nets.values(), *full.values()):
+            d.close()
+    ref = report.results[0]
+    for r in report.results:
+        r.network_speedup = ref.network_ms / r.network_ms
+        r.detect_speedup = ref.detect_ms / r.detect_ms
+    return report
+
+
+# -------------------------------------------------------------------------- memory check
 
 
 # Activations, outputs and copies of one 300x300 image through an SSD in ONNX Runtime, as a

@@ -7,6 +7,7 @@ postprocessing are the detector's stages, so each is timed as what it is.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,23 @@ class Backend(ABC):
     info: ModelInfo
     model_path: Path  # the file it runs
     max_batch: int | None = None  # the largest batch one infer() takes; None: any
+    # Backends that take uint8 frames and do every stage themselves (the GPU fast path) set
+    # this and implement detect_frames(); infer() is then not used.
+    takes_frames: bool = False
 
     @abstractmethod
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """images float32 [N, 3, H, W] -> the graph's outputs by name (detections, or raw
         boxes and scores for ``--nms none`` graphs)."""
+
+    def detect_frames(self, frames: Sequence[np.ndarray], bgr: bool) -> dict[str, np.ndarray]:
+        """uint8 HxWx3 frames -> the four detection outputs (``takes_frames`` backends)."""
+        raise NotImplementedError
+
+    @property
+    def last_stage_ms(self) -> dict[str, float]:
+        """Per-stage times of the last call, where the backend measures them (GPU events)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
         """Release sessions, buffers and streams."""

@@ -19,7 +19,7 @@ PROVIDERS = {
 # The backend name (runtime.select) of the provider a session really uses.
 _NAME_OF_PROVIDER = {
     "TensorrtExecutionProvider": "onnxruntime-tensorrt",
-    "CUDAExecutionProvider": "cuda",
+    "CUDAExecutionProvider": "onnxruntime-cuda",
     "CPUExecutionProvider": "cpu",
 }
 

@@ -1,13 +1,15 @@
 """Backend names and the ``auto`` choice.
 
-One scheme: the name says what runs the network. ``cpu`` and ``cuda`` are ONNX Runtime on the
-CPU and on an NVIDIA GPU, ``tensorrt`` is a TensorRT engine, and ``onnxruntime-tensorrt`` is
-ONNX Runtime's TensorRT execution provider. ``onnxruntime-cpu`` / ``onnxruntime-cuda`` (the names
-the backends reported before) are accepted as the same as ``cpu`` / ``cuda``.
+One scheme, by where the work runs: ``cpu`` is ONNX Runtime on the CPU; ``cuda`` is the GPU
+fast path (resize, network and NMS on an NVIDIA GPU; the network in ONNX Runtime's CUDA
+provider); ``tensorrt`` is a TensorRT engine. Two ONNX Runtime providers can be asked for by name:
+``onnxruntime-cuda`` (the plain CUDA provider, host arrays in and out, NMS in the graph) and
+``onnxruntime-tensorrt``. ``onnxruntime-cpu``, the name ``cpu`` reported before, still works.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 from ..errors import SsdTrtError
@@ -16,15 +18,15 @@ from .ort import available_providers
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "onnxruntime-tensorrt")
-ALIASES = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt")
+ALIASES = {"onnxruntime-cpu": "cpu"}
 BACKEND_HELP = (
-    "auto (the fastest usable here), cpu (ONNX Runtime), cuda (ONNX Runtime on an NVIDIA GPU), "
-    "tensorrt (a TensorRT engine, built once and cached) or onnxruntime-tensorrt (ONNX Runtime's "
-    "TensorRT provider)"
+    "auto (the fastest usable here), cpu (ONNX Runtime), cuda (the GPU fast path), tensorrt (a "
+    "TensorRT engine, built once and cached), onnxruntime-cuda or onnxruntime-tensorrt (ONNX "
+    "Runtime's GPU providers, NMS in the graph)"
 )
 # ONNX Runtime device per backend name.
-ORT_DEVICE = {"cpu": "cpu", "cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}
+ORT_DEVICE = {"cpu": "cpu", "onnxruntime-cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}
 
 
 def canonical_backend(name: str) -> str:
@@ -48,6 +50,13 @@ def tensorrt_usable() -> str | None:
     return None
 
 
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # the parent package is missing
+        return False
+
+
 def candidates(requested: str) -> list[str]:
     """The backends to try, in order: the one asked for, or for ``auto`` the fastest first."""
     requested = canonical_backend(requested)
@@ -60,6 +69,8 @@ def candidates(requested: str) -> list[str]:
     else:
         log.debug("auto: not tensorrt (%s)", why)
     if "CUDAExecutionProvider" in available_providers():
-        order.append("cuda")
+        if has_module("cuda.core"):
+            order.append("cuda")
+        order.append("onnxruntime-cuda")
     order.append("cpu")
     return order

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..contract import INPUT_NAME, ModelInfo
-from ..errors import SsdTrtError, require
+from ..errors import SsdTrtError
 from ..precision.engine import EngineMetadata, read_engine_bytes
 from ..precision.trt_compat import load_trt, local_gpu
 from .base import Backend
+from .cuda_graph import GraphPolicy, capture_graph, check, cudart
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +57,26 @@ class Buffer:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-def plan_buffers(specs: list[TensorSpec], max_batch: int) -> dict[str, Buffer]:
-    """Size every I/O buffer for ``max_batch``; the batch is dimension 0 of every tensor.
+def plan_buffers(specs: list[TensorSpec]) -> dict[str, Buffer]:
+    """Size every I/O buffer from its shape at the profile's largest input.
 
-    Outputs with a dynamic dimension other than the batch depend on the data (for example a raw
-    NonMaxSuppression output); they get no fixed buffer and go through an output allocator.
+    ``specs`` carry the input's max shape and the outputs' shapes as the execution context
+    resolves them for that input. An output dimension that is still -1 depends on the data (a
+    raw NonMaxSuppression output, for example): it gets no fixed buffer and goes through an
+    output allocator.
     """
     plan = {}
     for spec in specs:
         if not spec.shape:
             raise SsdTrtError(f"engine tensor {spec.name} is a scalar; not an ssd_trt engine")
-        rest = spec.shape[1:]
-        dependent = not spec.is_input and any(d < 0 for d in rest)
-        if spec.is_input and any(d < 0 for d in rest):
+        dynamic = any(d < 0 for d in spec.shape)
+        if spec.is_input and dynamic:
             raise SsdTrtError(
-                f"engine input {spec.name} has dynamic dims {spec.shape} beyond the batch; "
+                f"engine input {spec.name} has dynamic dims {spec.shape} at the profile's max; "
                 "export with a fixed image size"
             )
-        shape = (max_batch, *(max(d, 0) for d in rest))
-        plan[spec.name] = Buffer(spec.name, shape, spec.dtype, dependent)
+        shape = tuple(max(d, 0) for d in spec.shape)
+        plan[spec.name] = Buffer(spec.name, shape, spec.dtype, dynamic and not spec.is_input)
     return plan
 
 
@@ -93,97 +95,13 @@ def check_batch(batch_shape: tuple[int, ...], profile: tuple[tuple[int, ...], ..
         )
 
 
-class GraphPolicy:
-    """When to replay a captured CUDA graph and when to enqueue directly.
-
-    A graph is only valid for the shapes it was captured with, so a new input shape runs once
-    directly (which also lets TensorRT apply the shape change) and is then captured. If capture
-    fails once, graphs stay off: some engines (data-dependent shapes, certain plugins) cannot be
-    captured, and retrying every frame would cost more than it saves.
-    """
-
-    def __init__(
-        self,
-        enqueue: Callable[[], None],
-        capture: Callable[[], Any],
-        launch: Callable[[Any], None],
-        release: Callable[[Any], None],
-        enabled: bool = True,
-    ) -> None:
-        self._enqueue, self._capture, self._launch, self._release = (
-            enqueue,
-            capture,
-            launch,
-            release,
-        )
-        self.enabled = enabled
-        self.shape: tuple[int, ...] | None = None
-        self.graph: Any = None
-        self.failure: str | None = None
-
-    def run(self, shape: tuple[int, ...]) -> str:
-        """Execute once for ``shape``; returns "graph", "captured" or "direct"."""
-        if self.graph is not None and shape == self.shape:
-            self._launch(self.graph)
-            return "graph"
-        self.drop()
-        self._enqueue()
-        if not self.enabled:
-            return "direct"
-        self.shape = shape
-        try:
-            self.graph = self._capture()
-        except Exception as exc:  # any capture problem means: run without graphs
-            self.enabled, self.failure = False, f"{type(exc).__name__}: {exc}"
-            log.info("CUDA graph capture failed (%s); running without graphs", self.failure)
-            return "direct"
-        return "captured"
-
-    def drop(self) -> None:
-        if self.graph is not None:
-            self._release(self.graph)
-        self.graph, self.shape = None, None
-
-
-# ------------------------------------------------------------------------------- cuda-python
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime  # cuda-python >= 12.6
-
-        return runtime
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart  # older cuda-python
-
-        return cudart
-    except ImportError:
-        return require("cuda.bindings.runtime", "tensorrt")
-
-
-class CudaError(SsdTrtError):
-    pass
-
-
-def _check(cudart: Any, result: Any, what: str) -> Any:
-    """cuda-python returns (error, *values); raise with the CUDA error's name on failure."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        _, name = cudart.cudaGetErrorName(err)
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        raise CudaError(f"CUDA error {name} in {what}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
 def _host_array(ptr: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     raw = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_uint8)), (nbytes,))
     return raw.view(dtype).reshape(shape)
 
 
 class TensorRTBackend(Backend):
-    """Runs a serialized engine built by ``ssd-trt build`` (see engine.py)."""
+    """Runs a serialized engine built by ``ssd-trt build`` (see precision/engine.py)."""
 
     def __init__(self, engine_path: Path, cuda_graphs: bool = True) -> None:
         self.model_path = engine_path
@@ -201,99 +119,100 @@ class TensorRTBackend(Backend):
         self.precision = meta.precision
         trt = self.api.trt
         self._resources: list[tuple[Callable[..., Any], Any]] = []
+        self.stream: Any = None
         try:
-            self.cudart = cudart = _cudart()
-            self.runtime = trt.Runtime(self.api.logger())
+            self.rt = rt = cudart()
+            self.trt_log = self.api.logger()
+            # Plugins (EfficientNMS_TRT) must be registered in this process before deserializing.
+            self.api.init_plugins(self.trt_log)
+            self.runtime = trt.Runtime(self.trt_log)
             self.engine = self.runtime.deserialize_cuda_engine(read_engine_bytes(engine_path, meta))
             if self.engine is None:
                 raise SsdTrtError(f"TensorRT could not deserialize {engine_path}; rebuild it")
-            self.context = self.engine.create_execution_context()
-            specs = [
-                TensorSpec(
-                    name,
-                    self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                    np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))),
-                    tuple(self.engine.get_tensor_shape(name)),
-                )
-                for name in (
-                    self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)
-                )
-            ]
-            self.inputs = [s for s in specs if s.is_input]
-            self.outputs = [s for s in specs if not s.is_input]
-            if [s.name for s in self.inputs] != [INPUT_NAME]:
+            self.context = self.api.execution_context(self.engine)
+            if self.context is None:
                 raise SsdTrtError(
-                    f"{engine_path} is not an ssd_trt engine (its inputs: {self.inputs})"
+                    f"TensorRT could not create an execution context for {engine_path} "
+                    "(out of GPU memory?)"
                 )
+            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+            inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+            if inputs != [INPUT_NAME]:
+                raise SsdTrtError(f"{engine_path} is not an ssd_trt engine (its inputs: {inputs})")
             self.profile = tuple(
                 tuple(d) for d in self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
             )
             self.max_batch = self.profile[2][0]
-            self.plan = plan_buffers(specs, max_batch=self.max_batch)
+            # Output shapes at the largest input: a dimension still -1 then depends on the data.
+            if not self.context.set_input_shape(INPUT_NAME, self.profile[2]):
+                raise SsdTrtError(f"TensorRT rejected the profile's max shape {self.profile[2]}")
+            specs = [
+                TensorSpec(
+                    n,
+                    n == INPUT_NAME,
+                    np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))),
+                    tuple(self.profile[2] if n == INPUT_NAME else self.context.get_tensor_shape(n)),
+                )
+                for n in names
+            ]
+            self.outputs = [s for s in specs if not s.is_input]
+            self.plan = plan_buffers(specs)
 
-            self.stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
-            self._resources.append((cudart.cudaStreamDestroy, self.stream))
+            self.stream = check(rt, rt.cudaStreamCreate(), "cudaStreamCreate")
+            self._resources.append((rt.cudaStreamDestroy, self.stream))
             self.device: dict[str, int] = {}
             self.host: dict[str, np.ndarray] = {}
             self.allocators: dict[str, Any] = {}
             for name, buf in self.plan.items():
                 if buf.data_dependent:
-                    self.allocators[name] = _output_allocator(
-                        trt, cudart, self._resources, buf.dtype
-                    )
+                    self.allocators[name] = _output_allocator(trt, rt, self._resources, buf.dtype)
                     self.context.set_output_allocator(name, self.allocators[name])
                     continue
-                dptr = _check(cudart, cudart.cudaMalloc(buf.nbytes), "cudaMalloc")
-                self._resources.append((cudart.cudaFree, dptr))
-                hptr = _check(cudart, cudart.cudaMallocHost(buf.nbytes), "cudaMallocHost")
-                self._resources.append((cudart.cudaFreeHost, hptr))
+                dptr = check(rt, rt.cudaMalloc(buf.nbytes), "cudaMalloc")
+                self._resources.append((rt.cudaFree, dptr))
+                hptr = check(rt, rt.cudaMallocHost(buf.nbytes), "cudaMallocHost")
+                self._resources.append((rt.cudaFreeHost, hptr))
                 self.device[name] = int(dptr)
                 self.host[name] = _host_array(int(hptr), buf.nbytes, buf.dtype, buf.shape)
                 self.context.set_tensor_address(name, int(dptr))
         except BaseException:
             self.close()  # free what was allocated before the failure
             raise
+        # TensorRT-RTX captures graphs itself (its runtime config). TensorRT's NMS layer copies a
+        # count to the host during enqueue, which capture forbids: engines with NMS run direct.
         self.graphs = GraphPolicy(
-            self._enqueue, self._capture, self._launch, self._release, enabled=cuda_graphs
+            self._enqueue,
+            lambda: capture_graph(self.rt, self.stream, self._enqueue),
+            self._launch,
+            self._release,
+            enabled=cuda_graphs and self.api.flavour == "tensorrt" and self.info.raw_outputs,
         )
 
-    # The three things GraphPolicy schedules.
+    # The three things GraphPolicy schedules besides capture.
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
-            raise SsdTrtError("TensorRT execute_async_v3 failed; run with --verbose for its log")
-
-    def _capture(self) -> Any:
-        c = self.cudart
-        mode = c.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        _check(c, c.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
-        try:
-            self._enqueue()
-        finally:
-            graph = _check(c, c.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-        try:
-            return _check(c, c.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        finally:
-            c.cudaGraphDestroy(graph)
+            last = self.trt_log.errors[-1] if self.trt_log.errors else "no details"
+            raise SsdTrtError(f"TensorRT execute_async_v3 failed: {' '.join(last.split())}")
 
     def _launch(self, graph_exec: Any) -> None:
-        _check(self.cudart, self.cudart.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")
+        check(self.rt, self.rt.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")
 
     def _release(self, graph_exec: Any) -> None:
-        self.cudart.cudaGraphExecDestroy(graph_exec)
+        self.rt.cudaGraphExecDestroy(graph_exec)
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        c, h2d = self.cudart, self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
-        d2h = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        rt, h2d = self.rt, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         check_batch(images.shape, self.profile)
         n = images.shape[0]
         staged = self.host[INPUT_NAME][:n]
         np.copyto(staged, images, casting="same_kind")
         if not self.context.set_input_shape(INPUT_NAME, images.shape):
             raise SsdTrtError(f"TensorRT rejected input shape {images.shape}")
-        _check(
-            c,
-            c.cudaMemcpyAsync(
+        check(
+            rt,
+            rt.cudaMemcpyAsync(
                 self.device[INPUT_NAME], staged.ctypes.data, staged.nbytes, h2d, self.stream
             ),
             "cudaMemcpyAsync H2D",
@@ -305,30 +224,34 @@ class TensorRTBackend(Backend):
                 continue
             shape = tuple(self.context.get_tensor_shape(spec.name))
             host = self.host[spec.name].reshape(-1)[: int(np.prod(shape))].reshape(shape)
-            _check(
-                c,
-                c.cudaMemcpyAsync(
+            check(
+                rt,
+                rt.cudaMemcpyAsync(
                     host.ctypes.data, self.device[spec.name], host.nbytes, d2h, self.stream
                 ),
                 "cudaMemcpyAsync D2H",
             )
             out[spec.name] = host
-        _check(c, c.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        check(rt, rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         for name, alloc in self.allocators.items():
-            out[name] = alloc.fetch(c, self.stream)
+            out[name] = alloc.fetch(rt, self.stream)
         return {k: v.copy() for k, v in out.items()}
 
     def close(self) -> None:
+        if self.stream is not None:
+            # Work may still be queued on the buffers about to be freed.
+            self.rt.cudaStreamSynchronize(self.stream)
         if "graphs" in self.__dict__:
             self.graphs.drop()
         for free, handle in reversed(self._resources):
             free(handle)
         self._resources.clear()
+        self.stream = None
         self.__dict__.pop("context", None)
         self.__dict__.pop("engine", None)
 
 
-def _output_allocator(trt: Any, cudart: Any, resources: list, dtype: np.dtype) -> Any:
+def _output_allocator(trt: Any, rt: Any, resources: list, dtype: np.dtype) -> Any:
     """An IOutputAllocator that grows one device buffer per data-dependent output."""
 
     class Allocator(trt.IOutputAllocator):
@@ -337,24 +260,33 @@ def _output_allocator(trt: Any, cudart: Any, resources: list, dtype: np.dtype) -
             self.ptr, self.size, self.shape, self.dtype = 0, 0, (), dtype
 
         def reallocate_output(self, tensor_name: str, memory: int, size: int, alignment: int):
+            # A 0-byte output still needs a valid address: TensorRT reads null as failure.
+            size = max(int(size), 1)
             if size > self.size:  # outgrown buffers are freed with the backend's resources
-                self.ptr = int(_check(cudart, cudart.cudaMalloc(size), "cudaMalloc"))
+                self.ptr = int(check(rt, rt.cudaMalloc(size), "cudaMalloc"))
                 self.size = size
-                resources.append((cudart.cudaFree, self.ptr))
+                resources.append((rt.cudaFree, self.ptr))
             return self.ptr
+
+        def reallocate_output_async(
+            self, tensor_name: str, memory: int, size: int, alignment: int, stream: int
+        ):
+            # TensorRT >= 10 calls this one; the allocation itself is synchronous, which is safe.
+            return self.reallocate_output(tensor_name, memory, size, alignment)
 
         def notify_shape(self, tensor_name: str, shape: Any) -> None:
             self.shape = tuple(shape)
 
-        def fetch(self, c: Any, stream: Any) -> np.ndarray:
+        def fetch(self, rt_: Any, stream: Any) -> np.ndarray:
             out = np.empty(self.shape, self.dtype)
-            kind = c.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            _check(
-                c,
-                c.cudaMemcpyAsync(out.ctypes.data, self.ptr, out.nbytes, kind, stream),
-                "cudaMemcpyAsync D2H",
-            )
-            _check(c, c.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+            kind = rt_.cudaMemcpyKind.cudaMemcpyDeviceToHost
+            if out.nbytes:
+                check(
+                    rt_,
+                    rt_.cudaMemcpyAsync(out.ctypes.data, self.ptr, out.nbytes, kind, stream),
+                    "cudaMemcpyAsync D2H",
+                )
+                check(rt_, rt_.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
             return out
 
     return Allocator()

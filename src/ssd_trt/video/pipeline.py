@@ -27,6 +27,16 @@ log = logging.getLogger(__name__)
 
 _END = object()  # end-of-stream marker passed down the queues
 STAGES = ("decode", "preprocess", "inference", "nms", "postprocess", "draw", "output")
+# The detector's stage names, and the GPU fast path's (CUDA events), as pipeline stages.
+_FOLD = {
+    "preprocess": "preprocess",
+    "upload": "preprocess",
+    "inference": "inference",
+    "network": "inference",
+    "nms": "nms",
+    "download": "nms",
+    "postprocess": "postprocess",
+}
 
 
 @dataclass
@@ -123,22 +133,15 @@ class Pipeline:
         return None if frame is None else (frame, t1)
 
     def _infer(self, captured: tuple[Frame, float]) -> tuple[Frame, Any, float, float]:
-        d, stats = self.detector, self.stats
         frame, captured_at = captured
-        t0 = time.perf_counter()
-        batch = d.preprocess([frame.image])
-        t1 = time.perf_counter()
-        outputs = d.infer(batch)
-        t2 = time.perf_counter()
-        outputs = d.nms(outputs)
-        t3 = time.perf_counter()
-        (detections,) = d.postprocess(outputs, [frame.image.shape[:2]])
-        t4 = time.perf_counter()
-        stats.add("preprocess", (t1 - t0) * 1000)
-        stats.add("inference", (t2 - t1) * 1000)
-        stats.add("nms", (t3 - t2) * 1000)
-        stats.add("postprocess", (t4 - t3) * 1000)
-        return frame, detections, (t4 - t0) * 1000, captured_at
+        (detections,), stages = self.detector.detect_timed([frame.image])
+        folded = dict.fromkeys(("preprocess", "inference", "nms", "postprocess"), 0.0)
+        for stage, ms in stages.items():
+            if stage in _FOLD:
+                folded[_FOLD[stage]] += ms
+        for stage, ms in folded.items():
+            self.stats.add(stage, ms)
+        return frame, detections, sum(folded.values()), captured_at
 
     def _emit(self, frame: Frame, detections: Any, infer_ms: float, captured: float) -> None:
         t0 = time.perf_counter()

