@@ -441,6 +441,6 @@ def test_cli_detect_serves_annotated_video(exported, bikes_video: Path, tmp_path
     assert abs((rows.stop - rows.start) - FRAME_H) <= 4, (rows, cols)
     change = np.abs(first[rows, cols].astype(int) - second[rows, cols].astype(int)).mean()
     assert change > 5, f"the served image did not change (mean diff {change:.1f})"
-    # The FPS banner is drawn into the frame: light text on black at the top-left.
-    banner = first[rows.start : rows.start + 25, cols.start : cols.start + 200]
+    # The FPS banner is drawn into the frame: light text on black at the bottom-left.
+    banner = first[rows.stop - 22 : rows.stop, cols.start : cols.start + 200]
     assert (banner.max(axis=2) > 200).sum() > 30 and (banner.max(axis=2) < 40).sum() > 300

@@ -8,8 +8,11 @@ A library user who configures nothing sees warnings only, as with any library.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -58,3 +61,32 @@ def _handler() -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Plain())
     return handler
+
+
+@contextmanager
+def native_stderr_hidden(what: str) -> Iterator[None]:
+    """Hide what native code writes to fd 2 inside the block, unless debug logging is on.
+
+    TensorFlow's C++ side logs (absl "before InitializeLog", oneDNN, CPU features) straight to
+    fd 2 while it loads, ignoring TF_CPP_MIN_LOG_LEVEL, so only a redirect keeps -q quiet. What
+    was hidden goes to the debug log, so -v still shows it.
+    """
+    logger = logging.getLogger(ROOT)
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                hidden = sink.read().decode(errors="replace").strip()
+                if hidden:
+                    logger.debug("%s wrote to stderr:\n%s", what, hidden)
+    finally:
+        os.close(saved)

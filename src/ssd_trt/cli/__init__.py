@@ -1,14 +1,17 @@
 """The ``ssd-trt`` command line: one verb per task (see ``ssd-trt --help``).
 
 Exit codes: 0 success; 1 an unexpected failure, or `compare` tolerances exceeded (FAIL);
-2 bad input or environment (a one-line message says what to do); 130 interrupted.
+2 bad input or environment (a one-line message says what to do); 130 interrupted (Ctrl-C or
+SIGTERM).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .. import progress
@@ -29,9 +32,21 @@ def _log_levels(verbose: bool, quiet: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, systemd, kill) ends a run as Ctrl-C does: outputs are finalized
+    and no temp file is left behind, instead of the process dying mid-write."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_levels(args.verbose, args.quiet)
+    _stop_on_sigterm()
     try:
         return int(VERBS[args.verb](args))
     except SsdTrtError as exc:

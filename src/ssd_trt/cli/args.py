@@ -158,6 +158,12 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
             action="store_true",
             help="play a file at its own frame rate, like a camera (stale frames are dropped)",
         )
+        run.add_argument(
+            "--loop",
+            action="store_true",
+            help="replay a file or images from the start when they end (until Ctrl-C or "
+            "--max-frames); frame numbers go on counting",
+        )
     return p
 
 

@@ -25,7 +25,8 @@ from ..quality.evaluate import evaluate, load_annotations
 from ..quality.report import write_json
 from ..runtime.select import canonical_backend
 from ..store import ArtifactStore, Calibration
-from ..video.app import VideoJob, parse_hostport, run_video
+from ..video.app import FoundSummary, VideoJob, parse_hostport, run_video
+from ..video.outputs import FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,20 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         show=args.show,
         sync=args.sync,
         realtime=getattr(args, "realtime", False),
+        loop=getattr(args, "loop", False),
         max_frames=args.max_frames,
     )
-    stats = run_video(job, _detector_factory(args))
+    found = FoundSummary()
+
+    def on_result(result: FrameResult) -> None:
+        line = found.add(result)
+        if line is not None:  # an image: what it holds, as soon as it is known
+            print(line, flush=True)
+
+    stats = run_video(job, _detector_factory(args), on_result)
     log.info("%s", stats.summary())
+    if found.frames > 1:  # a video or several images: the totals too
+        print("\n".join(found.lines()))
     return EXIT_OK
 
 
@@ -121,6 +132,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    bench.check_batch_memory(args.batch_sizes)
     video = args.video or str(ArtifactStore(args.cache_dir).sample_video())
     requested = list(dict.fromkeys(p.strip().lower() for p in args.precision.split(",")))
     if len(requested) > 1:

@@ -55,15 +55,28 @@ class ExportSummary:
     settings: NmsSettings
 
     def lines(self) -> list[str]:
-        s = self.settings
         return [
             f"wrote {self.output}",
             f"  inputs:  {', '.join(self.inputs)}",
             f"  outputs: {', '.join(self.outputs)}",
             f"  nodes: {self.nodes}  opset: {self.opset}  nms: {self.nms}",
-            f"  top-K {s.max_total}, score >= {s.score_threshold:g}, IoU {s.iou_threshold:g}, "
-            f"per class {s.max_per_class}, candidates {s.max_candidates or 'all'}",
+            f"  {self._nms_line()}",
         ]
+
+    def _nms_line(self) -> str:
+        """Only the settings that apply, said where they apply."""
+        s = self.settings
+        common = f"top-K {s.max_total}, score >= {s.score_threshold:g}, IoU {s.iou_threshold:g}"
+        cap = f", candidates {s.max_candidates or 'all'}"
+        if self.nms == "none":
+            # Not in the graph: recorded in the metadata for the NMS run after the network.
+            return (
+                f"no NMS in the graph; ssd_trt applies it after the network with {common}, "
+                f"per class {s.max_per_class}{cap}"
+            )
+        if self.nms == "efficient":
+            return f"EfficientNMS_TRT: {common} (the plugin has no per-class limit)"
+        return f"NMS in the graph: {common}, per class {s.max_per_class}{cap}"
 
 
 def _settings(ssd: SsdGraph, options: ExportOptions) -> NmsSettings:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import progress
 from ..errors import SsdTrtError, require
 from ..nms import NmsSettings
 
@@ -44,7 +46,10 @@ class SsdGraph:
 
 
 def _tf():
-    return require("tensorflow", "export")
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    with progress.native_stderr_hidden("importing TensorFlow"):
+        return require("tensorflow", "export")
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -70,6 +75,13 @@ def load_graph_def(path: Path) -> Any:
 
 
 def _load_frozen(path: Path) -> Any:
+    # Before importing TensorFlow (10+ s): an empty or unreadable file fails at once.
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise SsdTrtError(f"cannot read {path}: {exc.strerror}") from None
+    if size == 0:
+        raise SsdTrtError(f"{path} is empty (0 bytes); pass a frozen SSD graph (.pb)")
     tf = _tf()
     graph_def = tf.compat.v1.GraphDef()
     try:

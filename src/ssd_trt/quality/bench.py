@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import progress
 from ..detector import Detector
 from ..errors import SsdTrtError
 from ..sources import PacedSource, open_source
@@ -111,14 +112,19 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def _timed(fn: Any, iterations: int, warmup: int) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    times = np.empty(iterations)
-    for i in range(iterations):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = (time.perf_counter() - t0) * 1000
+def _timed(fn: Any, iterations: int, warmup: int, desc: str = "") -> np.ndarray:
+    # A bar per timed loop: a large batch on a slow CPU runs for tens of seconds. Its update
+    # costs microseconds, outside the timed call.
+    with progress.bar(warmup + iterations, desc or "timing", "run", leave=False) as bar:
+        for _ in range(warmup):
+            fn()
+            bar.update(1)
+        times = np.empty(iterations)
+        for i in range(iterations):
+            t0 = time.perf_counter()
+            fn()
+            times[i] = (time.perf_counter() - t0) * 1000
+            bar.update(1)
     return times
 
 
@@ -133,7 +139,7 @@ def latency(
     for b in batch_sizes:
         log.info("latency at batch %d (%d runs)", b, iterations)
         batch = detector.preprocess([images[i % len(images)] for i in range(b)])
-        t = _timed(lambda batch=batch: detector.infer(batch), iterations, warmup)
+        t = _timed(lambda batch=batch: detector.infer(batch), iterations, warmup, f"batch {b}")
         p50, p90, p99 = np.percentile(t, [50, 90, 99])
         out.append(LatencyResult(b, float(p50), float(p90), float(p99), b * 1000 / float(p50)))
     return out
@@ -161,8 +167,17 @@ def video_run(
     source = open_source(video)
     if fps:
         source = PacedSource(source, fps)
-    with source:
-        pipeline = Pipeline(detector, source, [], sync=sync, max_frames=max_frames)
+    known = [n for n in (max_frames, source.frame_count) if n]
+    total = min(known) if known else None
+    with source, progress.bar(total, "sync" if sync else "async", "frame", leave=False) as bar:
+        pipeline = Pipeline(
+            detector,
+            source,
+            [],
+            sync=sync,
+            max_frames=max_frames,
+            on_frame=lambda _: bar.update(1),
+        )
         pipeline.run()
     return pipeline
 
@@ -310,3 +325,39 @@ def precision_table(
         r.network_speedup = ref.network_ms / r.network_ms
         r.detect_speedup = ref.detect_ms / r.detect_ms
     return report
+
+
+# -------------------------------------------------------------------------- memory check
+
+
+# Activations, outputs and copies of one 300x300 image through an SSD in ONNX Runtime, as a
+# multiple of its float32 input (1.08 MB): a generous bound, so a batch that passes this check
+# is not refused for memory it would have had.
+_BYTES_PER_INPUT_BYTE = 20
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available for new allocations (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_batch_memory(batch_sizes: list[int], input_hw: tuple[int, int] = (300, 300)) -> None:
+    """Refuse, before any model work, batch sizes whose memory this machine does not have."""
+    free = available_memory()
+    if free is None:
+        return
+    per_image = 3 * input_hw[0] * input_hw[1] * 4 * _BYTES_PER_INPUT_BYTE
+    largest = max(batch_sizes)
+    if largest * per_image > free:
+        fits = max(1, free // per_image)
+        raise SsdTrtError(
+            f"--batch-sizes {largest} needs about {largest * per_image / 2**30:.0f} GiB "
+            f"({per_image / 2**20:.0f} MiB per image), but {free / 2**30:.1f} GiB is available; "
+            f"use batch sizes up to {fits}, e.g. --batch-sizes 1,2,4,8"
+        )

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import progress
+from ..detections import Detections
 from ..detector import Detector
 from ..errors import SsdTrtError
-from ..sources import PacedSource, open_source
+from ..sources import Frame, PacedSource, Source, open_source
 from .outputs import (
     FrameResult,
     JsonLinesOutput,
@@ -36,6 +37,73 @@ class VideoJob:
     sync: bool = False
     realtime: bool = False  # deliver a file at its own frame rate, like a camera
     max_frames: int | None = None
+    loop: bool = False  # replay a file from the start when it ends (demos, soak runs)
+
+
+class LoopSource(Source):
+    """Replays a file source forever, numbering frames on across passes (0, 1, ... N, N+1).
+
+    Each pass reopens the file, so decoder state never carries over; a file that yields no
+    frame on a pass ends the run instead of spinning.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self._spec = spec
+        self._inner: Source | None = open_source(spec)
+        if self._inner.live:
+            self._inner.close()
+            raise SsdTrtError("--loop is for files and images; live sources do not end")
+        super().__init__(f"{self._inner.description} (looped)")
+        self.fps, self.size = self._inner.fps, self._inner.size
+        self.passes = 1
+        self._index = 0
+        self._offset = 0.0  # media time of the passes before this one
+        self._last = 0.0
+        self._skipped_before = 0
+        self._pass_frames = 0
+
+    def read(self) -> Frame | None:
+        for _ in range(2):  # this pass, else one fresh pass
+            if self._inner is None:
+                return None
+            frame = self._inner.read()
+            if frame is not None:
+                return self._renumber(frame)
+            self._next_pass()
+        return None
+
+    def _renumber(self, frame: Frame) -> Frame:
+        self._last = frame.timestamp
+        frame = Frame(self._index, self._offset + frame.timestamp, frame.image, frame.name)
+        self._index += 1
+        self._pass_frames += 1
+        return frame
+
+    def _next_pass(self) -> None:
+        assert self._inner is not None
+        self._skipped_before += self._inner.frames_skipped
+        self._inner.close()
+        if self._pass_frames == 0:  # nothing decodable: stop rather than reopen forever
+            self._inner = None
+            return
+        step = 1.0 / self.fps if self.fps else 0.04
+        self._offset += self._last + step
+        self._pass_frames = 0
+        self._inner = open_source(self._spec)
+        self.passes += 1
+
+    @property
+    def frames_skipped(self) -> int:  # type: ignore[override]
+        return self._skipped_before + (self._inner.frames_skipped if self._inner else 0)
+
+    @frames_skipped.setter
+    def frames_skipped(self, value: int) -> None:
+        pass  # the base class initializes it; the count lives in the passes
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -60,13 +128,12 @@ def run_video(
     detector = source = None
     bar = None
     try:
-        source = open_source(job.source)
+        source = LoopSource(str(job.source)) if job.loop else open_source(job.source)
         if job.realtime:
             if source.live:
                 raise SsdTrtError("--realtime is for files and images; live sources already are")
             source = PacedSource(source, source.fps or 25.0)
-        detector = make_detector()
-        log.info("backend: %s; source: %s", detector.backend_name, source.description)
+        # Outputs before the model: an unwritable path or a taken port fails in a second.
         if job.output:
             outputs.append(VideoOutput(job.output, source.fps))
         if job.json:
@@ -75,6 +142,8 @@ def run_video(
             server = ServeOutput(*job.serve)
             outputs.append(server)
             log.info("serving the live view at %s", server.url)
+        detector = make_detector()
+        log.info("backend: %s; source: %s", detector.backend_name, source.description)
         if job.show if job.show is not None else has_display():
             outputs.append(WindowOutput())
         bar = progress.bar(source.frame_count or None, "detect", "frame", leave=False)
@@ -88,7 +157,12 @@ def run_video(
             detector, source, outputs, sync=job.sync, max_frames=job.max_frames, on_frame=on_frame
         )
         outputs = []  # the pipeline owns them now and finalizes them
-        return pipeline.run()
+        try:
+            return pipeline.run()
+        except KeyboardInterrupt:
+            # Ctrl-C is a normal way to end a live run: say what it did before the exit.
+            log.info("%s", pipeline.stats.summary())
+            raise
     finally:
         if bar is not None:
             bar.close()
@@ -98,3 +172,48 @@ def run_video(
             source.close()
         if detector is not None:
             detector.close()
+
+
+class FoundSummary:
+    """What a run found, for people: one line per image, or per class over a video's frames."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.per_class: dict[str, tuple[int, float]] = {}  # label -> (frames seen in, best)
+
+    def add(self, result: FrameResult) -> str | None:
+        """Count one frame; for an image (a named frame) return its line."""
+        self.frames += 1
+        best: dict[str, float] = {}
+        for det in result.detections:
+            best[det.label] = max(best.get(det.label, 0.0), det.score)
+        for label, score in best.items():
+            seen, top = self.per_class.get(label, (0, 0.0))
+            self.per_class[label] = (seen + 1, max(top, score))
+        if not result.frame.name:
+            return None
+        return f"{result.frame.name}: {describe(result.detections)}"
+
+    def lines(self) -> list[str]:
+        """The end-of-run summary: each class, in how many frames, best score."""
+        if not self.per_class:
+            return [f"found nothing in {self.frames} frames above the score threshold"]
+        ranked = sorted(self.per_class.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        return [
+            f"{label}: in {seen} of {self.frames} frames (best {top:.2f})"
+            for label, (seen, top) in ranked
+        ]
+
+
+def describe(detections: Detections) -> str:
+    """``2 person (0.91, 0.85), 1 bicycle (0.77)`` or ``nothing found``."""
+    groups: dict[str, list[float]] = {}
+    for det in detections:
+        groups.setdefault(det.label, []).append(det.score)
+    if not groups:
+        return "nothing found"
+    ranked = sorted(groups.items(), key=lambda kv: -max(kv[1]))
+    return ", ".join(
+        f"{len(scores)} {label} ({', '.join(f'{s:.2f}' for s in sorted(scores, reverse=True))})"
+        for label, scores in ranked
+    )

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..detector import Detector
 from ..sources import Frame, Source
-from .outputs import FrameResult, Output, StopPipeline
-from .overlay import draw_banner, draw_detections
+from .outputs import FrameResult, Output, OutputWriteError, StopPipeline
+from .overlay import draw_frame
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ class Pipeline:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._fps = _Fps()
+        self._interrupted = False
 
     # ------------------------------------------------------------------------ stage functions
 
@@ -144,8 +147,8 @@ class Pipeline:
         t0 = time.perf_counter()
         image = frame.image
         if self.draw:
-            image = draw_detections(image.copy(), detections)
-            draw_banner(image, self._fps.value, infer_ms, self.detector.backend_name)
+            image = image.copy()
+            draw_frame(image, detections, self._fps.value, infer_ms, self.detector.backend_name)
         t1 = time.perf_counter()
         result = FrameResult(
             frame=frame,
@@ -172,18 +175,28 @@ class Pipeline:
     def run(self) -> RunStats:
         """Process until the stream ends, an output stops it, or Ctrl-C; then finalize outputs.
 
-        Outputs are closed (finalized) on a normal end, on q/Esc and on Ctrl-C; on an error they
-        are aborted so no partial file is left.
+        Outputs are closed (finalized) on a normal end, on q/Esc, on Ctrl-C and when an output
+        cannot write any more (disk full: they keep the frames written so far); on any other
+        error they are aborted so no partial file is left.
         """
         start = time.perf_counter()
         failed = False
         try:
-            if self.sync:
-                self._run_sync()
-            else:
-                self._run_async()
+            with self._graceful_interrupts():
+                if self.sync:
+                    self._run_sync()
+                else:
+                    self._run_async()
+            if self._interrupted:
+                raise KeyboardInterrupt
+            if self.max_frames is not None and self.stats.frames >= self.max_frames:
+                self.stats.stopped_by = "--max-frames"
         except StopPipeline as stop:
             self.stats.stopped_by = str(stop) or "output"
+        except OutputWriteError:
+            # Disk full and the like: keep (close, not discard) what was written so far.
+            self.stats.stopped_by = "an output write failure"
+            raise
         except KeyboardInterrupt:
             self.stats.stopped_by = "Ctrl-C"
             raise
@@ -201,6 +214,35 @@ class Pipeline:
                 except Exception as exc:  # finalize the others regardless
                     log.warning("closing %s failed: %s", type(out).__name__, exc)
         return self.stats
+
+    @contextmanager
+    def _graceful_interrupts(self) -> Iterator[None]:
+        """The first Ctrl-C (or a SIGTERM the CLI turns into one) stops at a frame boundary,
+        so every output holds the same whole frames and the count is exact; a second one
+        interrupts at once.
+
+        Only on the main thread, and only where the signal is handled by Python (a background
+        job that ignores SIGINT keeps ignoring it).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, frame: object) -> None:
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self._stop.set()
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if callable(signal.getsignal(sig)):
+                previous[sig] = signal.signal(sig, stop)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _run_sync(self) -> None:
         while not self._done():
