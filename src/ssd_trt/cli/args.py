@@ -12,6 +12,7 @@ from ..contract import NMS_MODES, PRECISIONS
 from ..detector import DEFAULT_MODEL
 from ..precision.trt_compat import FLAVOURS
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
+from ..video.multi import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 
 
 def positive_int(text: str) -> int:
@@ -132,7 +133,13 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated class names or ids to keep")
     out = p.add_argument_group("outputs")
     out.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
-    out.add_argument("--json", help="write one JSON line per frame here")
+    out.add_argument(
+        "--json",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="write one JSON line per frame here (with --output-dir: no FILE, DIR/NAME.jsonl)",
+    )
     out.add_argument(
         "--serve",
         metavar="HOST:PORT",
@@ -159,6 +166,36 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
             help="play a file at its own frame rate, like a camera (stale frames are dropped)",
         )
     return p
+
+
+def many_sources_group(p: argparse.ArgumentParser) -> None:
+    """``detect`` over many sources at once (video/multi.py): outputs per source, one batch."""
+    g = p.add_argument_group("many sources")
+    g.add_argument("--sources", metavar="FILE", help="read more sources from FILE, one a line")
+    g.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="per-source outputs: DIR/NAME.mp4 and, with --json, DIR/NAME.jsonl (NAME from the "
+        "source, made unique); implied by several sources",
+    )
+    g.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=DEFAULT_MAX_BATCH,
+        help="frames of all sources per inference call (default: %(default)s)",
+    )
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=DEFAULT_MAX_WAIT_MS,
+        help="close a batch this long after its first frame (default: %(default)g)",
+    )
+    g.add_argument(
+        "--ray",
+        action="store_true",
+        help="spread the sources over a Ray cluster with Ray Data (pip install 'ssd-trt[ray]')",
+    )
+    g.add_argument("--address", help="with --ray: the cluster to join (default: a local Ray)")
 
 
 # ------------------------------------------------------------------------------------ verbs
@@ -230,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "source",
-        nargs="?",
-        help="video file, stream URL, webcam index, image, dir or glob "
+        nargs="*",
+        help="video files, stream URLs, webcam indexes, images, dirs or globs, in any mix "
         "(default: the sample video, bikes.mp4, fetched once)",
     )
+    many_sources_group(p)
 
     p = verb(
         "webcam",

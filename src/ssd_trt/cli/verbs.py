@@ -26,6 +26,7 @@ from ..quality.report import write_json
 from ..runtime.select import canonical_backend
 from ..store import ArtifactStore, Calibration
 from ..video.app import VideoJob, parse_hostport, run_video
+from ..video.multi import MultiJob, read_source_list, run_multi
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,61 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    source = args.source or str(ArtifactStore(args.cache_dir).sample_video())
+    specs = list(args.source) + (read_source_list(Path(args.sources)) if args.sources else [])
+    if args.ray or args.output_dir or len(specs) > 1:
+        return _many(args, specs)
+    if args.json == "":
+        raise SsdTrtError("--json needs a FILE for one source (or pass --output-dir DIR)")
+    source = specs[0] if specs else str(ArtifactStore(args.cache_dir).sample_video())
     return _video(args, source)
+
+
+def _many(args: argparse.Namespace, specs: list[str]) -> int:
+    """Several sources: per-source outputs in --output-dir, frames batched across sources
+    (video/multi.py), or spread over a Ray cluster with --ray (scale/batch.py)."""
+    if not specs:
+        raise SsdTrtError("no sources given; pass files, folders, URLs or cameras, or --sources")
+    if not args.output_dir:
+        raise SsdTrtError("several sources write per-source files: pass --output-dir DIR")
+    if args.json:
+        raise SsdTrtError(
+            f"with --output-dir, --json takes no FILE ({args.json!r}): each source gets "
+            "DIR/NAME.jsonl; put --json after the sources"
+        )
+    if args.output:
+        raise SsdTrtError("--output is for one source; with --output-dir each gets DIR/NAME.mp4")
+    if args.ray:
+        from ..scale.batch import RayBatchJob, run_ray_batch
+
+        stats = run_ray_batch(
+            RayBatchJob(
+                sources=tuple(specs),
+                output_dir=Path(args.output_dir),
+                json=args.json == "",
+                address=args.address,
+                model=args.model,
+                backend=args.backend,
+                score_threshold=args.score_threshold,
+                max_frames=args.max_frames,
+                max_batch=args.max_batch,
+            )
+        )
+    else:
+        stats = run_multi(
+            MultiJob(
+                sources=tuple(specs),
+                output_dir=Path(args.output_dir),
+                json=args.json == "",
+                serve=parse_hostport(args.serve) if args.serve else None,
+                realtime=args.realtime,
+                max_frames=args.max_frames,
+                max_batch=args.max_batch,
+                max_wait_ms=args.batch_wait_ms,
+            ),
+            _detector_factory(args),
+        )
+    log.info("%s", stats.summary())
+    return EXIT_OK
 
 
 def cmd_webcam(args: argparse.Namespace) -> int:
