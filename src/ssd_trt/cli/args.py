@@ -274,6 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     many_sources_group(p)
 
     p = verb(
+        "triton-repo",
+        "write a Triton Inference Server model repository",
+        "Write DIR/NAME/config.pbtxt (dynamic batching; input and output names, types and dims "
+        "from the ONNX) and DIR/NAME/1/model.onnx (platform onnxruntime_onnx) or, for an engine "
+        "from 'ssd-trt build', 1/model.plan (tensorrt_plan).",
+    )
+    p.add_argument("model", help="exported .onnx, registry name or built engine")
+    p.add_argument("dir", help="the model repository folder (created if needed)")
+    p.add_argument("--name", help="model name in the repository (default: the model's)")
+    p.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=8,
+        help="max_batch_size for an ONNX (an engine's is its profile's max; default: 8)",
+    )
+    p.add_argument("--force", action="store_true", help="replace DIR/NAME if it exists")
+
+    p = verb(
         "webcam",
         "live detection on a webcam",
         "Live detection on a webcam, in a window (q or Esc quits). For files and streams use "

@@ -309,6 +309,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from ..contract import is_engine
+    from ..scale.triton import write_repository
+
+    model = Path(args.model)
+    if not model.is_file() or not (is_engine(model) or model.suffix == ONNX_SUFFIX):
+        model = ArtifactStore(args.cache_dir).onnx(args.model)
+    folder = write_repository(
+        model, Path(args.dir), name=args.name, max_batch=args.max_batch, force=args.force
+    )
+    print(f"wrote {folder}/config.pbtxt and {folder}/1/")
+    return EXIT_OK
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": cmd_models,
     "fetch": cmd_fetch,
@@ -319,4 +333,5 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": cmd_compare,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "triton-repo": cmd_triton_repo,
 }
