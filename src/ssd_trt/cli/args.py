@@ -7,6 +7,7 @@ backend shows up here by itself.
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..contract import NMS_MODES, PRECISIONS
 from ..detector import DEFAULT_MODEL
@@ -272,6 +273,48 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the sample video, bikes.mp4, fetched once)",
     )
     many_sources_group(p)
+
+    p = verb(
+        "serve",
+        "serve detection over HTTP with Ray Serve",
+        "A Ray Serve application: POST /detect with JPEG or PNG bytes returns the detections "
+        "as one JSON line's record; GET /healthz. Starts a local Ray on 127.0.0.1 unless "
+        "--address joins a cluster. Ctrl-C stops it. Needs pip install 'ssd-trt[ray]'.",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="registry name, exported .onnx or engine (default: %(default)s)",
+    )
+    backend_group(p)
+    detection_group(p, 0.5)
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    net.add_argument("--port", type=positive_int, default=8000, help="(default: %(default)s)")
+    net.add_argument(
+        "--token",
+        default=os.environ.get("SSD_TRT_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on /detect (default: $SSD_TRT_TOKEN)",
+    )
+    net.add_argument(
+        "--max-body-mb", type=float, default=20.0, help="largest accepted image (default: 20)"
+    )
+    cluster = p.add_argument_group("cluster")
+    cluster.add_argument("--address", help="join this Ray cluster (default: start a local Ray)")
+    cluster.add_argument(
+        "--replicas", type=positive_int, default=1, help="replicas (default: %(default)s)"
+    )
+    cluster.add_argument("--min-replicas", type=int, help="autoscale from this many ...")
+    cluster.add_argument("--max-replicas", type=positive_int, help="... to this many")
+    cluster.add_argument(
+        "--max-batch", type=positive_int, default=8, help="images per batch (default: 8)"
+    )
+    cluster.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=10.0,
+        help="wait this long for a batch to fill (default: %(default)g)",
+    )
 
     p = verb(
         "triton-repo",

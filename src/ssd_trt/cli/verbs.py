@@ -309,6 +309,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..scale.serving import ServeConfig, serve_until_interrupted
+
+    serve_until_interrupted(
+        ServeConfig(
+            model=args.model,
+            backend=args.backend,
+            score_threshold=args.score_threshold,
+            cache_dir=args.cache_dir,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            replicas=args.replicas,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            max_batch=args.max_batch,
+            batch_wait_s=args.batch_wait_ms / 1000,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            address=args.address,
+        )
+    )
+    return EXIT_OK
+
+
 def cmd_triton_repo(args: argparse.Namespace) -> int:
     from ..contract import is_engine
     from ..scale.triton import write_repository
@@ -334,4 +358,5 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": cmd_eval,
     "bench": cmd_bench,
     "triton-repo": cmd_triton_repo,
+    "serve": cmd_serve,
 }
