@@ -58,7 +58,8 @@ pipe = Gst.parse_launch(
     f"! h264parse ! mp4mux ! filesink location={out}"
 )
 pipe.set_state(Gst.State.PLAYING)
-msg = pipe.get_bus().timed_pop_filtered(Gst.CLOCK_TIME_NONE, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+ends = Gst.MessageType.EOS | Gst.MessageType.ERROR
+msg = pipe.get_bus().timed_pop_filtered(Gst.CLOCK_TIME_NONE, ends)
 pipe.set_state(Gst.State.NULL)
 sys.exit(0 if msg.type == Gst.MessageType.EOS else msg.parse_error()[0].message)
 """
