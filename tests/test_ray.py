@@ -293,28 +293,20 @@ def test_ray_data_six_inputs_complete_with_a_worker_killed(
         actors=2,
     )
     killed: list[int] = []
-    done = threading.Event()
+    after_kill: list[int] = []
 
-    def kill_one() -> None:
-        deadline = time.monotonic() + 120
-        while not done.is_set() and time.monotonic() < deadline:
-            pids = actor_pids("ChunkDetector")
-            if len(pids) == 2:
-                time.sleep(3)  # let them get into the job
-                if not done.is_set():
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append(pids[0])
-                return
-            time.sleep(0.3)
+    def kill_one(name: str, frame: int) -> None:
+        """At the first frame written, kill one of the actors: chunks are still pending."""
+        if killed:
+            after_kill.append(frame)
+            return
+        pids = actor_pids("ChunkDetector")
+        assert pids
+        os.kill(pids[0], signal.SIGKILL)  # an actor process this cluster started
+        killed.append(pids[0])
 
-    killer = threading.Thread(target=kill_one, daemon=True)
-    killer.start()
-    try:
-        stats = run_ray_batch(job)
-    finally:
-        done.set()
-        killer.join(timeout=10)
-    assert killed, "no worker was killed while the job ran"
+    stats = run_ray_batch(job, on_frame=kill_one)
+    assert killed and len(after_kill) > 150, "the worker was not killed mid-job"
     out = tmp_path / "out"
     names = ["bikes", "vtest", "Megamind", "images", photo_folder.name, "bikes-2"]
     counts = [limit, limit, limit, 16, len(list(photo_folder.iterdir())), limit]
@@ -378,26 +370,29 @@ def test_serve_verb_answers_and_stops_on_ctrl_c(onnx, jpegs, expected, tmp_path)
         env=env,
     )
     url = f"http://127.0.0.1:{port}/"
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))
+    reader.start()
     try:
         deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
+        while not any(line.startswith("serving POST") for line in lines):  # the ready line
+            assert proc.poll() is None, "".join(lines)[-2000:]
             assert time.monotonic() < deadline, "serve did not come up"
-            try:
-                with urllib.request.urlopen(url + "healthz", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+            time.sleep(0.2)
+        with urllib.request.urlopen(url + "healthz", timeout=10) as resp:
+            assert json.loads(resp.read())["ok"] is True
         status, answer = post(url, jpegs[0])
         assert status == 200 and same(answer["detections"], expected[0])
         assert post(url, jpegs[0], token=None)[0] == 401
         started = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err[-2000:]
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+        assert proc.returncode == 0, "".join(lines)[-2000:]
         gone, alive = psutil.wait_procs(started, timeout=30)
         assert alive == [], [p.pid for p in alive]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+        reader.join(timeout=10)

@@ -20,13 +20,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import progress
 from ..detector import Detector
 from ..errors import SsdTrtError, require
 from ..sources import Frame, ImageSource, open_source
@@ -227,8 +228,11 @@ class _SourceWriter:
             self.video.close() if ok else self.video.abort()
 
 
-def run_ray_batch(job: RayBatchJob) -> BatchStats:
-    """Plan, run the actor pool, stream rows into per-source files; stop what we started."""
+def run_ray_batch(
+    job: RayBatchJob, on_frame: Callable[[str, int], None] | None = None
+) -> BatchStats:
+    """Plan, run the actor pool, stream rows into per-source files; stop what we started.
+    ``on_frame(name, frame)`` is called after each frame is written."""
     if not job.sources:
         raise SsdTrtError("no inputs given; pass video files or image folders")
     job = RayBatchJob(**{**job.__dict__, "output_dir": Path(job.output_dir)})
@@ -242,6 +246,8 @@ def run_ray_batch(job: RayBatchJob) -> BatchStats:
     writers: list[_SourceWriter] = []
     ok = False
     start = time.perf_counter()
+    total = sum(t["stop"] - t["start"] for t in tasks)
+    bar = progress.bar(total, "detect on Ray", "frame", leave=False)
     try:
         import ray
 
@@ -273,8 +279,12 @@ def run_ray_batch(job: RayBatchJob) -> BatchStats:
             ):
                 writers[int(src)].write(int(frame), str(record), bytes(jpeg))
                 stats.sources[names[int(src)]].frames += 1
+                bar.update(1)
+                if on_frame is not None:
+                    on_frame(names[int(src)], int(frame))
         ok = True
     finally:
+        bar.close()
         for w in writers:
             with contextlib.suppress(Exception):
                 w.close(ok)

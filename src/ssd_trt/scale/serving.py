@@ -318,23 +318,32 @@ def get_handle() -> Any:
 
 def serve_until_interrupted(config: ServeConfig, ready: threading.Event | None = None) -> None:
     """``ssd-trt serve``: run until Ctrl-C (or SIGTERM), then stop cleanly."""
-    server = start(config)
-    log.info("serving POST %sdetect and GET %shealthz; Ctrl-C stops", server.url, server.url)
     stop = threading.Event()
-    # Ctrl-C and SIGTERM both mean "stop cleanly": a flag, not an exception mid-shutdown.
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
+    running = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        # Once serving, Ctrl-C and SIGTERM mean "stop cleanly": a flag, not an exception in the
+        # middle of shutdown. During startup, interrupt it (start() stops what it began).
+        if not running:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
     try:
+        server = start(config)
+        running = True
+        log.info("serving POST %sdetect and GET %shealthz; Ctrl-C stops", server.url, server.url)
         if ready is not None:
             ready.set()
-        while not stop.wait(0.5):
-            pass
-    finally:
-        log.info("stopping")
         try:
-            server.stop()
+            while not stop.wait(0.5):
+                pass
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            log.info("stopping")
+            server.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
