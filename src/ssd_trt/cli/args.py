@@ -177,7 +177,7 @@ def many_sources_group(p: argparse.ArgumentParser) -> None:
         "--output-dir",
         metavar="DIR",
         help="per-source outputs: DIR/NAME.mp4 and, with --json, DIR/NAME.jsonl (NAME from the "
-        "source, made unique); implied by several sources",
+        "source, made unique); required with several sources",
     )
     g.add_argument(
         "--max-batch",

@@ -92,6 +92,8 @@ def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
 
 
 def _video(args: argparse.Namespace, source: str | int) -> int:
+    if args.json == "":  # --json without FILE is for --output-dir
+        raise SsdTrtError("--json needs a FILE for one source (or pass --output-dir DIR)")
     job = VideoJob(
         source=source,
         output=Path(args.output) if args.output else None,
@@ -111,8 +113,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
     specs = list(args.source) + (read_source_list(Path(args.sources)) if args.sources else [])
     if args.ray or args.output_dir or len(specs) > 1:
         return _many(args, specs)
-    if args.json == "":
-        raise SsdTrtError("--json needs a FILE for one source (or pass --output-dir DIR)")
     source = specs[0] if specs else str(ArtifactStore(args.cache_dir).sample_video())
     return _video(args, source)
 
