@@ -396,3 +396,35 @@ def test_serve_verb_answers_and_stops_on_ctrl_c(onnx, jpegs, expected, tmp_path)
             proc.kill()
             proc.wait(timeout=30)
         reader.join(timeout=10)
+
+
+# ------------------------------------------------------------------ no cluster needed
+
+
+def test_image_bounds_and_serve_options(coco_mini):
+    from ssd_trt.errors import SsdTrtError
+    from ssd_trt.scale.images import BadImage, decode_image
+
+    photo = sorted((coco_mini / "images").glob("*.jpg"))[0].read_bytes()
+    assert decode_image(photo).ndim == 3
+    png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    assert decode_image(png).shape == (8, 8, 3)
+    # A PNG header claiming 60000x60000 pixels: refused before decoding.
+    bomb = png[:16] + (60000).to_bytes(4, "big") * 2 + png[24:]
+    cases = [
+        (photo[:-200], 400),
+        (png[:-20], 400),
+        (bomb, 413),
+        (b"GIF89a....", 415),
+        (b"", 400),
+        (photo, 413, 1000),
+    ]
+    for data, status, *limit in cases:
+        with pytest.raises(BadImage) as bad:
+            decode_image(data, *limit)
+        assert bad.value.status == status and "\n" not in str(bad.value)
+    with pytest.raises(SsdTrtError, match="both --min-replicas"):
+        ServeConfig(min_replicas=1).check()
+    with pytest.raises(SsdTrtError, match="between 0 and"):
+        ServeConfig(min_replicas=3, max_replicas=2).check()
+    ServeConfig(min_replicas=0, max_replicas=4).check()
