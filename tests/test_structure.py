@@ -21,6 +21,7 @@ FLOORS = [
     {"runtime"},
     {"detector"},
     {"video"},
+    {"scale"},
     {"quality"},
     {"cli"},
 ]

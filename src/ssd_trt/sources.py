@@ -289,6 +289,11 @@ class ImageSource(Source):
         self._next = 0
         self._index = 0
 
+    @property
+    def paths(self) -> list[Path]:
+        """The image files, in the order they are read."""
+        return list(self._paths)
+
     def read(self) -> Frame | None:
         while self._next < len(self._paths):
             path = self._paths[self._next]

@@ -7,11 +7,13 @@ backend shows up here by itself.
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..contract import NMS_MODES, PRECISIONS
 from ..detector import DEFAULT_MODEL
 from ..precision.trt_compat import FLAVOURS
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
+from ..video.multi import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
 
 
 def positive_int(text: str) -> int:
@@ -132,7 +134,13 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated class names or ids to keep")
     out = p.add_argument_group("outputs")
     out.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
-    out.add_argument("--json", help="write one JSON line per frame here")
+    out.add_argument(
+        "--json",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="write one JSON line per frame here (with --output-dir: no FILE, DIR/NAME.jsonl)",
+    )
     out.add_argument(
         "--serve",
         metavar="HOST:PORT",
@@ -165,6 +173,36 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
             "--max-frames); frame numbers go on counting",
         )
     return p
+
+
+def many_sources_group(p: argparse.ArgumentParser) -> None:
+    """``detect`` over many sources at once (video/multi.py): outputs per source, one batch."""
+    g = p.add_argument_group("many sources")
+    g.add_argument("--sources", metavar="FILE", help="read more sources from FILE, one a line")
+    g.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="per-source outputs: DIR/NAME.mp4 and, with --json, DIR/NAME.jsonl (NAME from the "
+        "source, made unique); required with several sources",
+    )
+    g.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=DEFAULT_MAX_BATCH,
+        help="frames of all sources per inference call (default: %(default)s)",
+    )
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=DEFAULT_MAX_WAIT_MS,
+        help="close a batch this long after its first frame (default: %(default)g)",
+    )
+    g.add_argument(
+        "--ray",
+        action="store_true",
+        help="spread the sources over a Ray cluster with Ray Data (pip install 'ssd-trt[ray]')",
+    )
+    g.add_argument("--address", help="with --ray: the cluster to join (default: a local Ray)")
 
 
 # ------------------------------------------------------------------------------------ verbs
@@ -236,10 +274,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "source",
-        nargs="?",
-        help="video file, stream URL, webcam index, image, dir or glob "
+        nargs="*",
+        help="video files, stream URLs, webcam indexes, images, dirs or globs, in any mix "
         "(default: the sample video, bikes.mp4, fetched once)",
     )
+    many_sources_group(p)
+
+    p = verb(
+        "serve",
+        "serve detection over HTTP with Ray Serve",
+        "A Ray Serve application: POST /detect with JPEG or PNG bytes returns the detections "
+        "as one JSON line's record; GET /healthz. Starts a local Ray on 127.0.0.1 unless "
+        "--address joins a cluster. Ctrl-C stops it. Needs pip install 'ssd-trt[ray]'.",
+    )
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="registry name, exported .onnx or engine (default: %(default)s)",
+    )
+    backend_group(p)
+    detection_group(p, 0.5)
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    net.add_argument("--port", type=positive_int, default=8000, help="(default: %(default)s)")
+    net.add_argument(
+        "--token",
+        default=os.environ.get("SSD_TRT_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on /detect (default: $SSD_TRT_TOKEN)",
+    )
+    net.add_argument(
+        "--max-body-mb", type=float, default=20.0, help="largest accepted image (default: 20)"
+    )
+    cluster = p.add_argument_group("cluster")
+    cluster.add_argument("--address", help="join this Ray cluster (default: start a local Ray)")
+    cluster.add_argument(
+        "--replicas", type=positive_int, default=1, help="replicas (default: %(default)s)"
+    )
+    cluster.add_argument("--min-replicas", type=int, help="autoscale from this many ...")
+    cluster.add_argument("--max-replicas", type=positive_int, help="... to this many")
+    cluster.add_argument(
+        "--max-batch", type=positive_int, default=8, help="images per batch (default: 8)"
+    )
+    cluster.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=10.0,
+        help="wait this long for a batch to fill (default: %(default)g)",
+    )
+
+    p = verb(
+        "triton-repo",
+        "write a Triton Inference Server model repository",
+        "Write DIR/NAME/config.pbtxt (dynamic batching; input and output names, types and dims "
+        "from the ONNX) and DIR/NAME/1/model.onnx (platform onnxruntime_onnx) or, for an engine "
+        "from 'ssd-trt build', 1/model.plan (tensorrt_plan).",
+    )
+    p.add_argument("model", help="exported .onnx, registry name or built engine")
+    p.add_argument("dir", help="the model repository folder (created if needed)")
+    p.add_argument("--name", help="model name in the repository (default: the model's)")
+    p.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=8,
+        help="max_batch_size for an ONNX (an engine's is its profile's max; default: 8)",
+    )
+    p.add_argument("--force", action="store_true", help="replace DIR/NAME if it exists")
 
     p = verb(
         "webcam",

@@ -26,6 +26,7 @@ from ..quality.report import write_json
 from ..runtime.select import canonical_backend
 from ..store import ArtifactStore, Calibration
 from ..video.app import FoundSummary, VideoJob, parse_hostport, run_video
+from ..video.multi import MultiJob, read_source_list, run_multi
 from ..video.outputs import FrameResult
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
 
 
 def _video(args: argparse.Namespace, source: str | int) -> int:
+    if args.json == "":  # --json without FILE is for --output-dir
+        raise SsdTrtError("--json needs a FILE for one source (or pass --output-dir DIR)")
     job = VideoJob(
         source=source,
         output=Path(args.output) if args.output else None,
@@ -118,8 +121,59 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    source = args.source or str(ArtifactStore(args.cache_dir).sample_video())
+    specs = list(args.source) + (read_source_list(Path(args.sources)) if args.sources else [])
+    if args.ray or args.output_dir or len(specs) > 1:
+        return _many(args, specs)
+    source = specs[0] if specs else str(ArtifactStore(args.cache_dir).sample_video())
     return _video(args, source)
+
+
+def _many(args: argparse.Namespace, specs: list[str]) -> int:
+    """Several sources: per-source outputs in --output-dir, frames batched across sources
+    (video/multi.py), or spread over a Ray cluster with --ray (scale/batch.py)."""
+    if not specs:
+        raise SsdTrtError("no sources given; pass files, folders, URLs or cameras, or --sources")
+    if not args.output_dir:
+        raise SsdTrtError("several sources write per-source files: pass --output-dir DIR")
+    if args.json:
+        raise SsdTrtError(
+            f"with --output-dir, --json takes no FILE ({args.json!r}): each source gets "
+            "DIR/NAME.jsonl; put --json after the sources"
+        )
+    if args.output:
+        raise SsdTrtError("--output is for one source; with --output-dir each gets DIR/NAME.mp4")
+    if args.ray:
+        from ..scale.batch import RayBatchJob, run_ray_batch
+
+        stats = run_ray_batch(
+            RayBatchJob(
+                sources=tuple(specs),
+                output_dir=Path(args.output_dir),
+                json=args.json == "",
+                address=args.address,
+                model=args.model,
+                backend=args.backend,
+                score_threshold=args.score_threshold,
+                max_frames=args.max_frames,
+                max_batch=args.max_batch,
+            )
+        )
+    else:
+        stats = run_multi(
+            MultiJob(
+                sources=tuple(specs),
+                output_dir=Path(args.output_dir),
+                json=args.json == "",
+                serve=parse_hostport(args.serve) if args.serve else None,
+                realtime=args.realtime,
+                max_frames=args.max_frames,
+                max_batch=args.max_batch,
+                max_wait_ms=args.batch_wait_ms,
+            ),
+            _detector_factory(args),
+        )
+    log.info("%s", stats.summary())
+    return EXIT_OK
 
 
 def cmd_webcam(args: argparse.Namespace) -> int:
@@ -302,6 +356,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ..scale.serving import ServeConfig, serve_until_interrupted
+
+    serve_until_interrupted(
+        ServeConfig(
+            model=args.model,
+            backend=args.backend,
+            score_threshold=args.score_threshold,
+            cache_dir=args.cache_dir,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            replicas=args.replicas,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            max_batch=args.max_batch,
+            batch_wait_s=args.batch_wait_ms / 1000,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            address=args.address,
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from ..contract import is_engine
+    from ..scale.triton import write_repository
+
+    model = Path(args.model)
+    if not model.is_file() or not (is_engine(model) or model.suffix == ONNX_SUFFIX):
+        model = ArtifactStore(args.cache_dir).onnx(args.model)
+    folder = write_repository(
+        model, Path(args.dir), name=args.name, max_batch=args.max_batch, force=args.force
+    )
+    print(f"wrote {folder}/config.pbtxt and {folder}/1/")
+    return EXIT_OK
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": cmd_models,
     "fetch": cmd_fetch,
@@ -312,4 +404,6 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "compare": cmd_compare,
     "eval": cmd_eval,
     "bench": cmd_bench,
+    "triton-repo": cmd_triton_repo,
+    "serve": cmd_serve,
 }

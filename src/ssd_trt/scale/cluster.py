@@ -1,0 +1,103 @@
+"""Joining or starting Ray, and shipping a model to its workers. Ray is imported lazily so the
+rest of the package works without the ``[ray]`` extra."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from ..contract import is_engine
+from ..errors import SsdTrtError, require
+from ..precision.engine import sidecar_path
+from ..store import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+# Ray swaps 127.0.0.1 for the machine's network address when it resolves a cluster address
+# (services.resolve_ip_for_localhost) unless this is off; with it off, "127.0.0.1:port" stays on
+# loopback. Read when ray is imported, so set before that (tests and --loopback).
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def ray_module() -> ModuleType:
+    return require("ray", "ray")
+
+
+@dataclass
+class RaySession:
+    """A connection to Ray. ``started``: we started this Ray (close stops its processes);
+    ``connected``: we called ray.init (close disconnects). A caller already connected keeps
+    its connection."""
+
+    address: str | None
+    started: bool = False
+    connected: bool = True
+
+    def close(self) -> None:
+        ray = ray_module()
+        if self.connected and ray.is_initialized():
+            ray.shutdown()
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> RaySession:
+    """Join the cluster at ``address``, or start a local Ray on 127.0.0.1 (nothing listens on
+    the network: every Ray process binds loopback)."""
+    ray = ray_module()
+    if ray.is_initialized():
+        return RaySession(address, started=False, connected=False)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+            return RaySession(address)
+        ray.init(
+            address="local",  # a new Ray of our own, never one found on this host
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+        )
+        return RaySession(None, started=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = address or "a local Ray"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SsdTrtError(f"cannot start or join {where}: {first}") from None
+
+
+def has_gpus() -> bool:
+    return ray_module().cluster_resources().get("GPU", 0) >= 1
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model's files by name (the ONNX, or an engine and its ``.json`` sidecar), so workers on
+    other hosts need no shared file system and no TensorFlow to export."""
+
+    files: dict[str, bytes]
+    main: str
+
+    @classmethod
+    def resolve(cls, model: str | Path, cache_dir: str | Path | None = None) -> ModelFiles:
+        path = Path(model)
+        if is_engine(path):
+            if not path.is_file():
+                raise SsdTrtError(f"engine {path} does not exist")
+            side = sidecar_path(path)
+            files = {path.name: path.read_bytes(), side.name: side.read_bytes()}
+            return cls(files, path.name)
+        onnx = ArtifactStore(cache_dir).onnx(model)  # exports a registry name once, here
+        return cls({onnx.name: onnx.read_bytes()}, onnx.name)
+
+    def materialize(self) -> Path:
+        """Write the files into a fresh private folder; the main file's path."""
+        folder = Path(tempfile.mkdtemp(prefix="ssd-trt-model-"))
+        for name, data in self.files.items():
+            (folder / name).write_bytes(data)
+        return folder / self.main
+
+
+def pid() -> int:
+    return os.getpid()

@@ -1,0 +1,215 @@
+"""Many sources on one host (video/multi.py): real files, images and an RTSP stream at once,
+batched into shared inference calls, with per-source outputs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import error_line, run_cli
+from test_sources import _free_port, rtsp_server  # noqa: F401 - the RTSP server fixture
+
+from ssd_trt.detector import Detector
+from ssd_trt.errors import SsdTrtError
+from ssd_trt.video.multi import (
+    MultiJob,
+    StreamSettings,
+    read_source_list,
+    run_multi,
+    source_name,
+    unique_names,
+)
+
+MODEL = "ssdlite_mobilenet_v2_coco"
+
+
+def test_source_names_are_unique_and_file_safe(tmp_path: Path) -> None:
+    specs = [
+        "/data/cams/front door.mp4",
+        "/other/front door.mp4",
+        "rtsp://127.0.0.1:8554/live",
+        "rtsp://user:pw@10.0.0.5/cam/1",
+        "3",
+        "/photos/",
+        "front door",
+    ]
+    assert unique_names(specs) == [
+        "front_door",
+        "front_door-2",
+        "127.0.0.1_8554_live",
+        "10.0.0.5_cam_1",
+        "camera3",
+        "photos",
+        "front_door-3",
+    ]
+    assert source_name("rtsp://h") == "h"
+    listing = tmp_path / "list.txt"
+    listing.write_text("# cameras\n a.mp4 \n\nrtsp://x/y\n")
+    assert read_source_list(listing) == ["a.mp4", "rtsp://x/y"]
+    listing.write_text("# nothing\n")
+    with pytest.raises(SsdTrtError, match="lists no source"):
+        read_source_list(listing)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _video_frames(path: Path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    return count
+
+
+@pytest.fixture
+def photo_dir(coco_mini: Path) -> Path:
+    return coco_mini / "images"
+
+
+def test_four_real_sources_batched_and_a_killed_rtsp_source_reconnects(
+    tmp_path,
+    exported,
+    bikes_video,
+    vtest_video,
+    photo_dir,
+    rtsp_server,  # noqa: F811
+) -> None:
+    onnx = exported(MODEL)
+    limit = 120
+    specs = (str(bikes_video), str(vtest_video), str(photo_dir), rtsp_server.url)
+    names = unique_names(specs)
+    rtsp = 3
+    events: dict[str, float] = {}
+    delivered: list[tuple[int, float]] = []  # (source, time) of every frame written
+    lock = threading.Lock()
+
+    def restart() -> None:
+        rtsp_server.start()
+        events["restarted"] = time.monotonic()
+
+    def on_frame(index: int, result, annotated) -> None:
+        now = time.monotonic()
+        with lock:
+            delivered.append((index, now))
+            rtsp_frames = sum(1 for i, _ in delivered if i == rtsp)
+        if index == rtsp and rtsp_frames == 10 and "killed" not in events:
+            events["killed"] = now
+            rtsp_server.kill()
+            threading.Timer(1.0, restart).start()
+        if index == rtsp and "restarted" in events and "back" not in events:
+            events["back"] = now
+
+    # Reconnect quickly for the test (the defaults back off for up to 8 s).
+    streams = StreamSettings(reconnect_attempts=12, backoff_s=0.2, max_backoff_s=0.5, timeout_s=3)
+    job = MultiJob(
+        sources=specs, output_dir=tmp_path / "out", json=True, max_frames=limit, streams=streams
+    )
+    stats = run_multi(job, lambda: Detector(onnx, "cpu"), on_frame=on_frame)
+
+    out = tmp_path / "out"
+    per = stats.sources
+    # Files and images never drop: every frame, in order, one jsonl line each.
+    for name, expected in ((names[0], limit), (names[1], limit), (names[2], 16)):
+        lines = _jsonl(out / f"{name}.jsonl")
+        assert [r["frame"] for r in lines] == list(range(expected)), name
+        assert per[name].frames == expected and per[name].dropped == 0
+        assert _video_frames(out / f"{name}.mp4") == expected
+    assert [r["name"] for r in _jsonl(out / f"{names[2]}.jsonl")] == sorted(
+        p.name for p in photo_dir.glob("*.jpg")
+    )
+    # The RTSP source: killed, reconnected, and then delivered more; its jsonl has one line per
+    # frame it delivered, indexes increasing (stale frames may be dropped between them).
+    live = per[names[3]]
+    assert live.reconnects >= 1 and "back" in events, (live, events)
+    lines = _jsonl(out / f"{names[3]}.jsonl")
+    assert len(lines) == live.frames == limit
+    assert all(b["frame"] > a["frame"] for a, b in zip(lines, lines[1:], strict=False))
+    assert _video_frames(out / f"{names[3]}.mp4") == live.frames
+    # While the stream was down, the other sources kept going.
+    during = [i for i, t in delivered if events["killed"] < t < events["back"]]
+    assert {0, 1} <= set(during), "files stalled while the RTSP source was reconnecting"
+    # Frames of different sources shared inference calls.
+    assert stats.mean_batch > 1.5, stats.summary()
+
+    # Each answer equals the detector's on that frame alone (batching changes nothing).
+    frames = []
+    cap = cv2.VideoCapture(str(bikes_video))
+    for _ in range(5):
+        frames.append(cap.read()[1])
+    cap.release()
+    with Detector(onnx, "cpu") as detector:
+        alone = [detector.detect(f).to_dicts() for f in frames]
+    batched = [r["detections"] for r in _jsonl(out / f"{names[0]}.jsonl")[:5]]
+    for a, b in zip(alone, batched, strict=True):
+        assert [d["label"] for d in a] == [d["label"] for d in b]
+        for da, db in zip(a, b, strict=True):
+            assert np.allclose(da["box"], db["box"], atol=1.0)
+            assert abs(da["score"] - db["score"]) < 1e-3
+
+
+def test_cli_sources_file_output_dir_and_grid(tmp_path, exported, bikes_video, photo_dir) -> None:
+    onnx = exported(MODEL)
+    listing = tmp_path / "cams.txt"
+    listing.write_text(f"{photo_dir}\n{bikes_video}\n")
+    out = tmp_path / "out"
+    proc = run_cli(
+        "detect",
+        str(bikes_video),
+        "--sources",
+        str(listing),
+        "--model",
+        str(onnx),
+        "--backend",
+        "cpu",
+        "--no-show",
+        "--max-frames",
+        "12",
+        "--output-dir",
+        str(out),
+        "--json",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # The same video twice gets two names; every output is complete, no temp file is left.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bikes-2.jsonl",
+        "bikes-2.mp4",
+        "bikes.jsonl",
+        "bikes.mp4",
+        "images.jsonl",
+        "images.mp4",
+    ]
+    assert len(_jsonl(out / "bikes-2.jsonl")) == 12 and len(_jsonl(out / "images.jsonl")) == 12
+
+    # A file after --json with --output-dir is a mistake the user hears about in one line.
+    bad = run_cli("detect", str(bikes_video), "--output-dir", str(out), "--json", "x.jsonl")
+    assert bad.returncode == 2 and "--json takes no FILE" in error_line(bad)
+
+    # --serve shows all streams as one grid: 2 sources -> 2x1 tiles of 480x270.
+    seen: dict[str, tuple] = {}
+    url = f"http://127.0.0.1:{_free_port()}/frame.jpg"
+
+    def grab(index, result, annotated) -> None:
+        if "shape" not in seen and result.frame.index == 8:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                image = cv2.imdecode(np.frombuffer(resp.read(), np.uint8), cv2.IMREAD_COLOR)
+            seen["shape"] = image.shape
+
+    job = MultiJob(
+        sources=(str(bikes_video), str(photo_dir)),
+        output_dir=tmp_path / "grid",
+        video=False,
+        serve=("127.0.0.1", int(url.split(":")[2].split("/")[0])),
+        max_frames=10,
+    )
+    run_multi(job, lambda: Detector(onnx, "cpu"), on_frame=grab)
+    assert seen["shape"] == (270, 960, 3)
