@@ -180,7 +180,8 @@ class ChunkDetector:
                         record["name"] = frame.name
                     jpeg = b""
                     if self.job.video:
-                        drawn = draw_detections(frame.image.copy(), d)
+                        drawn = frame.image.copy()
+                        draw_detections(drawn, d)
                         ok, buf = self.cv2.imencode(
                             ".jpg", drawn, [self.cv2.IMWRITE_JPEG_QUALITY, 92]
                         )

@@ -39,7 +39,7 @@ from ..detector import Detector
 from ..errors import SsdTrtError, require
 from ..sources import STREAM_PREFIXES, Frame, PacedSource, Source, open_source
 from .outputs import FrameResult, JsonLinesOutput, Output, VideoOutput
-from .overlay import draw_banner, draw_detections
+from .overlay import draw_frame
 from .serve import MjpegServer
 
 log = logging.getLogger(__name__)
@@ -331,8 +331,8 @@ class MultiPipeline:
                 frame, dets, infer_ms, captured = item
                 image = frame.image
                 if self.draw:
-                    image = draw_detections(image.copy(), dets)
-                    draw_banner(image, fps.value, infer_ms, self.detector.backend_name)
+                    image = image.copy()
+                    draw_frame(image, dets, fps.value, infer_ms, self.detector.backend_name)
                 result = FrameResult(
                     frame=frame,
                     detections=dets,
