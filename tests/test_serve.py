@@ -414,6 +414,7 @@ def test_cli_detect_serves_annotated_video(exported, bikes_video: Path, tmp_path
             f"127.0.0.1:{port}",
             "--no-show",
             "--sync",
+            "--loop",  # keeps serving until the test stops it, however fast this machine is
             "-q",
         ],
         stderr=subprocess.PIPE,
