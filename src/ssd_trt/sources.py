@@ -47,7 +47,6 @@ class Source:
     def __init__(self, description: str) -> None:
         self.description = description
         self.fps: float | None = None  # nominal rate, if the container or device says
-        self.size: tuple[int, int] | None = None  # (width, height), if known up front
         self.frames_skipped = 0  # unreadable frames or images, counted and skipped
         self.reconnects = 0
         self.frame_count: int | None = None  # total frames, where known (files, images)
@@ -72,13 +71,11 @@ class Source:
         return f"{type(self).__name__}({self.description!r})"
 
 
-def _capture_info(cv2: Any, cap: Any) -> tuple[float | None, tuple[int, int] | None]:
-    """Nominal fps and (w, h) from a capture; None where the backend reports nothing sane."""
+def _capture_fps(cv2: Any, cap: Any) -> float | None:
+    """Nominal fps of a capture; None where the backend reports nothing sane."""
     fps = cap.get(cv2.CAP_PROP_FPS)
-    w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     # Streams without timing info report 0, -1 or absurd values like 90000 (the RTP clock).
-    good_fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else None
-    return good_fps, ((w, h) if w > 0 and h > 0 else None)
+    return fps if math.isfinite(fps) and 0 < fps <= 1000 else None
 
 
 class _CaptureSource(Source):
@@ -116,7 +113,7 @@ class FileSource(_CaptureSource):
                 "check that it is a complete video file in a format FFmpeg reads"
             )
         self._pending = image  # the probe frame is frame 0: hand it out on the first read
-        self.fps, self.size = _capture_info(cv2, self._cap)
+        self.fps = _capture_fps(cv2, self._cap)
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
 
@@ -174,7 +171,7 @@ class WebcamSource(_CaptureSource):
             raise SsdTrtError(
                 f"no camera at index {index}; check that a webcam is connected or pass a video file"
             )
-        self.fps, self.size = _capture_info(self._cv2, self._cap)
+        self.fps = _capture_fps(self._cv2, self._cap)
         self._index = 0
         self._t0 = time.monotonic()
 
@@ -223,7 +220,7 @@ class StreamSource(_CaptureSource):
             raise SsdTrtError(
                 f"cannot open stream URL: {url}; check the URL and that the server is up"
             )
-        self.fps, self.size = _capture_info(self._cv2, self._cap)
+        self.fps = _capture_fps(self._cv2, self._cap)
 
     def _open(self) -> Any | None:
         cv2 = self._cv2
@@ -327,7 +324,7 @@ class PacedSource(Source):
     def __init__(self, inner: Source, fps: float) -> None:
         super().__init__(f"{inner.description} at {fps:g} fps")
         self.inner, self.interval = inner, 1.0 / fps
-        self.fps, self.size, self.frame_count = fps, inner.size, inner.frame_count
+        self.fps, self.frame_count = fps, inner.frame_count
         self._due: float | None = None
 
     def read(self) -> Frame | None:
