@@ -19,17 +19,17 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ssd_trt.contract import ModelInfo
 from ssd_trt.errors import SsdTrtError, require
 from ssd_trt.nms import NmsSettings
-from ssd_trt.preprocess import PreprocessConfig
 
 from ..cuda_graph import cudart
 from . import kernels as gpu_kernels
+from .ort_network import ModelSpec, NetworkRunner, OrtNetwork, first_line, fp16_model_bytes
 from .trt_network import TensorRTNetwork
 
 log = logging.getLogger(__name__)
@@ -45,211 +45,9 @@ OVERLAP_MIN_BATCH = 8
 MAX_GRAPHS = 64
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
-
-
 def _is_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "out_of_memory" in text or "out of memory" in text or "failed to allocate" in text
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the fast path needs from the exported ONNX's ``ssd_trt.*`` metadata (contract)."""
-
-    preprocess: PreprocessConfig
-    nms: NmsSettings
-
-
-class NetworkRunner(Protocol):
-    """The network for one batch size on the fast path's stream and device buffers: ONNX
-    Runtime's CUDA provider (``_Network``) or a TensorRT engine (trt_network.TensorRTNetwork)."""
-
-    batch: int
-    dtypes: dict[str, np.dtype]
-    anchors: int
-    classes: int
-    ptr: dict[str, int]
-
-    def warm_up(self, stream: Any, runs: int = 3) -> None: ...
-    def run(self) -> None: ...
-    def close(self, stream: Any) -> None: ...
-
-
-def _ancestors(graph: Any, names: Sequence[str]) -> set[str]:
-    """First output names of the nodes the tensors ``names`` depend on (protobuf node objects
-    are not stable under ``id``)."""
-    producer = {o: n for n in graph.node for o in n.output}
-    seen: set[str] = set()
-    stack = [producer[x] for x in names if x in producer]
-    while stack:
-        node = stack.pop()
-        if node.output[0] in seen:
-            continue
-        seen.add(node.output[0])
-        stack += [producer[x] for x in node.input if x in producer]
-    return seen
-
-
-def fp16_model_bytes(onnx_path: Path, *, keep_fp32: str = "none") -> bytes:
-    """The network in float16, inputs and outputs included.
-
-    The preprocess kernel writes float16 and the NMS kernels read float16 boxes and scores, so
-    no Cast surrounds the network (the first conversion, float32 heads, box decoding, sigmoid
-    and float32 inputs/outputs, ran slower than float32 on an H100). ``keep_fp32``: "none"
-    (everything float16), "box_decode" (the nodes only the ``boxes`` output needs after the
-    convolutions stay float32), "heads" (every node after the convolutions stays float32).
-    """
-    onnx = require("onnx", "export")
-    float16 = require("onnxruntime.transformers.float16", "gpu")
-    model = onnx.load(str(onnx_path))
-    graph = model.graph
-    convs = [n.output[0] for n in graph.node if n.op_type == "Conv"]
-    backbone = _ancestors(graph, convs) | set(convs)
-    if keep_fp32 == "none":
-        keep: set[str] = set()
-    elif keep_fp32 == "box_decode":
-        keep = _ancestors(graph, ["boxes"]) - _ancestors(graph, ["scores"])
-    elif keep_fp32 == "heads":
-        keep = {n.output[0] for n in graph.node}
-    else:
-        raise SsdTrtError(f"keep_fp32 is none, box_decode or heads, not {keep_fp32!r}")
-    block = [
-        n.name
-        for n in graph.node
-        if n.output[0] in keep and n.op_type != "Conv" and n.output[0] not in backbone and n.name
-    ]
-    converted = float16.convert_float_to_float16(
-        model,
-        keep_io_types=False,
-        node_block_list=block or None,
-        disable_shape_infer=False,
-    )
-    # Some converter versions insert the same Cast once per consumer, under one node name and
-    # one output name: keep the first of such identical Casts, and make node names unique.
-    produced: dict[str, Any] = {}
-    names: set[str] = set()
-    kept = []
-    for i, node in enumerate(converted.graph.node):
-        twin = produced.get(node.output[0]) if node.output else None
-        if twin is not None and node.op_type == "Cast" and twin.input == node.input:
-            continue
-        for out in node.output:
-            produced[out] = node
-        if node.name in names:
-            node.name = f"{node.name}_{i}"
-        names.add(node.name)
-        kept.append(node)
-    del converted.graph.node[:]
-    converted.graph.node.extend(kept)
-    return converted.SerializeToString()
-
-
-class _Network:
-    """One ORT session for one batch size, bound to fixed device buffers on our stream."""
-
-    def __init__(
-        self,
-        ort: Any,
-        model: bytes | str,
-        batch: int,
-        spec: ModelSpec,
-        device: Any,
-        stream: Any,
-        *,
-        cuda_graphs: bool,
-        tf32: bool,
-        extra_provider_options: dict[str, str],
-    ) -> None:
-        self.batch = batch
-        self.buffers: list[Any] = []
-        options = {
-            "device_id": str(device.device_id),
-            "user_compute_stream": str(int(stream.handle)),
-            "has_user_compute_stream": "1",
-            "enable_cuda_graph": "1" if cuda_graphs else "0",
-            "use_tf32": "1" if tf32 else "0",
-            **extra_provider_options,
-        }
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                model, so, providers=[("CUDAExecutionProvider", options)]
-            )
-        except Exception as exc:
-            raise SsdTrtError(f"ONNX Runtime cannot load the network: {_first_line(exc)}") from exc
-        if self.session.get_providers()[0] != "CUDAExecutionProvider":
-            raise SsdTrtError("ONNX Runtime did not take the CUDA execution provider")
-        by_name = {t.name: t for t in self.session.get_inputs() + self.session.get_outputs()}
-        missing = {"images", "boxes", "scores"} - set(by_name)
-        if missing:
-            raise SsdTrtError(
-                f"the network lacks {sorted(missing)}; the fast path needs an '--nms none' export"
-            )
-        self.dtypes = {n: _np_dtype(by_name[n].type) for n in ("images", "boxes", "scores")}
-        self.anchors, self.classes = _static_dims(by_name["scores"].shape[1:], "scores")
-        h, w = spec.preprocess.height, spec.preprocess.width
-        shapes = {
-            "images": (batch, 3, h, w),
-            "boxes": (batch, self.anchors, 4),
-            "scores": (batch, self.anchors, self.classes),
-        }
-        self.ptr: dict[str, int] = {}
-        try:
-            for name, shape in shapes.items():
-                size = int(np.prod(shape)) * self.dtypes[name].itemsize
-                buf = device.allocate(size, stream=stream)
-                self.buffers.append(buf)
-                self.ptr[name] = int(buf.handle)
-        except Exception:
-            self.close(stream)
-            raise
-        # Padding images of a partial batch must be finite: zero the input once.
-        _driver_call("cuMemsetD8Async", self.ptr["images"], 0, self.buffers[0].size, stream)
-        self.binding = self.session.io_binding()
-        self.binding.bind_input(
-            "images", "cuda", device.device_id, self.dtypes["images"], shapes["images"],
-            self.ptr["images"],
-        )  # fmt: skip
-        for name in ("boxes", "scores"):
-            self.binding.bind_output(
-                name, "cuda", device.device_id, self.dtypes[name], shapes[name], self.ptr[name]
-            )
-        self.run_options = ort.RunOptions()
-        # Our stream orders everything; ORT must not wait for its stream after each run.
-        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-
-    def warm_up(self, stream: Any, runs: int = 3) -> None:
-        """Regular runs, then the CUDA graph capture (ORT captures on an early run)."""
-        for _ in range(runs):
-            self.run()
-        stream.sync()
-
-    def run(self) -> None:
-        self.session.run_with_iobinding(self.binding, self.run_options)
-
-    def close(self, stream: Any) -> None:
-        self.__dict__.pop("binding", None)
-        self.__dict__.pop("session", None)
-        for buf in self.buffers:
-            buf.close(stream)
-        self.buffers.clear()
-
-
-def _np_dtype(ort_type: str) -> np.dtype:
-    table = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-    if ort_type not in table:
-        raise SsdTrtError(f"the fast path reads float32 or float16 tensors, not {ort_type}")
-    return np.dtype(table[ort_type])
-
-
-def _static_dims(dims: Sequence[Any], name: str) -> tuple[int, int]:
-    if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
-        raise SsdTrtError(f"output {name} needs static [A, C] dimensions, not {list(dims)}")
-    return int(dims[0]), int(dims[1])
 
 
 def _dtype_name(dtype: np.dtype) -> str:
@@ -477,7 +275,7 @@ class GpuFastPath:
             self.device.set_current()
         except Exception as exc:
             raise SsdTrtError(
-                f"no usable NVIDIA GPU {device_id} ({_first_line(exc)}); the fast path needs "
+                f"no usable NVIDIA GPU {device_id} ({first_line(exc)}); the fast path needs "
                 "one, with: pip install 'ssd-trt[gpu]'"
             ) from exc
         self.stream = self.device.create_stream()
@@ -635,7 +433,7 @@ class GpuFastPath:
         try:
             net.run()
         except Exception as exc:
-            raise SsdTrtError(f"the network failed on the GPU: {_first_line(exc)}") from exc
+            raise SsdTrtError(f"the network failed on the GPU: {first_line(exc)}") from exc
 
     def _issue_tail(self, slot: _Slot, net: NetworkRunner, n: int) -> None:
         """After the network: NMS, the download of the top-K rows, the batch's last event."""
@@ -689,7 +487,7 @@ class GpuFastPath:
             if graph is not None and int(graph):
                 drv.cuGraphDestroy(graph)
             cudart().cudaGetLastError()  # leave no error pending for ONNX Runtime's next call
-            log.info("graph capture failed: %s", _first_line(failed) if failed else err)
+            log.info("graph capture failed: %s", first_line(failed) if failed else err)
             return None
         err, exe = drv.cuGraphInstantiate(graph, 0)
         drv.cuGraphDestroy(graph)
@@ -878,7 +676,7 @@ class GpuFastPath:
                 raise SsdTrtError(
                     f"{what} ({size / 2**20:.0f} MiB) do not fit in GPU memory; use smaller batches"
                 ) from None
-            raise SsdTrtError(f"GPU allocation failed: {_first_line(exc)}") from exc
+            raise SsdTrtError(f"GPU allocation failed: {first_line(exc)}") from exc
 
     def _launch_nms(self, net: NetworkRunner, n: int) -> None:
         """Five kernels: a coarse score histogram and the candidate list above the cut, both
@@ -951,8 +749,12 @@ class GpuFastPath:
                     f"a batch of {batch} does not fit in GPU memory; use smaller batches"
                 ) from None
             raise SsdTrtError(
-                f"cannot set up the batch-{batch} network: {_first_line(exc)}"
+                f"cannot set up the batch-{batch} network: {first_line(exc)}"
             ) from exc
+        # Padding images of a partial batch must be finite: zero the input once.
+        cfg = self.spec.preprocess
+        size = batch * 3 * cfg.height * cfg.width * net.dtypes["images"].itemsize
+        _driver_call("cuMemsetD8Async", net.ptr["images"], 0, size, self.stream)
         try:
             net.warm_up(self.stream)
         except Exception as exc:
@@ -961,7 +763,7 @@ class GpuFastPath:
                 raise SsdTrtError(
                     f"a batch of {batch} does not fit in GPU memory; use smaller batches"
                 ) from None
-            raise SsdTrtError(f"the batch-{batch} network failed: {_first_line(exc)}") from exc
+            raise SsdTrtError(f"the batch-{batch} network failed: {first_line(exc)}") from exc
         if net.classes > gpu_kernels.MAX_CLASSES:
             net.close(self.stream)
             raise SsdTrtError(f"the fast path handles up to {gpu_kernels.MAX_CLASSES} classes")
@@ -979,7 +781,7 @@ class GpuFastPath:
                 self.stream,
                 cuda_graphs=self._cuda_graphs,
             )
-        return _Network(
+        return OrtNetwork(
             self._ort,
             self._model,
             batch,
