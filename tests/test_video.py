@@ -321,6 +321,7 @@ def test_missing_camera_is_a_clear_error(coco_onnx):
 
 def test_help_on_every_verb():
     verbs = ("models", "fetch", "export", "detect", "webcam", "build", "compare", "eval", "bench")
+    verbs += ("serve", "triton-repo")
     listed = cli("--help")
     assert listed.returncode == 0
     for verb in verbs:
