@@ -54,7 +54,7 @@ class LoopSource(Source):
             self._inner.close()
             raise SsdTrtError("--loop is for files and images; live sources do not end")
         super().__init__(f"{self._inner.description} (looped)")
-        self.fps, self.size = self._inner.fps, self._inner.size
+        self.fps = self._inner.fps
         self.passes = 1
         self._index = 0
         self._offset = 0.0  # media time of the passes before this one
