@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from ..contract import ONNX_SUFFIX, PRECISIONS, parse_precisions
+from ..contract import ONNX_SUFFIX, PRECISIONS, is_engine, parse_precisions
 from ..detector import Detector
 from ..errors import SsdTrtError
 from ..fsutil import atomic_write
@@ -24,6 +24,9 @@ from ..quality.compare import compare, load_images, parse_per_key
 from ..quality.evaluate import evaluate, load_annotations
 from ..quality.report import write_json
 from ..runtime.select import canonical_backend
+from ..scale.batch import RayBatchJob, run_ray_batch
+from ..scale.serving import ServeConfig, serve_until_interrupted
+from ..scale.triton import write_repository
 from ..store import ArtifactStore, Calibration
 from ..video.app import FoundSummary, VideoJob, parse_hostport, run_video
 from ..video.multi import MultiJob, read_source_list, run_multi
@@ -143,8 +146,6 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
     if args.output:
         raise SsdTrtError("--output is for one source; with --output-dir each gets DIR/NAME.mp4")
     if args.ray:
-        from ..scale.batch import RayBatchJob, run_ray_batch
-
         stats = run_ray_batch(
             RayBatchJob(
                 sources=tuple(specs),
@@ -357,8 +358,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..scale.serving import ServeConfig, serve_until_interrupted
-
     serve_until_interrupted(
         ServeConfig(
             model=args.model,
@@ -381,9 +380,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
-    from ..contract import is_engine
-    from ..scale.triton import write_repository
-
     model = Path(args.model)
     if not model.is_file() or not (is_engine(model) or model.suffix == ONNX_SUFFIX):
         model = ArtifactStore(args.cache_dir).onnx(args.model)

@@ -9,6 +9,7 @@ import os
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -177,7 +178,6 @@ class _PyAvH264:
     CODEC = "libx264"
 
     def __init__(self, path: Path, fps: float, size: tuple[int, int]) -> None:
-        from fractions import Fraction
 
         import av
 
