@@ -84,7 +84,7 @@ def test_labels_of_bikes_frames_are_whole_and_visible(coco_onnx, bikes_video, in
 
 
 def test_rtx_build_of_nms_onnx_fails_before_calibration(coco_onnx, calib_dir, tmp_path):
-    pytest.importorskip("tensorrt_rtx")
+    pytest.importorskip("tensorrt_rtx", reason="needs pip install 'ssd-trt[rtx]' (CI has it)")
     start = time.monotonic()
     proc = run_cli(
         "build",
@@ -538,7 +538,7 @@ def test_fuzz_onnx(person_raw_onnx, tmp_path):
 
 
 def test_fuzz_engine_sidecar(person_raw_onnx, tmp_path):
-    pytest.importorskip("tensorrt_rtx")
+    pytest.importorskip("tensorrt_rtx", reason="needs pip install 'ssd-trt[rtx]' (CI has it)")
     from ssd_trt.precision.engine import BuildOptions, build_engine
     from ssd_trt.precision.trt_compat import load_trt
 

@@ -24,7 +24,7 @@ from .precision.cpu import cpu_has_fast_fp16
 from .precision.engine import BuildOptions
 from .precision.quantize import Flavour
 from .precision.trt_compat import load_trt
-from .preprocess import check_image, preprocess
+from .preprocess import preprocess
 from .runtime.base import Backend
 from .runtime.gpu.backend import FastPathBackend
 from .runtime.ort import OnnxRuntimeBackend
@@ -193,9 +193,7 @@ class Detector:
         """A batch -> its Detections and the milliseconds of each stage (GPU stages from CUDA
         events where the backend does them on the GPU)."""
         t0 = time.perf_counter()
-        if self.backend.takes_frames:
-            for i, image in enumerate(images):
-                check_image(i, image)
+        if self.backend.takes_frames:  # it checks the frames itself
             outputs = self.backend.detect_frames(images, bgr=not self.rgb)
             stages = dict(self.backend.last_stage_ms)
             t3 = time.perf_counter()

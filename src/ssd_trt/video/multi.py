@@ -40,6 +40,7 @@ from ..errors import SsdTrtError, require
 from ..sources import STREAM_PREFIXES, Frame, PacedSource, Source, open_source
 from .outputs import FrameResult, JsonLinesOutput, Output, VideoOutput
 from .overlay import draw_frame
+from .pipeline import FpsMeter
 from .serve import MjpegServer
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ class MultiPipeline:
     # ---------------------------------------------------------------------------- emitting
 
     def _emit(self, lane: _Lane) -> None:
-        fps = _Rate()
+        fps = FpsMeter()
         try:
             while True:
                 item = lane.results.get()
@@ -407,22 +408,6 @@ class MultiPipeline:
                     except Exception as exc:
                         log.warning("closing %s failed: %s", type(out).__name__, exc)
         return self.stats
-
-
-class _Rate:
-    """Exponentially smoothed rate of tick() calls."""
-
-    def __init__(self) -> None:
-        self.last: float | None = None
-        self.value = 0.0
-
-    def tick(self) -> float:
-        now = time.perf_counter()
-        if self.last is not None and now > self.last:
-            rate = 1.0 / (now - self.last)
-            self.value = rate if self.value == 0 else 0.9 * self.value + 0.1 * rate
-        self.last = now
-        return self.value
 
 
 # ------------------------------------------------------------------------------- grid view

@@ -74,7 +74,7 @@ class RunStats:
         return f"{text}; stopped by {self.stopped_by}"
 
 
-class _Fps:
+class FpsMeter:
     """Exponentially smoothed rate of calls to tick()."""
 
     def __init__(self) -> None:
@@ -119,7 +119,7 @@ class Pipeline:
         self.on_frame = on_frame
         self.stats = RunStats()
         self._stop = threading.Event()
-        self._fps = _Fps()
+        self._fps = FpsMeter()
         self._interrupted = False
 
     # ------------------------------------------------------------------------ stage functions

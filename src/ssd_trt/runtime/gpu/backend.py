@@ -42,9 +42,7 @@ class FastPathBackend(Backend):
                 "pass the model name, or an ONNX exported with --nms none"
             )
         sizes = [b for b in (1, 2, 4, 8, 16, 32, 64) if b < max_batch] + [max_batch]
-        self.fast = GpuFastPath(
-            model, fp16=fp16, batch_sizes=sizes, nms=self.info.nms_settings, engine=engine
-        )
+        self.fast = GpuFastPath(model, fp16=fp16, batch_sizes=sizes, engine=engine, info=self.info)
 
     @property
     def last_stage_ms(self) -> dict[str, float]:

@@ -26,6 +26,7 @@ import numpy as np
 from ssd_trt.contract import ModelInfo
 from ssd_trt.errors import SsdTrtError, require
 from ssd_trt.nms import NmsSettings
+from ssd_trt.preprocess import check_image
 
 from ..cuda_graph import cudart
 from . import kernels as gpu_kernels
@@ -202,6 +203,7 @@ class GpuFastPath:
         large_batch_options: dict[str, str] | None = None,
         engine: Path | None = None,
         own_graphs: bool = True,
+        info: ModelInfo | None = None,
     ) -> None:
         self._core = require("cuda.core", "gpu")
         _load_driver()
@@ -265,7 +267,7 @@ class GpuFastPath:
         path = Path(onnx_path)
         if not path.is_file():
             raise SsdTrtError(f"{path} does not exist")
-        info = ModelInfo.from_onnx(path)
+        info = info or ModelInfo.from_onnx(path)
         self.spec = ModelSpec(info.preprocess, nms or info.nms_settings)
         convert = fp16 and engine is None  # an engine already has its precision
         self._model: bytes | str = fp16_model_bytes(path) if convert else str(path)
@@ -356,11 +358,7 @@ class GpuFastPath:
                bgr, self._nms_debug)  # fmt: skip
         graph = self._graphs.get(key)
         if graph is not None:
-            for part in graph:
-                if part is None:
-                    self._run_network(net)
-                else:
-                    _graph_launch(part, self.stream)
+            self._replay(graph, net)
             return
         seen = self._graph_seen.get(key, 0) + 1
         if len(self._graph_seen) > 4096:
@@ -372,11 +370,7 @@ class GpuFastPath:
                 self._graphs[key] = graph
                 while len(self._graphs) > MAX_GRAPHS:
                     _destroy_graph(self._graphs.pop(next(iter(self._graphs))))
-                for part in graph:
-                    if part is None:
-                        self._run_network(net)
-                    else:
-                        _graph_launch(part, self.stream)
+                self._replay(graph, net)
                 return
         self._issue_upload(slot, n, dev, total, self.stream)
         self._issue_preprocess(slot, net, n, dev, start, bgr)
@@ -445,6 +439,14 @@ class GpuFastPath:
         _check(_DRIVER.cuMemcpyDtoHAsync(slot.download.ptr, self._out_ptr, size, stream.handle),
                "D2H")  # fmt: skip
         self._record(ev[5], stream)
+
+    def _replay(self, graph: tuple[Any, ...], net: NetworkRunner) -> None:
+        """Our graphs in order; None marks where the network runs its own launch."""
+        for part in graph:
+            if part is None:
+                self._run_network(net)
+            else:
+                _graph_launch(part, self.stream)
 
     def _build_graph(
         self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
@@ -609,11 +611,7 @@ class GpuFastPath:
 
     @staticmethod
     def _checked(i: int, frame: np.ndarray) -> np.ndarray:
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise SsdTrtError(
-                f"frame {i} has shape {frame.shape} and dtype {frame.dtype}; "
-                "expected HxWx3 uint8 (as cv2 returns)"
-            )
+        check_image(i, frame)
         if frame.shape[0] < 1 or frame.shape[1] < 1:
             raise SsdTrtError(f"frame {i} is empty")
         return np.ascontiguousarray(frame)
