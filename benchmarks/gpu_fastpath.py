@@ -138,7 +138,8 @@ def main() -> None:
         help="comma-separated: fp32 (TF32 on) or fp16, optionally -tf32 (TF32 off), +nhwc "
         "(prefer_nhwc=1), +exh (cudnn_conv_algo_search=EXHAUSTIVE), +ws (max cuDNN workspace), "
         "+big (batch sizes >= 16 without CUDA graphs), +bignhwc (that and prefer_nhwc=1 there), "
-        "+nograph (no CUDA graphs of our own around the network)",
+        "+nograph (no CUDA graphs of our own around the network), +split (ONNX Runtime replays its "
+        "own graph between two of ours)",
     )
     parser.add_argument("--sizes", default="8,32,64")
     args = parser.parse_args()
@@ -176,7 +177,7 @@ def main() -> None:
             tf32="-tf32" not in variant,
             provider_options=opts,
             large_batch_options=large,
-            own_graphs="+nograph" not in variant,
+            own_graphs=False if "+nograph" in variant else "split" if "+split" in variant else True,
         ) as fp:
             fp.warm_up()
             report[f"{variant}_setup_s"] = time.perf_counter() - t0

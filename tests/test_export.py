@@ -412,3 +412,26 @@ def test_cli_checksum_mismatch_leaves_nothing(http_dir, tmp_path):
     assert proc.returncode == 2
     assert "checksum" in error_line(proc).lower()
     assert not (cache / "models").exists() or not any((cache / "models").iterdir())
+
+
+def test_store_exports_again_when_the_cached_export_is_from_an_older_format(
+    model_cache, registry_graphs
+):
+    """A cached export without this version's export format (an older ssd_trt wrote it, e.g.
+    before the candidate cap) is made again instead of being used as is."""
+    import onnx
+
+    from ssd_trt.contract import is_current_export, metadata_of
+    from ssd_trt.store import ArtifactStore
+
+    store = ArtifactStore(model_cache)
+    path = store.onnx("ssdlite_mobilenet_v2_person", nms="none")
+    fresh = path.read_bytes()
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != "ssd_trt.export_format"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+    assert not is_current_export(metadata_of(onnx.load(str(path), load_external_data=False)))
+    assert store.onnx("ssdlite_mobilenet_v2_person", nms="none") == path
+    assert path.read_bytes() == fresh  # exported again, deterministically

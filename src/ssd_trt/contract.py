@@ -34,6 +34,10 @@ _NMS = "ssd_trt.nms"
 _NMS_SETTINGS = "ssd_trt.nms_settings"
 _LABELS = "ssd_trt.labels"
 _PRECISION = "ssd_trt.precision"
+_EXPORT_FORMAT = "ssd_trt.export_format"
+# Raised when an export's graph changes for the same options (2: the candidate cap before NMS),
+# so that cached exports made by an older ssd_trt are made again.
+EXPORT_FORMAT = "2"
 
 
 def is_engine(path: Path) -> bool:
@@ -104,7 +108,13 @@ def model_metadata(info: ModelInfo) -> dict[str, str]:
         _NMS_SETTINGS: json.dumps(asdict(info.nms_settings)),
         _LABELS: json.dumps({str(k): v for k, v in info.labels.items()}),
         _PRECISION: info.precision,
+        _EXPORT_FORMAT: EXPORT_FORMAT,
     }
+
+
+def is_current_export(meta: dict[str, str]) -> bool:
+    """Whether metadata comes from an export by this ssd_trt's export format."""
+    return meta.get(_EXPORT_FORMAT) == EXPORT_FORMAT
 
 
 def metadata_of(model: Any) -> dict[str, str]:

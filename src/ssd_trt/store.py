@@ -21,7 +21,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import ENGINE_SUFFIXES, ONNX_SUFFIX, is_engine
+from .contract import (
+    ENGINE_SUFFIXES,
+    ONNX_SUFFIX,
+    is_current_export,
+    is_engine,
+    read_onnx_metadata,
+)
 from .errors import SsdTrtError
 from .model.export import ExportOptions, ExportSummary, export
 from .model.fetch import fetch_model
@@ -112,11 +118,14 @@ class ArtifactStore:
     ) -> ExportSummary:
         return export(model.graph, output, options, pipeline_config)
 
-    def onnx(self, model: str | os.PathLike[str], nms: str = "onnx") -> Path:
+    def onnx(
+        self, model: str | os.PathLike[str], nms: str = "onnx", max_candidates: int | None = None
+    ) -> Path:
         """An exported .onnx as is; a registry name is fetched and exported into the cache once.
 
         ``nms`` picks the export for registry names (``none`` for runtimes that run NMS after
-        the network); a given .onnx keeps whatever it was exported with.
+        the network), ``max_candidates`` its candidate cap (None: the default; 0: no cap, the
+        graph as it was before the cap); a given .onnx keeps whatever it was exported with.
         """
         path = Path(model).expanduser()
         if is_engine(path):
@@ -131,12 +140,22 @@ class ArtifactStore:
             )
         spec = get_model(str(model))
         name = spec.name if nms == "onnx" else f"{spec.name}.nms-{nms}"
+        if max_candidates is not None:
+            name += f".candidates-{max_candidates or 'all'}"
         onnx_path = self.root / "onnx" / f"{name}{ONNX_SUFFIX}"
-        if not onnx_path.exists():
-            tf = TfModel(self.fetch(spec.name), spec.labels, spec.name)
-            log.info("exporting %s to %s (once)", spec.name, onnx_path)
-            options = ExportOptions(nms=nms, labels=spec.labels, model_name=spec.name)  # type: ignore[arg-type]
-            self.export(tf, onnx_path, options)
+        if onnx_path.exists():
+            if is_current_export(read_onnx_metadata(onnx_path)):
+                return onnx_path
+            log.info("%s comes from an older ssd_trt; exporting it again", onnx_path.name)
+        tf = TfModel(self.fetch(spec.name), spec.labels, spec.name)
+        log.info("exporting %s to %s (once)", spec.name, onnx_path)
+        options = ExportOptions(
+            nms=nms,  # type: ignore[arg-type]
+            labels=spec.labels,
+            model_name=spec.name,
+            max_candidates=max_candidates,
+        )
+        self.export(tf, onnx_path, options)
         return onnx_path
 
     # -------------------------------------------------------------- precision

@@ -39,6 +39,9 @@ class FrameResult:
 
 
 class Output(ABC):
+    # Whether write() uses the annotated picture; when no output does, nothing is drawn.
+    shows_image = True
+
     @abstractmethod
     def write(self, result: FrameResult, annotated: np.ndarray) -> None: ...
 
@@ -351,6 +354,8 @@ class JsonLinesOutput(_AtomicFileOutput):
     Each line goes to the file whole before the next frame: a write that fails (disk full) is
     cut back to the last complete line, so the file ends at the last good frame.
     """
+
+    shows_image = False
 
     def write(self, result: FrameResult, annotated: np.ndarray) -> None:
         record = {

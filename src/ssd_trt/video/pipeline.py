@@ -3,7 +3,8 @@
 Asynchronous mode runs capture and inference in their own threads with bounded queues between
 them, and draws/outputs on the calling thread (GUI toolkits want the main thread). Live sources
 drop the oldest waiting frame when inference falls behind, so latency stays low; files are
-processed frame by frame, in order.
+processed in order. Frames already waiting for inference go to the detector together (up to
+``max_batch``), so a GPU that is faster per frame in batches keeps up with decoding.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ class RunStats:
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
-    def add(self, stage: str, ms: float) -> None:
+    def add(self, stage: str, ms: float, frames: int = 1) -> None:
+        """``ms`` spent on ``stage`` for ``frames`` frames (a batch counts each of its frames)."""
         self.stage_total_ms[stage] += ms
-        self.stage_count[stage] += 1
+        self.stage_count[stage] += frames
 
     def mean_ms(self, stage: str) -> float:
         count = self.stage_count[stage]
@@ -94,7 +96,10 @@ class Pipeline:
     """Run ``detector`` over ``source`` into ``outputs``.
 
     ``sync=True`` runs the plain capture/infer/draw loop (for comparison). ``queue_size`` bounds
-    each hand-off between stages. ``on_frame`` is called after each frame's outputs (progress).
+    each hand-off between stages (files queue at least two batches). ``max_batch``: at most this
+    many waiting frames per detector call (None: 32 on the GPU fast path, else 4). ``draw=None``
+    draws when an output shows pictures.
+    ``on_frame`` is called after each frame's outputs (progress).
     """
 
     def __init__(
@@ -105,7 +110,8 @@ class Pipeline:
         *,
         sync: bool = False,
         queue_size: int = 4,
-        draw: bool = True,
+        max_batch: int | None = None,
+        draw: bool | None = None,
         max_frames: int | None = None,
         on_frame: Callable[[FrameResult], None] | None = None,
     ) -> None:
@@ -114,7 +120,12 @@ class Pipeline:
         self.outputs = list(outputs)
         self.sync = sync
         self.queue_size = max(1, queue_size)
-        self.draw = draw
+        # The GPU fast path gets much faster per frame in batches (bikes.mp4 on an H100: 1 ms
+        # per frame alone, 0.2 in 32s); a CPU backend hardly does.
+        if max_batch is None:
+            max_batch = 32 if detector.backend.takes_frames else 4
+        self.max_batch = max(1, max_batch)
+        self.draw = any(o.shows_image for o in self.outputs) if draw is None else draw
         self.max_frames = max_frames
         self.on_frame = on_frame
         self.stats = RunStats()
@@ -132,16 +143,19 @@ class Pipeline:
         self.stats.add("decode", (t1 - t0) * 1000)
         return None if frame is None else (frame, t1)
 
-    def _infer(self, captured: tuple[Frame, float]) -> tuple[Frame, Any, float, float]:
-        frame, captured_at = captured
-        (detections,), stages = self.detector.detect_timed([frame.image])
+    def _infer(self, batch: Sequence[tuple[Frame, float]]) -> list[tuple[Frame, Any, float, float]]:
+        """One detector call for frames captured earlier; per frame: the frame, its detections,
+        its share of the inference time and when it was captured."""
+        found, stages = self.detector.detect_timed([frame.image for frame, _ in batch])
         folded = dict.fromkeys(("preprocess", "inference", "nms", "postprocess"), 0.0)
         for stage, ms in stages.items():
             if stage in _FOLD:
                 folded[_FOLD[stage]] += ms
+        n = len(batch)
         for stage, ms in folded.items():
-            self.stats.add(stage, ms)
-        return frame, detections, sum(folded.values()), captured_at
+            self.stats.add(stage, ms, n)
+        share = sum(folded.values()) / n
+        return [(f, d, share, at) for (f, at), d in zip(batch, found, strict=True)]
 
     def _emit(self, frame: Frame, detections: Any, infer_ms: float, captured: float) -> None:
         t0 = time.perf_counter()
@@ -249,13 +263,16 @@ class Pipeline:
             frame = self._capture()
             if frame is None:
                 return
-            self._emit(*self._infer(frame))
+            (item,) = self._infer([frame])
+            self._emit(*item)
 
     def _run_async(self) -> None:
-        frames: queue.Queue[Any] = queue.Queue(self.queue_size)
-        results: queue.Queue[Any] = queue.Queue(self.queue_size)
-        errors: list[BaseException] = []
         live = getattr(self.source, "live", False)
+        # A live queue stays short (newest frames win); a file queue holds a batch.
+        depth = self.queue_size if live else max(self.queue_size, self.max_batch)
+        frames: queue.Queue[Any] = queue.Queue(depth)
+        results: queue.Queue[Any] = queue.Queue(depth)
+        errors: list[BaseException] = []
 
         def put(q: queue.Queue[Any], item: Any) -> bool:
             while not self._stop.is_set():
@@ -292,15 +309,27 @@ class Pipeline:
 
         def infer() -> None:
             try:
-                while not self._stop.is_set():
+                ended = False
+                while not ended and not self._stop.is_set():
                     try:
-                        frame = frames.get(timeout=0.1)
+                        first = frames.get(timeout=0.1)
                     except queue.Empty:
                         continue
-                    if frame is _END:
+                    if first is _END:
                         break
-                    if not put(results, self._infer(frame)):
-                        return
+                    batch = [first]  # and whatever else is already waiting, never waiting for more
+                    while len(batch) < self.max_batch:
+                        try:
+                            item = frames.get_nowait()
+                        except queue.Empty:
+                            break
+                        if item is _END:
+                            ended = True
+                            break
+                        batch.append(item)
+                    for item in self._infer(batch):
+                        if not put(results, item):
+                            return
             except BaseException as exc:
                 errors.append(exc)
             put(results, _END)

@@ -180,9 +180,12 @@ class GpuFastPath:
     this many (anchor, class) candidates per image go into NMS (<= 1024). ``tf32``: let ORT use TF32
     convolutions in fp32 mode (ORT's own default; scores move by ~2e-3 against the CPU, network
     0.89 instead of 1.30 ms at batch 1 on an H100); ``tf32=False`` for plain float32.
-    ``own_graphs``: a batch below 8 frames whose layout (frame count and sizes) was seen before
-    is replayed from a CUDA graph of our own (upload, preprocess, network launch, NMS, download,
-    events: one host call) instead of launch by launch.
+    ``own_graphs``: everything after the upload (preprocess, network, NMS, download, events)
+    replays from one CUDA graph of our own per (slot, frame count): the network's sessions run
+    without ONNX Runtime's graph and their kernels are captured into ours, so a batch costs the
+    host one copy and one graph launch. Where that capture fails, ONNX Runtime replays its own
+    graph between two of ours ("split"; ``own_graphs="split"`` asks for it). ``cuda_graphs=False``:
+    no graphs at all.
     """
 
     def __init__(
@@ -202,7 +205,7 @@ class GpuFastPath:
         large_batch: int = 16,
         large_batch_options: dict[str, str] | None = None,
         engine: Path | None = None,
-        own_graphs: bool = True,
+        own_graphs: bool | str = True,
         info: ModelInfo | None = None,
     ) -> None:
         self._core = require("cuda.core", "gpu")
@@ -256,10 +259,14 @@ class GpuFastPath:
         self._nms_launches: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {}
         self._graphs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._graph_seen: dict[tuple[Any, ...], int] = {}
-        # "split": one graph of ours before the network's launch and one after it. One graph
-        # around the network's own graph launch is not possible: the driver (580) refuses to
-        # capture a graph launch (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED).
-        self._graph_mode = "split" if own_graphs else "off"
+        # "whole": the network's kernels are captured into our graph (its sessions run without
+        # ONNX Runtime's own graph, whose launch the driver (580) refuses to capture:
+        # CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED). "split": ONNX Runtime replays its graph between
+        # two of ours, for networks whose run cannot be captured. "off": launch by launch.
+        if own_graphs not in (True, False, "whole", "split"):
+            raise SsdTrtError(f"own_graphs is True, False, 'whole' or 'split', not {own_graphs!r}")
+        mode = "whole" if own_graphs is True else own_graphs or "off"
+        self._graph_mode = mode if cuda_graphs else "off"
         self._thread: int | None = None  # the thread whose CUDA context is current (submit)
         self._capturing = False
         self._closed = False
@@ -341,7 +348,9 @@ class GpuFastPath:
         out_bytes = n * self._record_words * 4
         slot.download.reserve(out_bytes)
 
-        if n >= OVERLAP_MIN_BATCH:
+        if self._graph_mode == "whole" and not self._is_large(net.batch):
+            self._enqueue_whole(slot, net, n, int(dev.handle), total, layout.start, bgr)
+        elif n >= OVERLAP_MIN_BATCH:
             self._enqueue_overlapped(slot, net, n, int(dev.handle), total, layout.start, bgr)
         else:
             self._enqueue_small(slot, net, n, int(dev.handle), total, layout.start, bgr)
@@ -376,6 +385,38 @@ class GpuFastPath:
         self._issue_preprocess(slot, net, n, dev, start, bgr)
         self._run_network(net)
         self._issue_tail(slot, net, n)
+
+    def _enqueue_whole(
+        self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
+    ) -> None:
+        """The upload (on the second stream for large batches), then one graph of ours. Frame
+        sizes are data for the preprocess kernel, so one graph serves every layout of n frames."""
+        if n >= OVERLAP_MIN_BATCH:
+            up = self._upload_stream
+            if up is None:
+                up = self._upload_stream = self.device.create_stream()
+            self._issue_upload(slot, n, dev, total, up)
+            self.stream.wait(slot.events[1])
+        else:
+            self._issue_upload(slot, n, dev, total, self.stream)
+        key = (slot.index, slot.download.ptr, dev, start, n, net.batch, bgr, self._nms_debug)
+        graph = self._graphs.get(key)
+        if graph is None:
+
+            def body() -> None:
+                self._issue_preprocess(slot, net, n, dev, start, bgr)
+                net.run()
+                self._issue_tail(slot, net, n)
+
+            exe = self._capture(body)
+            if exe is None:  # correct, only slower: this batch runs launch by launch
+                log.warning("the batch-%d network could not be captured this time", net.batch)
+                body()
+                return
+            graph = self._graphs[key] = (exe,)
+            while len(self._graphs) > MAX_GRAPHS:
+                _destroy_graph(self._graphs.pop(next(iter(self._graphs))))
+        self._replay(graph, net)
 
     def _enqueue_overlapped(
         self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
@@ -765,6 +806,17 @@ class GpuFastPath:
         if net.classes > gpu_kernels.MAX_CLASSES:
             net.close(self.stream)
             raise SsdTrtError(f"the fast path handles up to {gpu_kernels.MAX_CLASSES} classes")
+        if self._graph_mode == "whole" and not self._is_large(batch) and not self._capturable(net):
+            # Its run does something a capture refuses: let the runtime replay its own graph.
+            log.info("the network's run cannot be captured; using its own CUDA graph instead")
+            net.close(self.stream)
+            for other in self._networks.values():
+                other.close(self.stream)
+            self._networks.clear()
+            self._net_for.clear()
+            self._drop_graphs()
+            self._graph_mode = "split"
+            return self._network(batch)
         self._networks[batch] = net
         self._grow_nms_buffers(batch)
         return net
@@ -777,7 +829,7 @@ class GpuFastPath:
                 self.spec.preprocess,
                 self.device,
                 self.stream,
-                cuda_graphs=self._cuda_graphs,
+                cuda_graphs=self._cuda_graphs and self._graph_mode != "whole",
             )
         return OrtNetwork(
             self._ort,
@@ -786,10 +838,20 @@ class GpuFastPath:
             self.spec,
             self.device,
             self.stream,
-            cuda_graphs=self._cuda_graphs and not self._is_large(batch),
+            cuda_graphs=self._cuda_graphs
+            and not self._is_large(batch)
+            and self._graph_mode != "whole",
             tf32=self._tf32,
             extra_provider_options=self._session_options(batch),
         )
+
+    def _capturable(self, net: NetworkRunner) -> bool:
+        """Whether one run of ``net`` captures into a graph of ours (checked once per session)."""
+        exe = self._capture(net.run)
+        if exe is None:
+            return False
+        _destroy_graph((exe,))
+        return True
 
     def _drop_graphs(self) -> None:
         for parts in self._graphs.values():
