@@ -69,8 +69,7 @@ def fp16_model_bytes(onnx_path: Path, *, keep_fp32: str = "none") -> bytes:
     no Cast surrounds the network (the first conversion, float32 heads, box decoding, sigmoid
     and float32 inputs/outputs, ran slower than float32 on an H100). ``keep_fp32``: "none"
     (everything float16), "box_decode" (the nodes only the ``boxes`` output needs after the
-    convolutions stay float32), "heads" (every node after the convolutions stays float32),
-    "predictors" (the heads and the box/class predictor convolutions, the last of each path).
+    convolutions stay float32), "heads" (every node after the convolutions stays float32).
     """
     onnx = require("onnx", "export")
     float16 = require("onnxruntime.transformers.float16", "gpu")
@@ -82,20 +81,14 @@ def fp16_model_bytes(onnx_path: Path, *, keep_fp32: str = "none") -> bytes:
         keep: set[str] = set()
     elif keep_fp32 == "box_decode":
         keep = _ancestors(graph, ["boxes"]) - _ancestors(graph, ["scores"])
-    elif keep_fp32 in ("heads", "predictors"):
+    elif keep_fp32 == "heads":
         keep = {n.output[0] for n in graph.node}
     else:
-        raise SsdTrtError(f"keep_fp32 is none, box_decode, heads or predictors, not {keep_fp32!r}")
-    if keep_fp32 == "predictors":  # the last convolution of every path stays float32 too
-        inner = _ancestors(graph, [i for n in graph.node if n.op_type == "Conv" for i in n.input])
-        backbone &= inner
+        raise SsdTrtError(f"keep_fp32 is none, box_decode or heads, not {keep_fp32!r}")
     block = [
         n.name
         for n in graph.node
-        if n.output[0] in keep
-        and n.output[0] not in backbone
-        and n.name
-        and (n.op_type != "Conv" or keep_fp32 == "predictors")
+        if n.output[0] in keep and n.op_type != "Conv" and n.output[0] not in backbone and n.name
     ]
     converted = float16.convert_float_to_float16(
         model,
