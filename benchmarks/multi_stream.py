@@ -15,10 +15,21 @@ its own decoder, stale frames dropped when inference falls behind), through
 ``video.multi.MultiPipeline`` (frames of all streams batched, up to --max-batch per call). A
 stream count is sustained when every stream had >= 99% of the frames it read detected (stale
 frames dropped at most 1%) and the p99 capture-to-output latency is <= 100 ms. The sweep stops
-at the first count that is not sustained. Drawing and file outputs are off: this measures
-detection, not the encoder.
+at the first count that is not sustained (``--keep-going``: runs every count). Drawing and file
+outputs are off: this measures detection, not the encoder.
+
+Each run also says where host time went: CPU seconds per thread role (capture = the Python read
+loop and, with one FFmpeg thread, the decode itself; ffmpeg/native = threads Python did not
+start: FFmpeg's decoder threads, ONNX Runtime's, CUDA's; batcher; emitters), sampled from
+/proc/self/task; the batcher thread's own wall-time split (waiting for frames, submit = packing
+into pinned memory and queueing the GPU, collect = waiting for the GPU + postprocess, hand-out);
+GPU busy share from the fast path's CUDA-event stage times; decode wall ms per frame; and how
+late a 1 ms sleep wakes up (p50/p99: a GIL-contention gauge, the waker must take the GIL).
+``--no-overlap`` and ``--decode-threads 0`` give the behaviour before two batches in flight
+and shared-out decoder threads, for comparison.
 
     python benchmarks/multi_stream.py --backend cuda --streams 8,16,24,32,40,48   # GPU machine
+    VIDEO_720P=... MODEL_ONNX=... bash benchmarks/multi_stream_gpu.sh OUTDIR   # all of issue 12
     python benchmarks/multi_stream.py --backend cpu --streams 1,2 --fps 5 --seconds 8   # CPU
 
 Results (JSON, with machine details) go to benchmarks/results/multi-stream-DATE.json.
@@ -29,9 +40,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -39,9 +53,9 @@ import numpy as np
 
 from ssd_trt.detector import Detector
 from ssd_trt.quality.bench import machine_info
-from ssd_trt.sources import PacedSource, open_source
+from ssd_trt.sources import Frame, PacedSource, Source, open_source
 from ssd_trt.store import ArtifactStore
-from ssd_trt.video.multi import MultiPipeline
+from ssd_trt.video.multi import MultiPipeline, decode_threads_for
 from ssd_trt.video.outputs import Output
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -110,9 +124,141 @@ class _Latencies(Output):
             self.values.append(result.latency_ms)
 
 
-def run(detector: Detector, video: Path, streams: int, fps: float, seconds: float, batch: int):
+class _TimedSource(Source):
+    """Adds up the wall time of the inner source's reads (the decode, for a file)."""
+
+    def __init__(self, inner: Source) -> None:
+        super().__init__(inner.description)
+        self.inner, self.fps, self.frame_count = inner, inner.fps, inner.frame_count
+        self.seconds, self.reads = 0.0, 0
+
+    def read(self) -> Frame | None:
+        t0 = time.perf_counter()
+        frame = self.inner.read()
+        self.seconds += time.perf_counter() - t0
+        self.reads += frame is not None
+        self.frames_skipped = self.inner.frames_skipped
+        return frame
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _role(name: str) -> str:
+    for prefix, role in (("ssd-trt-cap", "capture"), ("ssd-trt-emit", "emit")):
+        if name.startswith(prefix):
+            return role
+    return {"ssd-trt-batcher": "batcher", "MainThread": "main"}.get(name, "bench")
+
+
+class ThreadCpu:
+    """CPU seconds per thread role over a run, from /proc/self/task/<tid>/stat (utime+stime),
+    sampled every 0.2 s so threads that end are counted up to their last sample. Threads
+    Python did not start (FFmpeg's, ONNX Runtime's, CUDA's) count as ``ffmpeg/native``. The
+    same thread samples how late a 1 ms sleep wakes: with the GIL held by others it waits."""
+
+    def __init__(self) -> None:
+        self.comm: dict[int, str] = {}
+        self.base = self._read()
+        self.last = dict(self.base)
+        self.roles: dict[int, str] = {}
+        self.wake_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-cpu", daemon=True)
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+
+    def _read(self) -> dict[int, float]:
+        times = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    head, tail = f.read().rsplit(")", 1)
+            except OSError:
+                continue
+            fields = tail.split()
+            times[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICK
+            # Native threads by their OS name, digits dropped (FFmpeg's "av:h264:df0", ...).
+            self.comm[int(tid)] = re.sub(r"\d+", "#", head.split("(", 1)[1])
+        return times
+
+    def _sample(self) -> None:
+        for t in threading.enumerate():
+            if t.native_id is not None:
+                self.roles.setdefault(t.native_id, _role(t.name))
+        self.last.update(self._read())
+
+    def _loop(self) -> None:
+        next_sample = time.perf_counter()
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            time.sleep(0.001)
+            self.wake_ms.append((time.perf_counter() - t) * 1000 - 1.0)
+            if t >= next_sample:
+                self._sample()
+                next_sample = t + 0.2
+
+    def __enter__(self) -> ThreadCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.wall = time.perf_counter() - self.t0
+        self.cpu = time.process_time() - self.cpu0
+
+    def report(self) -> dict[str, object]:
+        by_role: dict[str, float] = {}
+        native: dict[str, float] = {}
+        for tid, cpu in self.last.items():
+            used = cpu - self.base.get(tid, 0.0)
+            role = self.roles.get(tid, "ffmpeg/native")
+            by_role[role] = by_role.get(role, 0.0) + used
+            if role == "ffmpeg/native":
+                name = self.comm.get(tid, "?")
+                native[name] = native.get(name, 0.0) + used
+        wake = np.array(self.wake_ms or [0.0])
+        return {
+            "wall_s": round(self.wall, 2),
+            "process_cpu_s": round(self.cpu, 2),
+            "cores_busy": round(self.cpu / self.wall, 2),
+            "cpu_s_by_role": {k: round(v, 2) for k, v in sorted(by_role.items())},
+            "native_cpu_s_by_thread_name": {
+                k: round(v, 2) for k, v in sorted(native.items(), key=lambda kv: -kv[1])[:8]
+            },
+            "threads_seen": len(self.last),
+            "wake_late_ms_p50": round(float(np.percentile(wake, 50)), 2),
+            "wake_late_ms_p99": round(float(np.percentile(wake, 99)), 2),
+            "wake_late_ms_max": round(float(wake.max()), 2),
+        }
+
+
+def run(
+    detector: Detector,
+    video: Path,
+    streams: int,
+    fps: float,
+    seconds: float,
+    batch: int,
+    *,
+    overlap: bool = True,
+    decode_threads: int | None = None,
+    max_wait_ms: float = 10.0,
+) -> dict[str, object]:
+    """``decode_threads``: FFmpeg threads per stream; None: decode_threads_for(streams), 0:
+    FFmpeg's default (one per core)."""
     frames = int(fps * seconds)
-    sources = [PacedSource(open_source(str(video)), fps) for _ in range(streams)]
+    threads = decode_threads_for(streams) if decode_threads is None else decode_threads
+    timed = [
+        _TimedSource(open_source(str(video), decode_threads=threads or None))
+        for _ in range(streams)
+    ]
+    sources = [PacedSource(t, fps) for t in timed]
     outs = [_Latencies() for _ in range(streams)]
     pipeline = MultiPipeline(
         detector,
@@ -120,11 +266,14 @@ def run(detector: Detector, video: Path, streams: int, fps: float, seconds: floa
         [[o] for o in outs],
         [f"cam{i}" for i in range(streams)],
         max_batch=batch,
+        max_wait_ms=max_wait_ms,
         max_frames=frames,
         draw=False,
+        overlap=overlap,
     )
     try:
-        stats = pipeline.run()
+        with ThreadCpu() as cpu:
+            stats = pipeline.run()
     finally:
         for s in sources:
             s.close()
@@ -133,6 +282,12 @@ def run(detector: Detector, video: Path, streams: int, fps: float, seconds: floa
     # shows as drops, so the share processed is frames / (frames + dropped).
     delivered = [s.frames / max(1, s.frames + s.dropped) for s in stats.sources.values()]
     p99 = float(np.percentile(latencies, 99))
+    reads = sum(t.reads for t in timed)
+    # The GPU's compute stream: resize + network + NMS (the upload of large batches runs on a
+    # second stream, beside the previous batch's network).
+    gpu_ms = 0.0
+    if "network" in stats.stage_ms:  # the fast path's CUDA-event stage times
+        gpu_ms = sum(stats.stage_ms.get(k, 0.0) for k in ("preprocess", "network", "nms"))
     return {
         "streams": streams,
         "target_fps": fps,
@@ -144,7 +299,43 @@ def run(detector: Detector, video: Path, streams: int, fps: float, seconds: floa
         "latency_ms_p99": round(p99, 1),
         "mean_batch": round(stats.mean_batch, 2),
         "sustained": min(delivered) >= 0.99 and p99 <= 100.0,
+        "overlap": pipeline.depth > 1,
+        "overlapped_batches": stats.overlapped_batches,
+        "batches": stats.batches,
+        "decode_threads": threads or "ffmpeg default",
+        "decode_ms_per_frame": round(sum(t.seconds for t in timed) / max(1, reads) * 1000, 2),
+        "gpu_busy": round(gpu_ms / 1000 / stats.seconds, 3) if gpu_ms else None,
+        "gpu_span_busy": round(stats.inference_ms / 1000 / stats.seconds, 3),
+        "stage_ms_per_batch": {
+            k: round(v / max(1, stats.batches), 3) for k, v in sorted(stats.stage_ms.items())
+        },
+        "batcher_share": {k: round(v / stats.seconds, 3) for k, v in stats.batcher_s.items()},
+        "host": cpu.report(),
     }
+
+
+def save(
+    out: Path, args: argparse.Namespace, options: dict, backend: str, main: str, rows: list
+) -> int:
+    """Write the results so far; returns the most streams the main sweep sustained."""
+    main_rows = [r for r in rows if r["config"] == main]
+    best = max((r["streams"] for r in main_rows if r["sustained"]), default=0)
+    result = {
+        "benchmark": "multi_stream",
+        "video": str(args.video or test_video()),
+        "max_batch": args.max_batch,
+        "options": options,
+        "backend": backend,
+        "model": args.model,
+        "criterion": ">= 99% of frames delivered per stream, p99 latency <= 100 ms",
+        "max_sustained_streams": best,
+        "runs": rows,
+        "machine": machine_info(),
+    }
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    return best
 
 
 def main() -> int:
@@ -157,6 +348,22 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--seconds", type=float, default=20.0, help="per stream count")
     parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="batch deadline")
+    parser.add_argument("--no-overlap", action="store_true", help="one batch in flight")
+    parser.add_argument(
+        "--decode-threads", type=int, help="FFmpeg threads per stream (0: its default)"
+    )
+    parser.add_argument("--keep-going", action="store_true", help="run every stream count")
+    parser.add_argument("--label", default="", help="a name for this configuration")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:STREAMS:OVERLAP:THREADS",
+        help="after the sweep, also run these counts with overlap 0/1 and THREADS FFmpeg "
+        "threads per stream (0: FFmpeg's default, auto: shared out), every count; e.g. "
+        "before:16,24,32:0:0 is the pipeline before two batches in flight",
+    )
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/...)")
     args = parser.parse_args()
     if args.make_video:
@@ -177,27 +384,31 @@ def main() -> int:
             detector.detect([first] * size)
             size *= 2
         detector.detect([first] * args.max_batch)
-        run(detector, video, 1, args.fps, 2.0, args.max_batch)
-        for n in [int(s) for s in args.streams.split(",")]:
-            row = run(detector, video, n, args.fps, args.seconds, args.max_batch)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            if not row["sustained"]:
-                break
-        backend = detector.backend_name
-    best = max((r["streams"] for r in rows if r["sustained"]), default=0)
-    result = {
-        "benchmark": "multi_stream",
-        "video": str(video),
-        "backend": backend,
-        "model": args.model,
-        "criterion": ">= 99% of frames delivered per stream, p99 latency <= 100 ms",
-        "max_sustained_streams": best,
-        "runs": rows,
-        "machine": machine_info(),
-    }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{best} streams of 720p at {args.fps:g} FPS sustained on {backend}; wrote {out}")
+        options = {
+            "overlap": not args.no_overlap,
+            "decode_threads": args.decode_threads,
+            "max_wait_ms": args.max_wait_ms,
+        }
+        run(detector, video, 1, args.fps, 2.0, args.max_batch, **options)
+        plan = [(args.label or "main", args.streams, options, args.keep_going)]
+        for spec in args.variant:
+            name, counts, overlap, threads = spec.split(":")
+            variant = dict(options, overlap=overlap == "1")
+            variant["decode_threads"] = None if threads == "auto" else int(threads)
+            plan.append((name, counts, variant, True))
+        for name, counts, opts, keep_going in plan:
+            for n in [int(c) for c in counts.split(",")]:
+                print(f"measuring {name}: {n} streams", file=sys.stderr, flush=True)
+                row = run(detector, video, n, args.fps, args.seconds, args.max_batch, **opts)
+                row = {"config": name, **row}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                # Written after every row: a run cut short by a time limit keeps what it has.
+                save(out, args, options, detector.backend_name, plan[0][0], rows)
+                if not row["sustained"] and not keep_going:
+                    break
+        best = save(out, args, options, detector.backend_name, plan[0][0], rows)
+    print(f"{best} streams of 720p at {args.fps:g} FPS sustained; wrote {out}")
     return 0
 
 

@@ -15,16 +15,21 @@ import pytest
 from conftest import error_line, run_cli
 from test_sources import _free_port, rtsp_server  # noqa: F401 - the RTSP server fixture
 
+from ssd_trt.detections import Detections
 from ssd_trt.detector import Detector
 from ssd_trt.errors import SsdTrtError
+from ssd_trt.sources import Frame, Source
 from ssd_trt.video.multi import (
     MultiJob,
+    MultiPipeline,
     StreamSettings,
+    decode_threads_for,
     read_source_list,
     run_multi,
     source_name,
     unique_names,
 )
+from ssd_trt.video.outputs import Output
 
 MODEL = "ssdlite_mobilenet_v2_coco"
 
@@ -213,3 +218,117 @@ def test_cli_sources_file_output_dir_and_grid(tmp_path, exported, bikes_video, p
     )
     run_multi(job, lambda: Detector(onnx, "cpu"), on_frame=grab)
     assert seen["shape"] == (270, 960, 3)
+
+
+class _ArraySource(Source):
+    """A file-like source of small frames whose first pixel encodes (source, frame index)."""
+
+    live = False
+
+    def __init__(self, source: int, count: int) -> None:
+        super().__init__(f"array{source}")
+        self.source, self.count, self.index = source, count, 0
+        self.fps, self.frame_count = 30.0, count
+
+    def read(self) -> Frame | None:
+        if self.index >= self.count:
+            return None
+        image = np.zeros((4, 4, 3), np.uint8)
+        image[0, 0] = (self.source, self.index % 256, self.index // 256)
+        self.index += 1
+        return Frame(self.index - 1, self.index / 30.0, image)
+
+
+class _QueuedDetector:
+    """Stand-in for a detector that queues batches (like the GPU fast path): collect() waits
+    for a simulated GPU time and answers each frame with its own identity as the score."""
+
+    backend_name = "queued"
+    supports_submit = True
+
+    def __init__(self, gpu_s: float) -> None:
+        self.gpu_s = gpu_s
+        self.open = 0
+        self.most_open = 0
+        self.submits = 0
+
+    def submit(self, images: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+        self.open += 1
+        self.submits += 1
+        self.most_open = max(self.most_open, self.open)
+        return time.perf_counter(), list(images)
+
+    def collect(self, pending: tuple[float, list[np.ndarray]]):
+        started, images = pending
+        time.sleep(max(0.0, started + self.gpu_s - time.perf_counter()))
+        self.open -= 1
+        dets = []
+        for im in images:
+            ident = float(im[0, 0, 0]) * 1e6 + float(im[0, 0, 1]) + 256.0 * float(im[0, 0, 2])
+            dets.append(
+                Detections(
+                    np.zeros((1, 4), np.float32),
+                    np.array([ident], np.float32),
+                    np.ones(1, np.int32),
+                    ["x"],
+                )
+            )
+        return dets, {"total": 1.0}
+
+
+class _Record(Output):
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, float]] = []
+
+    def write(self, result, annotated) -> None:
+        self.rows.append((result.frame.index, float(result.detections.scores[0])))
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_two_batches_in_flight_keep_each_source_in_order_and_complete(overlap: bool) -> None:
+    n_sources, frames = 5, 60
+    detector = _QueuedDetector(gpu_s=0.004)
+    outs = [_Record() for _ in range(n_sources)]
+    pipeline = MultiPipeline(
+        detector,
+        [_ArraySource(i, frames) for i in range(n_sources)],
+        [[o] for o in outs],
+        [f"s{i}" for i in range(n_sources)],
+        max_batch=4,
+        max_wait_ms=2,
+        draw=False,
+        overlap=overlap,
+    )
+    stats = pipeline.run()
+    for i, out in enumerate(outs):
+        # Every frame once, in order, with its own result (not a neighbour's).
+        assert [f for f, _ in out.rows] == list(range(frames)), i
+        assert [s for _, s in out.rows] == [i * 1e6 + f for f in range(frames)], i
+        assert stats.sources[f"s{i}"].frames == frames
+    assert stats.batched_frames == n_sources * frames == stats.frames
+    assert stats.batches == detector.submits
+    if overlap:
+        # Full batches were ready while one ran: the next was submitted before collecting.
+        assert detector.most_open == 2 and stats.overlapped_batches > 0
+    else:
+        assert detector.most_open == 1 and stats.overlapped_batches == 0
+
+
+def test_detector_submit_collect_equals_detect(exported, bikes_video) -> None:
+    cap = cv2.VideoCapture(str(bikes_video))
+    frames = [cap.read()[1] for _ in range(3)]
+    cap.release()
+    with Detector(exported(MODEL), "cpu") as detector:
+        assert not detector.supports_submit  # CPU: submit runs the batch at once
+        pending = detector.submit(frames)
+        got, stages = detector.collect(pending)
+        want = detector.detect(frames)
+    assert "inference" in stages
+    for a, b in zip(got, want, strict=True):
+        assert a.to_dicts() == b.to_dicts()
+
+
+def test_decoder_threads_are_shared_out() -> None:
+    assert decode_threads_for(1, cores=16) == 16
+    assert decode_threads_for(4, cores=16) == 4
+    assert decode_threads_for(32, cores=16) == 1

@@ -10,8 +10,9 @@ import logging
 import time
 import warnings
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
@@ -210,6 +211,33 @@ class Detector:
         stages["postprocess"] = (time.perf_counter() - t3) * 1000
         return result, stages
 
+    @property
+    def supports_submit(self) -> bool:
+        """Whether submit() returns before the batch is done (the GPU fast path); elsewhere
+        submit() runs the batch at once and collect() only hands the result over."""
+        return self.backend.supports_submit
+
+    def submit(self, images: Sequence[np.ndarray]) -> PendingBatch:
+        """Start a batch; collect() gives its Detections and stage times. Where the backend
+        queues work (``supports_submit``), the caller can prepare the next batch meanwhile; at
+        most two batches may be in flight. Submit and collect from one thread."""
+        limit = self.backend.submit_limit
+        if not self.backend.supports_submit or (limit is not None and len(images) > limit):
+            return PendingBatch([], result=self.detect_timed(images))
+        sizes = [im.shape[:2] for im in images]
+        return PendingBatch(sizes, handle=self.backend.submit(images, bgr=not self.rgb))
+
+    def collect(self, pending: PendingBatch) -> tuple[list[Detections], dict[str, float]]:
+        """The Detections and stage milliseconds of a submitted batch (waits for it)."""
+        if pending.result is None:
+            outputs = self.backend.collect(pending.handle)
+            stages = dict(self.backend.last_stage_ms)
+            t0 = time.perf_counter()
+            detections = self.postprocess(outputs, pending.sizes)
+            stages["postprocess"] = (time.perf_counter() - t0) * 1000
+            pending.result, pending.handle = (detections, stages), None
+        return pending.result
+
     # The stages, separately, for benchmarks and callers that time or overlap them.
 
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -244,6 +272,15 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class PendingBatch:
+    """A batch from Detector.submit: a backend handle until collected, then the result."""
+
+    sizes: list[tuple[int, int]]
+    handle: Any = None
+    result: tuple[list[Detections], dict[str, float]] | None = None
 
 
 def flavour_for(backend: str) -> Flavour:

@@ -25,6 +25,14 @@ MAX_CONSECUTIVE_FAILURES = 100
 MAX_CAMERA_FAILURES = 5
 
 
+def _thread_params(cv2: Any, threads: int | None) -> list[int]:
+    """VideoCapture open params that fix FFmpeg's decoder thread count (None: its default, one
+    thread per core, which many streams at once multiply into hundreds of threads)."""
+    if threads is None or not hasattr(cv2, "CAP_PROP_N_THREADS"):
+        return []
+    return [cv2.CAP_PROP_N_THREADS, max(1, int(threads))]
+
+
 @dataclass
 class Frame:
     """One decoded frame. ``timestamp`` is seconds: the media time for files, else since start."""
@@ -97,11 +105,11 @@ class FileSource(_CaptureSource):
 
     live = False
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, decode_threads: int | None = None) -> None:
         super().__init__(str(path))
         cv2 = self._cv2
         # FFmpeg explicitly: the "any" backend may hand odd names to the image-sequence reader.
-        self._cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        self._cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, _thread_params(cv2, decode_threads))
         self._index = 0
         self._pending: np.ndarray | None = None
         ok, image = self._cap.read() if self._cap.isOpened() else (False, None)
@@ -205,9 +213,11 @@ class StreamSource(_CaptureSource):
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
         timeout_s: float = 10.0,
+        decode_threads: int | None = None,
     ) -> None:
         super().__init__(url)
         self._url = url
+        self._decode_threads = decode_threads
         self._attempts = max(1, reconnect_attempts)
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
@@ -229,6 +239,7 @@ class StreamSource(_CaptureSource):
         if hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._timeout_ms]
             params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._timeout_ms]
+        params += _thread_params(cv2, self._decode_threads)
         cap = cv2.VideoCapture(self._url, cv2.CAP_FFMPEG, params)
         if cap.isOpened():
             return cap
@@ -353,12 +364,14 @@ def open_source(
     backoff_s: float = 0.5,
     max_backoff_s: float = 8.0,
     timeout_s: float = 10.0,
+    decode_threads: int | None = None,
 ) -> Source:
     """Open a webcam index, stream URL, video file, image file, image directory or glob pattern.
 
     ``reconnect_attempts``, ``backoff_s`` and ``max_backoff_s`` govern network streams: after a
     drop they retry with a doubling delay, ending the stream after that many failures in a row.
-    ``timeout_s`` bounds each open and read of a stream.
+    ``timeout_s`` bounds each open and read of a stream. ``decode_threads`` sets FFmpeg's
+    decoder threads of a file or stream (None: FFmpeg's default, about one per core).
     """
     if isinstance(spec, int) or (spec.isascii() and spec.isdigit()):
         return WebcamSource(int(spec))
@@ -369,6 +382,7 @@ def open_source(
             backoff_s=backoff_s,
             max_backoff_s=max_backoff_s,
             timeout_s=timeout_s,
+            decode_threads=decode_threads,
         )
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -378,7 +392,7 @@ def open_source(
         return ImageSource(images, str(path))
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
-            return FileSource(path)
+            return FileSource(path, decode_threads)
         # Decode once up front so a broken image fails at open, not at the first read.
         if require("cv2", "video").imread(str(path)) is None:
             raise SsdTrtError(

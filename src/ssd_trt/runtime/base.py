@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,9 @@ class Backend(ABC):
     # Backends that take uint8 frames and do every stage themselves (the GPU fast path) set
     # this and implement detect_frames(); infer() is then not used.
     takes_frames: bool = False
+    # takes_frames backends that can queue a batch and return before it is done set this and
+    # implement submit()/collect(), so a caller can prepare the next batch meanwhile.
+    supports_submit: bool = False
 
     @abstractmethod
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -34,6 +38,19 @@ class Backend(ABC):
     def detect_frames(self, frames: Sequence[np.ndarray], bgr: bool) -> dict[str, np.ndarray]:
         """uint8 HxWx3 frames -> the four detection outputs (``takes_frames`` backends)."""
         raise NotImplementedError
+
+    def submit(self, frames: Sequence[np.ndarray], bgr: bool) -> Any:
+        """Queue uint8 frames (``supports_submit`` backends); returns a handle for collect()."""
+        raise NotImplementedError
+
+    def collect(self, handle: Any) -> dict[str, np.ndarray]:
+        """Wait for a submitted batch: the four detection outputs, as detect_frames() gives."""
+        raise NotImplementedError
+
+    @property
+    def submit_limit(self) -> int | None:
+        """The most frames one submit() takes; None: any."""
+        return None
 
     @property
     def last_stage_ms(self) -> dict[str, float]:

@@ -12,16 +12,23 @@ Data flow::
 * The **batcher** closes a batch at ``max_batch`` frames or ``max_wait_ms`` after the first
   frame of the batch arrived, taking frames round-robin so one fast file cannot starve a camera.
   It takes a source's frame only while fewer than ``max_in_flight`` of that source's frames await
-  output, so a slow output holds back its own source and never the others.
+  output, so a slow output holds back its own source and never the others. Where the detector
+  queues work (``Detector.supports_submit``: the GPU fast path), it keeps up to two batches in
+  flight: while batch k runs on the GPU it packs and submits batch k+1 when that one is ready
+  (full, or past its deadline), and otherwise hands batch k's results out first, so overlap
+  never costs latency.
 * One **emitter** per source draws and writes its results in frame order (one batcher thread
   processes each lane in order, so order is kept without sequence numbers).
 * A source that ends or fails ends only its own lane; RTSP sources reconnect as they do alone.
+* Decoding: each file or stream gets ``cores // sources`` FFmpeg decoder threads (at least one);
+  FFmpeg's default of one per core for every stream oversubscribes the CPU with many streams.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import re
 import threading
@@ -35,7 +42,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from ..detector import Detector
+from ..detector import Detector, PendingBatch
 from ..errors import SsdTrtError, require
 from ..sources import STREAM_PREFIXES, Frame, PacedSource, Source, open_source
 from .outputs import FrameResult, JsonLinesOutput, Output, VideoOutput
@@ -52,6 +59,7 @@ DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_WAIT_MS = 10.0
 _POLL_S = 0.1  # how often blocked threads re-check the stop flag
 _END = object()
+_Batch = list[tuple["_Lane", Frame, float]]
 
 
 # ------------------------------------------------------------------------------ source names
@@ -127,8 +135,16 @@ class MultiStats:
     sources: dict[str, SourceStats] = field(default_factory=dict)
     batches: int = 0
     batched_frames: int = 0
-    inference_ms: float = 0.0  # sum over batches
+    inference_ms: float = 0.0  # sum over batches (the GPU span where the backend times it)
     seconds: float = 0.0
+    # Where the batcher thread's time went (seconds): waiting for frames, submitting batches
+    # (the fast path packs frames into pinned memory and queues the GPU work there), collecting
+    # them (waiting for the GPU, postprocess), handing results to the emitters.
+    batcher_s: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("wait", "submit", "collect", "hand_out"), 0.0)
+    )
+    overlapped_batches: int = 0  # submitted while another batch was in flight
+    stage_ms: dict[str, float] = field(default_factory=dict)  # each stage summed over batches
     stopped_by: str = "end of streams"
 
     @property
@@ -194,6 +210,7 @@ class MultiPipeline:
         live_depth: int = 1,
         max_frames: int | None = None,
         draw: bool = True,
+        overlap: bool = True,
         on_frame: Callable[[int, FrameResult, np.ndarray], None] | None = None,
     ) -> None:
         if not (len(sources) == len(outputs) == len(names)) or not sources:
@@ -205,6 +222,9 @@ class MultiPipeline:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_in_flight = max(1, max_in_flight)
+        # Batches on the detector at once: two where it queues work, so packing and submitting
+        # batch k+1 overlaps batch k on the GPU.
+        self.depth = 2 if overlap and getattr(detector, "supports_submit", False) else 1
         self.max_frames = max_frames
         self.draw = draw
         self.on_frame = on_frame
@@ -282,43 +302,83 @@ class MultiPipeline:
         """Every lane ended and emptied. Lock held."""
         return all(lane.ended and not lane.frames for lane in self.lanes)
 
-    def _next_batch(self) -> list[tuple[_Lane, Frame, float]] | None:
-        """The next batch; None when every source has ended (or on stop)."""
-        batch: list[tuple[_Lane, Frame, float]] = []
-        with self._cond:
-            while not self._stop.is_set():
-                self._take(batch)
-                if batch or self._finished():
-                    break
+    def _fill(self, batch: _Batch, deadline: float | None, wait: bool) -> float | None:
+        """Add ready frames to ``batch``; with ``wait``, block until it is full or its deadline
+        (``max_wait_ms`` after its first frame) passed, or, while empty, until a frame comes or
+        every source ended. Returns the batch's deadline (None while it is empty). Lock held."""
+        while not self._stop.is_set():
+            self._take(batch)
+            if batch and deadline is None:
+                deadline = time.perf_counter() + self.max_wait_s
+            if not wait or len(batch) >= self.max_batch or self._finished():
+                break
+            if deadline is None:
                 self._cond.wait(_POLL_S)
-            if not batch:
-                return None
-            deadline = time.perf_counter() + self.max_wait_s
-            while len(batch) < self.max_batch and not self._stop.is_set():
-                left = deadline - time.perf_counter()
-                if left <= 0 or self._finished():
-                    break
-                self._cond.wait(left)
-                self._take(batch)
-        return batch
+                continue
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            self._cond.wait(left)
+        return deadline
 
     def _batcher(self) -> None:
+        in_flight: deque[tuple[_Batch, PendingBatch]] = deque()
+        clock = self.stats.batcher_s
+        batch: _Batch = []
+        deadline: float | None = None
         try:
-            while (batch := self._next_batch()) is not None:
-                images = [frame.image for _, frame, _ in batch]
-                detections, stages = self.detector.detect_timed(images)
-                ms = sum(stages.values())
-                self.stats.batches += 1
-                self.stats.batched_frames += len(batch)
-                self.stats.inference_ms += ms
-                for (lane, frame, t), dets in zip(batch, detections, strict=True):
-                    lane.results.put((frame, dets, ms / len(batch), t))
+            while True:
+                t0 = time.perf_counter()
+                with self._cond:
+                    # With a batch on the GPU, only look at what is ready now.
+                    deadline = self._fill(batch, deadline, wait=not in_flight)
+                    closed = deadline is not None and (
+                        len(batch) >= self.max_batch
+                        or time.perf_counter() >= deadline
+                        or self._finished()
+                        or not in_flight  # _fill waited for the batch to close
+                    )
+                    done = not batch and (self._finished() or self._stop.is_set())
+                clock["wait"] += time.perf_counter() - t0
+                if batch and closed and not self._stop.is_set():
+                    t1 = time.perf_counter()
+                    pending = self.detector.submit([frame.image for _, frame, _ in batch])
+                    clock["submit"] += time.perf_counter() - t1
+                    self.stats.overlapped_batches += bool(in_flight)
+                    in_flight.append((batch, pending))
+                    batch, deadline = [], None
+                    if len(in_flight) < self.depth:
+                        continue
+                elif not in_flight:
+                    if done or self._stop.is_set():
+                        return
+                    continue
+                # The next batch is not ready (or the pipe is full): the oldest one's turn.
+                self._hand_out(*in_flight.popleft())
         except BaseException as exc:
             self._errors.append(exc)
             self._stop.set()
         finally:
             for lane in self.lanes:
                 lane.results.put(_END)
+
+    def _hand_out(self, batch: _Batch, pending: PendingBatch) -> None:
+        """Wait for a batch and queue each result to its source's emitter."""
+        t0 = time.perf_counter()
+        detections, stages = self.detector.collect(pending)
+        t1 = time.perf_counter()
+        # The GPU span where the backend measures one (stage times plus their "total"), else
+        # the sum of the stages.
+        ms = stages.get("total", sum(stages.values()))
+        self.stats.batches += 1
+        self.stats.batched_frames += len(batch)
+        self.stats.inference_ms += ms
+        for key, value in stages.items():
+            self.stats.stage_ms[key] = self.stats.stage_ms.get(key, 0.0) + value
+        for (lane, frame, t), dets in zip(batch, detections, strict=True):
+            lane.results.put((frame, dets, ms / len(batch), t))
+        self.stats.batcher_s["collect"] += t1 - t0
+        self.stats.batcher_s["hand_out"] += time.perf_counter() - t1
 
     # ---------------------------------------------------------------------------- emitting
 
@@ -489,16 +549,30 @@ class MultiJob:
     max_batch: int = DEFAULT_MAX_BATCH
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     streams: StreamSettings = StreamSettings()
+    decode_threads: int | None = None  # FFmpeg threads per source; None: decode_threads_for()
+
+
+def decode_threads_for(sources: int, cores: int | None = None) -> int:
+    """FFmpeg decoder threads per source: the cores shared out, at least one each. Many streams
+    already keep every core busy, one decoder each; FFmpeg's default (a thread per core for
+    every stream) only adds threads that fight for the same cores."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, sources))
 
 
 def open_sources(
-    specs: Sequence[str | int], realtime: bool = False, streams: StreamSettings = StreamSettings()
+    specs: Sequence[str | int],
+    realtime: bool = False,
+    streams: StreamSettings = StreamSettings(),
+    decode_threads: int | None = None,
 ) -> list[Source]:
-    """Open every source (a bad one fails before any model work); close all on a failure."""
+    """Open every source (a bad one fails before any model work); close all on a failure.
+    ``decode_threads``: FFmpeg threads per file or stream (None: :func:`decode_threads_for`)."""
+    threads = decode_threads or decode_threads_for(len(specs))
     opened: list[Source] = []
     try:
         for spec in specs:
-            source = open_source(spec, **asdict(streams))
+            source = open_source(spec, **asdict(streams), decode_threads=threads)
             if realtime and not source.live:
                 source = PacedSource(source, source.fps or 25.0)
             opened.append(source)
@@ -525,7 +599,7 @@ def run_multi(
     outputs: list[list[Output]] = []
     detector = grid = None
     try:
-        sources = open_sources(job.sources, job.realtime, job.streams)
+        sources = open_sources(job.sources, job.realtime, job.streams, job.decode_threads)
         detector = make_detector()
         log.info("backend: %s; %d sources", detector.backend_name, len(sources))
         out_dir.mkdir(parents=True, exist_ok=True)

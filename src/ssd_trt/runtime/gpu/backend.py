@@ -21,6 +21,7 @@ from .fastpath import FastPathHandle, GpuFastPath
 class FastPathBackend(Backend):
     name = "cuda"
     takes_frames = True
+    supports_submit = True
 
     def __init__(
         self, model: Path, fp16: bool = False, max_batch: int = 64, engine: Path | None = None
@@ -59,6 +60,10 @@ class FastPathBackend(Backend):
 
     def collect(self, handle: FastPathHandle) -> dict[str, np.ndarray]:
         return self.fast.collect(handle)
+
+    @property
+    def submit_limit(self) -> int:
+        return self.fast.batch_sizes[-1]
 
     def close(self) -> None:
         if "fast" in self.__dict__:
