@@ -304,6 +304,10 @@ def test_own_cuda_graphs_give_the_same_detections(data, fastpath32, video_frames
                     "upload", "preprocess", "network", "nms", "download", "total"
                 }  # fmt: skip
     assert len(fastpath32._graphs) >= 4
+    # Any frame count reuses the graph of the batch size it pads to (one per slot and size).
+    for n in (2, 3, 4, 3, 2, 1, 5, 9):
+        fastpath32.run(video_frames[:n])
+    assert len(fastpath32._graphs) <= 2 * len(fastpath32.batch_sizes)
 
 
 @gpu_test

@@ -90,7 +90,9 @@ def _destroy_graph(parts: Sequence[Any]) -> None:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where the frames of one list of frame shapes go in the packed upload."""
+    """Where the frames of one list of frame shapes go in the packed upload. The header has a
+    row per image of the network batch: padding rows repeat the last frame, so the kernels
+    always run the whole batch and one graph serves any frame count that pads to it."""
 
     meta: np.ndarray  # uint8 bytes of the header: (offset, h, w, 0) int64 per frame
     spans: tuple[tuple[int, int], ...]  # byte range of each frame in the upload
@@ -98,16 +100,17 @@ class _Layout:
     total: int  # bytes to upload
 
     @classmethod
-    def of(cls, shapes: Sequence[tuple[int, ...]]) -> _Layout:
-        header = 4 * 8 * len(shapes)
+    def of(cls, shapes: Sequence[tuple[int, ...]], batch: int) -> _Layout:
+        header = 4 * 8 * batch
         start = -(-header // _ALIGN) * _ALIGN
-        meta = np.zeros((len(shapes), 4), np.int64)
+        meta = np.zeros((batch, 4), np.int64)
         spans, cursor = [], 0
         for i, shape in enumerate(shapes):
             nbytes = int(np.prod(shape))
             meta[i] = (cursor, shape[0], shape[1], 0)
             spans.append((start + cursor, start + cursor + nbytes))
             cursor += -(-nbytes // _ALIGN) * _ALIGN
+        meta[len(shapes) :] = meta[len(shapes) - 1]
         return cls(meta.view(np.uint8).reshape(-1), tuple(spans), start, start + cursor)
 
 
@@ -256,7 +259,7 @@ class GpuFastPath:
         self._net_for: dict[int, NetworkRunner] = {}
         self._layouts: dict[tuple[tuple[int, ...], ...], _Layout] = {}
         self._prep_launches: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._nms_launches: dict[tuple[int, int, int], list[tuple[Any, ...]]] = {}
+        self._nms_launches: dict[tuple[int, int], list[tuple[Any, ...]]] = {}
         self._graphs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._graph_seen: dict[tuple[Any, ...], int] = {}
         # "whole": the network's kernels are captured into our graph (its sessions run without
@@ -336,7 +339,7 @@ class GpuFastPath:
         shapes = tuple(f.shape for f in frames)
         layout = self._layouts.get(shapes)
         if layout is None:
-            layout = self._layouts[shapes] = _Layout.of(shapes)
+            layout = self._layouts[shapes] = _Layout.of(shapes, net.batch)
             if len(self._layouts) > 64:
                 del self._layouts[next(iter(self._layouts))]
         total = layout.total
@@ -345,8 +348,7 @@ class GpuFastPath:
         for f, (lo, hi) in zip(frames, layout.spans, strict=True):
             host[lo:hi] = f.reshape(-1)
         dev = self._frames_buffer(slot, total)
-        out_bytes = n * self._record_words * 4
-        slot.download.reserve(out_bytes)
+        slot.download.reserve(net.batch * self._record_words * 4)
 
         if self._graph_mode == "whole" and not self._is_large(net.batch):
             self._enqueue_whole(slot, net, n, int(dev.handle), total, layout.start, bgr)
@@ -381,32 +383,33 @@ class GpuFastPath:
                     _destroy_graph(self._graphs.pop(next(iter(self._graphs))))
                 self._replay(graph, net)
                 return
-        self._issue_upload(slot, n, dev, total, self.stream)
-        self._issue_preprocess(slot, net, n, dev, start, bgr)
+        self._issue_upload(slot, dev, total, self.stream)
+        self._issue_preprocess(slot, net, dev, start, bgr)
         self._run_network(net)
-        self._issue_tail(slot, net, n)
+        self._issue_tail(slot, net)
 
     def _enqueue_whole(
         self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
     ) -> None:
         """The upload (on the second stream for large batches), then one graph of ours. Frame
-        sizes are data for the preprocess kernel, so one graph serves every layout of n frames."""
+        sizes and offsets are data for the preprocess kernel, so one graph per slot and network
+        batch serves every list of frames that pads to that batch."""
         if n >= OVERLAP_MIN_BATCH:
             up = self._upload_stream
             if up is None:
                 up = self._upload_stream = self.device.create_stream()
-            self._issue_upload(slot, n, dev, total, up)
+            self._issue_upload(slot, dev, total, up)
             self.stream.wait(slot.events[1])
         else:
-            self._issue_upload(slot, n, dev, total, self.stream)
-        key = (slot.index, slot.download.ptr, dev, start, n, net.batch, bgr, self._nms_debug)
+            self._issue_upload(slot, dev, total, self.stream)
+        key = (slot.index, slot.download.ptr, dev, start, net.batch, bgr, self._nms_debug)
         graph = self._graphs.get(key)
         if graph is None:
 
             def body() -> None:
-                self._issue_preprocess(slot, net, n, dev, start, bgr)
+                self._issue_preprocess(slot, net, dev, start, bgr)
                 net.run()
-                self._issue_tail(slot, net, n)
+                self._issue_tail(slot, net)
 
             exe = self._capture(body)
             if exe is None:  # correct, only slower: this batch runs launch by launch
@@ -426,29 +429,29 @@ class GpuFastPath:
         up = self._upload_stream
         if up is None:
             up = self._upload_stream = self.device.create_stream()
-        self._issue_upload(slot, n, dev, total, up)
+        self._issue_upload(slot, dev, total, up)
         self.stream.wait(slot.events[1])
-        self._issue_preprocess(slot, net, n, dev, start, bgr)
+        self._issue_preprocess(slot, net, dev, start, bgr)
         self._run_network(net)
-        self._issue_tail(slot, net, n)
+        self._issue_tail(slot, net)
 
-    def _issue_upload(self, slot: _Slot, n: int, dev: int, total: int, stream: Any) -> None:
+    def _issue_upload(self, slot: _Slot, dev: int, total: int, stream: Any) -> None:
         ev = slot.events
         self._record(ev[0], stream)
         _check(_DRIVER.cuMemcpyHtoDAsync(dev, slot.upload.ptr, total, stream.handle), "H2D")
         self._record(ev[1], stream)
 
     def _issue_preprocess(
-        self, slot: _Slot, net: NetworkRunner, n: int, dev: int, start: int, bgr: bool
+        self, slot: _Slot, net: NetworkRunner, dev: int, start: int, bgr: bool
     ) -> None:
-        key = (net.batch, n, dev, start, bgr)
+        key = (net.batch, dev, start, bgr)
         launch = self._prep_launches.get(key)
         if launch is None:
             cfg = self.spec.preprocess
             plane = cfg.height * cfg.width
             block = gpu_kernels.BLOCK_PREPROCESS
             launch = self._prep_launches[key] = (
-                self._core.LaunchConfig(grid=(-(-plane // block), n), block=block),
+                self._core.LaunchConfig(grid=(-(-plane // block), net.batch), block=block),
                 self._kernels.preprocess[_dtype_name(net.dtypes["images"])],
                 np.uint64(dev + start),
                 np.uint64(dev),
@@ -470,13 +473,13 @@ class GpuFastPath:
         except Exception as exc:
             raise SsdTrtError(f"the network failed on the GPU: {first_line(exc)}") from exc
 
-    def _issue_tail(self, slot: _Slot, net: NetworkRunner, n: int) -> None:
+    def _issue_tail(self, slot: _Slot, net: NetworkRunner) -> None:
         """After the network: NMS, the download of the top-K rows, the batch's last event."""
         ev, stream = slot.events, self.stream
         self._record(ev[3], stream)
-        self._launch_nms(net, n)
+        self._launch_nms(net)
         self._record(ev[4], stream)
-        size = n * self._record_words * 4
+        size = net.batch * self._record_words * 4
         _check(_DRIVER.cuMemcpyDtoHAsync(slot.download.ptr, self._out_ptr, size, stream.handle),
                "D2H")  # fmt: skip
         self._record(ev[5], stream)
@@ -496,11 +499,11 @@ class GpuFastPath:
         the network's launch. None (and no more tries) where capture fails."""
 
         def head() -> None:
-            self._issue_upload(slot, n, dev, total, self.stream)
-            self._issue_preprocess(slot, net, n, dev, start, bgr)
+            self._issue_upload(slot, dev, total, self.stream)
+            self._issue_preprocess(slot, net, dev, start, bgr)
 
         def tail() -> None:
-            self._issue_tail(slot, net, n)
+            self._issue_tail(slot, net)
 
         first = self._capture(head)
         second = self._capture(tail) if first is not None else None
@@ -584,7 +587,7 @@ class GpuFastPath:
                          self.stream)  # fmt: skip
             self.stream.sync()
         slot = self._take_slot()
-        self._launch_nms(net, n)
+        self._launch_nms(net)
         out_bytes = n * self._record_words * 4
         slot.download.reserve(out_bytes)
         _driver_call("cuMemcpyDtoHAsync", slot.download.ptr, int(self._out_dev.handle), out_bytes,
@@ -717,23 +720,24 @@ class GpuFastPath:
                 ) from None
             raise SsdTrtError(f"GPU allocation failed: {first_line(exc)}") from exc
 
-    def _launch_nms(self, net: NetworkRunner, n: int) -> None:
+    def _launch_nms(self, net: NetworkRunner) -> None:
         """Five kernels: a coarse score histogram and the candidate list above the cut, both
         with several blocks per image; one block per image for the exact top-``cap`` cut, the
         sort and the class grouping; the suppression rows, one warp per candidate; the walk, one
-        warp per image. Configurations and arguments are built once per (batch, count)."""
-        launches = self._nms_launches.get((net.batch, n, self._nms_debug))
+        warp per image, over the whole network batch. Arguments are built once per batch size."""
+        launches = self._nms_launches.get((net.batch, self._nms_debug))
         if launches is None:
-            launches = self._nms_launches[(net.batch, n, self._nms_debug)] = self._nms_args(net, n)
+            launches = self._nms_launches[(net.batch, self._nms_debug)] = self._nms_args(net)
         launch, stream = self._core.launch, self.stream
         for args in launches:
             launch(stream, *args)
 
-    def _nms_args(self, net: NetworkRunner, n: int) -> list[tuple[Any, ...]]:
+    def _nms_args(self, net: NetworkRunner) -> list[tuple[Any, ...]]:
         s = self.spec.nms
         core = self._core
         sdt = _dtype_name(net.dtypes["scores"])
         total = net.anchors * net.classes
+        n = net.batch
         per_image = max(1, min(-(-total // 8192), -(-2 * self._sm_count // n)))
         thr = np.float32(s.score_threshold)
         grid = core.LaunchConfig(grid=(per_image, n), block=gpu_kernels.BLOCK_NMS)
