@@ -252,6 +252,9 @@ class _QueuedDetector:
         self.most_open = 0
         self.submits = 0
 
+    def warm_up(self, max_batch: int) -> None:
+        pass
+
     def submit(self, images: list[np.ndarray]) -> tuple[float, list[np.ndarray]]:
         self.open += 1
         self.submits += 1

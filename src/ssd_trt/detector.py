@@ -211,6 +211,10 @@ class Detector:
         stages["postprocess"] = (time.perf_counter() - t3) * 1000
         return result, stages
 
+    def warm_up(self, max_batch: int) -> None:
+        """Prepare the backend for batches of up to ``max_batch`` images before a run."""
+        self.backend.warm_up(max_batch)
+
     @property
     def supports_submit(self) -> bool:
         """Whether submit() returns before the batch is done (the GPU fast path); elsewhere

@@ -47,6 +47,10 @@ class Backend(ABC):
         """Wait for a submitted batch: the four detection outputs, as detect_frames() gives."""
         raise NotImplementedError
 
+    def warm_up(self, max_batch: int) -> None:  # noqa: B027 - most backends need nothing
+        """Get ready for batches of up to ``max_batch`` images now, not in the middle of a
+        video (the GPU fast path builds a network and a CUDA graph per batch size)."""
+
     @property
     def submit_limit(self) -> int | None:
         """The most frames one submit() takes; None: any."""

@@ -418,6 +418,7 @@ class MultiPipeline:
     def run(self) -> MultiStats:
         """Process until every source ends, an error, or Ctrl-C; then finalize every output
         (abort them on an error, so no partial file is left)."""
+        self.detector.warm_up(self.max_batch)
         start = time.perf_counter()
         captures = [
             threading.Thread(target=self._capture, args=(lane,), name=f"ssd-trt-cap-{lane.index}")

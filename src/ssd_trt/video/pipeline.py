@@ -96,10 +96,10 @@ class Pipeline:
     """Run ``detector`` over ``source`` into ``outputs``.
 
     ``sync=True`` runs the plain capture/infer/draw loop (for comparison). ``queue_size`` bounds
-    each hand-off between stages (files queue at least two batches). ``max_batch``: at most this
-    many waiting frames per detector call (None: 32 on the GPU fast path, else 4). ``draw=None``
-    draws when an output shows pictures.
-    ``on_frame`` is called after each frame's outputs (progress).
+    each hand-off between stages (file queues hold at least a batch). ``max_batch``: at most
+    this many waiting frames per detector call (None: 32 on the GPU fast path, else 4; always 1
+    for live sources). ``draw=None`` draws when an output shows pictures. ``on_frame`` is
+    called after each frame's outputs (progress).
     """
 
     def __init__(
@@ -121,9 +121,12 @@ class Pipeline:
         self.sync = sync
         self.queue_size = max(1, queue_size)
         # The GPU fast path gets much faster per frame in batches (bikes.mp4 on an H100: 1 ms
-        # per frame alone, 0.2 in 32s); a CPU backend hardly does.
+        # per frame alone, 0.2 in 32s); a CPU backend hardly does. Live sources keep single
+        # frames: the newest frame matters, and no batch size is built for them.
         if max_batch is None:
             max_batch = 32 if detector.backend.takes_frames else 4
+        if getattr(source, "live", False):
+            max_batch = 1
         self.max_batch = max(1, max_batch)
         self.draw = any(o.shows_image for o in self.outputs) if draw is None else draw
         self.max_frames = max_frames
@@ -193,6 +196,8 @@ class Pipeline:
         cannot write any more (disk full: they keep the frames written so far); on any other
         error they are aborted so no partial file is left.
         """
+        if not self.sync and self.max_batch > 1:
+            self.detector.warm_up(self.max_batch)
         start = time.perf_counter()
         failed = False
         try:

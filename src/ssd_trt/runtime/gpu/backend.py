@@ -42,7 +42,9 @@ class FastPathBackend(Backend):
                 f"{model} has NMS in the graph; the cuda backend runs NMS on the GPU itself: "
                 "pass the model name, or an ONNX exported with --nms none"
             )
-        sizes = [b for b in (1, 2, 4, 8, 16, 32, 64) if b < max_batch] + [max_batch]
+        # Few sizes: each is a network and CUDA graph built once (seconds); smaller batches
+        # are padded up to the next one.
+        sizes = [b for b in (1, 8, 32) if b < max_batch] + [max_batch]
         self.fast = GpuFastPath(model, fp16=fp16, batch_sizes=sizes, engine=engine, info=self.info)
 
     @property
@@ -54,6 +56,9 @@ class FastPathBackend(Backend):
 
     def detect_frames(self, frames: Sequence[np.ndarray], bgr: bool) -> dict[str, np.ndarray]:
         return self.fast.run(frames, bgr=bgr)
+
+    def warm_up(self, max_batch: int) -> None:
+        self.fast.warm_up(max_batch)
 
     def submit(self, frames: Sequence[np.ndarray], bgr: bool) -> FastPathHandle:
         return self.fast.submit(frames, bgr=bgr)

@@ -598,10 +598,13 @@ class GpuFastPath:
         slot.handle = handle
         return self.collect(handle)
 
-    def warm_up(self) -> None:
-        """Build the session and CUDA graph of every batch size now rather than on first use."""
+    def warm_up(self, max_batch: int | None = None) -> None:
+        """Build the networks (and graphs) of the batch sizes that batches of up to
+        ``max_batch`` frames use (None: all) now rather than on first use."""
         for b in self.batch_sizes:
             self._network(b)
+            if max_batch is not None and b >= max_batch:
+                break
 
     def close(self) -> None:
         if self._closed:
