@@ -53,6 +53,28 @@ def test_file_source_never_drops(coco_onnx, bikes_video):
     assert all(stats.mean_ms(s) > 0 for s in ("decode", "preprocess", "inference", "nms"))
 
 
+def test_waiting_frames_of_a_file_are_detected_together_in_order(coco_onnx, bikes_video):
+    """A file's frames queue up while one CPU thread detects: they go to the detector in
+    batches (at most max_batch), and come out once each, in order, equal to frame-by-frame."""
+    seen: list[tuple[int, int]] = []
+    with Detector(coco_onnx, "cpu", threads=1) as detector:
+        with open_source(str(bikes_video)) as src:
+            stats = Pipeline(
+                detector,
+                src,
+                [],
+                max_batch=6,
+                max_frames=48,
+                on_frame=lambda r: seen.append((r.frame.index, len(r.detections))),
+            ).run()
+        with open_source(str(bikes_video)) as src:
+            frames = [src.read() for _ in range(48)]
+        alone = [(f.index, len(detector.detect(f.image))) for f in frames]
+    assert stats.frames == 48 and stats.dropped == 0
+    assert 48 / 6 <= stats.batches < 48  # batched, never above max_batch
+    assert seen[: len(alone)] == alone[: len(seen)]
+
+
 def test_realtime_plays_a_file_at_its_frame_rate(coco_onnx, bikes_video, tmp_path):
     out = tmp_path / "rt.jsonl"
     t0 = time.monotonic()

@@ -22,22 +22,23 @@ def to_detections(
     Boxes come out of the graph as normalized [ymin, xmin, ymax, xmax] of the resized input,
     which maps linearly onto the original image because preprocessing stretches it.
     """
+    # Whole-batch array work first (a video batch holds up to 64 frames), then one slice each.
+    scores_all = outputs["detection_scores"]
+    count = outputs["num_detections"][:, 0].astype(np.int64)
+    keep_all = (np.arange(scores_all.shape[1]) < count[:, None]) & (scores_all >= min_score)
+    class_all = outputs["detection_classes"].astype(np.int32)
+    if classes is not None:
+        keep_all &= np.isin(class_all, list(classes))
+    sizes = np.asarray(image_sizes, np.float32).reshape(-1, 2)  # (height, width)
+    scale = sizes[:, [1, 0, 1, 0]][:, None, :]
+    boxes_all = outputs["detection_boxes"][:, :, [1, 0, 3, 2]].astype(np.float32) * scale
     result = []
-    for i, (height, width) in enumerate(image_sizes):
-        n = int(outputs["num_detections"][i, 0])
-        scores = outputs["detection_scores"][i, :n]
-        class_ids = outputs["detection_classes"][i, :n].astype(np.int32)
-        keep = scores >= min_score
-        if classes is not None:
-            keep &= np.isin(class_ids, list(classes))
-        norm = outputs["detection_boxes"][i, :n][keep]
-        scale = np.array([width, height, width, height], np.float32)
-        boxes = norm[:, [1, 0, 3, 2]].astype(np.float32) * scale
-        ids = class_ids[keep]
+    for i, keep in enumerate(keep_all[: len(sizes)]):
+        ids = class_all[i][keep]
         result.append(
             Detections(
-                boxes=boxes,
-                scores=scores[keep].astype(np.float32),
+                boxes=boxes_all[i][keep],
+                scores=scores_all[i][keep].astype(np.float32),
                 class_ids=ids,
                 labels=[labels.get(int(c), f"class_{c}") for c in ids],
             )
