@@ -184,7 +184,7 @@ class GpuFastPath:
     convolutions in fp32 mode (ORT's own default; scores move by ~2e-3 against the CPU, network
     0.89 instead of 1.30 ms at batch 1 on an H100); ``tf32=False`` for plain float32.
     ``own_graphs``: everything after the upload (preprocess, network, NMS, download, events)
-    replays from one CUDA graph of our own per (slot, frame count): the network's sessions run
+    replays from one CUDA graph of our own per (slot, batch size): the network's sessions run
     without ONNX Runtime's graph and their kernels are captured into ours, so a batch costs the
     host one copy and one graph launch. Where that capture fails, ONNX Runtime replays its own
     graph between two of ours ("split"; ``own_graphs="split"`` asks for it). ``cuda_graphs=False``:
@@ -391,24 +391,17 @@ class GpuFastPath:
     def _enqueue_whole(
         self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
     ) -> None:
-        """The upload (on the second stream for large batches), then one graph of ours. Frame
-        sizes and offsets are data for the preprocess kernel, so one graph per slot and network
-        batch serves every list of frames that pads to that batch."""
-        if n >= OVERLAP_MIN_BATCH:
-            up = self._upload_stream
-            if up is None:
-                up = self._upload_stream = self.device.create_stream()
-            self._issue_upload(slot, dev, total, up)
-            self.stream.wait(slot.events[1])
-        else:
-            self._issue_upload(slot, dev, total, self.stream)
+        """The upload, then one graph of ours. Frame sizes and offsets are data for the
+        preprocess kernel, so one graph per slot and network batch serves every list of frames
+        that pads to that batch."""
+        self._upload(slot, n, dev, total)
         key = (slot.index, slot.download.ptr, dev, start, net.batch, bgr, self._nms_debug)
         graph = self._graphs.get(key)
         if graph is None:
 
             def body() -> None:
                 self._issue_preprocess(slot, net, dev, start, bgr)
-                net.run()
+                self._run_network(net)
                 self._issue_tail(slot, net)
 
             exe = self._capture(body)
@@ -424,16 +417,23 @@ class GpuFastPath:
     def _enqueue_overlapped(
         self, slot: _Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool
     ) -> None:
-        """Upload on a second stream: the slot's buffers are free (its last batch finished
-        before the slot was taken), so only the preprocess waits for the copy."""
+        """The upload (see _upload), then the rest launch by launch."""
+        self._upload(slot, n, dev, total)
+        self._issue_preprocess(slot, net, dev, start, bgr)
+        self._run_network(net)
+        self._issue_tail(slot, net)
+
+    def _upload(self, slot: _Slot, n: int, dev: int, total: int) -> None:
+        """From OVERLAP_MIN_BATCH frames on a second stream: the slot's buffers are free (its last
+        batch finished before the slot was taken), so only the preprocess waits for the copy."""
+        if n < OVERLAP_MIN_BATCH:
+            self._issue_upload(slot, dev, total, self.stream)
+            return
         up = self._upload_stream
         if up is None:
             up = self._upload_stream = self.device.create_stream()
         self._issue_upload(slot, dev, total, up)
         self.stream.wait(slot.events[1])
-        self._issue_preprocess(slot, net, dev, start, bgr)
-        self._run_network(net)
-        self._issue_tail(slot, net)
 
     def _issue_upload(self, slot: _Slot, dev: int, total: int, stream: Any) -> None:
         ev = slot.events
