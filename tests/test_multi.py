@@ -335,3 +335,16 @@ def test_decoder_threads_are_shared_out() -> None:
     assert decode_threads_for(1, cores=16) == 16
     assert decode_threads_for(4, cores=16) == 4
     assert decode_threads_for(32, cores=16) == 1
+
+
+def test_default_batch_is_larger_where_the_detector_queues_gpu_work() -> None:
+    """32 frames per batch on the GPU fast path (it sustains 32 cameras that way), 8 elsewhere."""
+    from ssd_trt.video.multi import DEFAULT_MAX_BATCH, GPU_MAX_BATCH
+
+    def pipeline(detector: object) -> MultiPipeline:
+        return MultiPipeline(detector, [_ArraySource(0, 1)], [[_Record()]], ["s0"], draw=False)  # type: ignore[arg-type]
+
+    assert pipeline(_QueuedDetector(gpu_s=0.0)).max_batch == GPU_MAX_BATCH == 32
+    cpu = _QueuedDetector(gpu_s=0.0)
+    cpu.supports_submit = False
+    assert pipeline(cpu).max_batch == DEFAULT_MAX_BATCH == 8

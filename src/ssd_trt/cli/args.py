@@ -13,7 +13,7 @@ from ..contract import NMS_MODES, PRECISIONS
 from ..detector import DEFAULT_MODEL
 from ..precision.trt_compat import FLAVOURS
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
-from ..video.multi import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS
+from ..video.multi import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, GPU_MAX_BATCH
 
 
 def positive_int(text: str) -> int:
@@ -188,8 +188,8 @@ def many_sources_group(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-batch",
         type=positive_int,
-        default=DEFAULT_MAX_BATCH,
-        help="frames of all sources per inference call (default: %(default)s)",
+        help=f"frames of all sources per inference call (default: {GPU_MAX_BATCH} on the GPU "
+        f"fast path, else {DEFAULT_MAX_BATCH})",
     )
     g.add_argument(
         "--batch-wait-ms",

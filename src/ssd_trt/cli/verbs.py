@@ -29,7 +29,7 @@ from ..scale.serving import ServeConfig, serve_until_interrupted
 from ..scale.triton import write_repository
 from ..store import ArtifactStore, Calibration
 from ..video.app import FoundSummary, VideoJob, parse_hostport, run_video
-from ..video.multi import MultiJob, read_source_list, run_multi
+from ..video.multi import DEFAULT_MAX_BATCH, MultiJob, read_source_list, run_multi
 from ..video.outputs import FrameResult
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
                 backend=args.backend,
                 score_threshold=args.score_threshold,
                 max_frames=args.max_frames,
-                max_batch=args.max_batch,
+                max_batch=args.max_batch or DEFAULT_MAX_BATCH,
             )
         )
     else:

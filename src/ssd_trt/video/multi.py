@@ -52,10 +52,11 @@ from .serve import MjpegServer
 
 log = logging.getLogger(__name__)
 
-# Defaults: 8 frames fill a GPU batch well for SSDLite at 300x300 and keep a CPU batch under
-# ~0.2 s; 10 ms is a third of a 30 FPS frame interval, so waiting for a fuller batch adds at
-# most that much latency.
+# Defaults: 8 frames keep a CPU batch under ~0.2 s; on the GPU fast path 32 (one H100 sustains
+# 32 720p cameras with it, benchmarks/multi_stream.py); 10 ms is a third of a 30 FPS frame
+# interval, so waiting for a fuller batch adds at most that much latency.
 DEFAULT_MAX_BATCH = 8
+GPU_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 10.0
 _POLL_S = 0.1  # how often blocked threads re-check the stop flag
 _END = object()
@@ -203,7 +204,7 @@ class MultiPipeline:
         outputs: Sequence[Sequence[Output]],
         names: Sequence[str],
         *,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch: int | None = None,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         max_in_flight: int = 4,
         file_depth: int = 4,
@@ -215,6 +216,9 @@ class MultiPipeline:
     ) -> None:
         if not (len(sources) == len(outputs) == len(names)) or not sources:
             raise ValueError("one outputs list and one name per source, at least one source")
+        queues = getattr(detector, "supports_submit", False)  # the GPU fast path
+        if max_batch is None:
+            max_batch = GPU_MAX_BATCH if queues else DEFAULT_MAX_BATCH
         if max_batch < 1 or max_wait_ms < 0:
             raise SsdTrtError("max batch must be >= 1 and the batch deadline >= 0 ms")
         self.detector = detector
@@ -224,7 +228,7 @@ class MultiPipeline:
         self.max_in_flight = max(1, max_in_flight)
         # Batches on the detector at once: two where it queues work, so packing and submitting
         # batch k+1 overlaps batch k on the GPU.
-        self.depth = 2 if overlap and getattr(detector, "supports_submit", False) else 1
+        self.depth = 2 if overlap and queues else 1
         self.max_frames = max_frames
         self.draw = draw
         self.on_frame = on_frame
@@ -547,7 +551,7 @@ class MultiJob:
     serve: tuple[str, int] | None = None
     realtime: bool = False
     max_frames: int | None = None
-    max_batch: int = DEFAULT_MAX_BATCH
+    max_batch: int | None = None  # None: GPU_MAX_BATCH on the GPU fast path, else DEFAULT_MAX_BATCH
     max_wait_ms: float = DEFAULT_MAX_WAIT_MS
     streams: StreamSettings = StreamSettings()
     decode_threads: int | None = None  # FFmpeg threads per source; None: decode_threads_for()
