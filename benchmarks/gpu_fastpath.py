@@ -17,25 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ssd_trt.quality.bench import first_frames
 from ssd_trt.runtime.gpu.fastpath import STAGES, GpuFastPath
 
 log = logging.getLogger("gpu_fastpath_bench")
-
-
-def read_frames(video: Path, count: int) -> list[np.ndarray]:
-    import cv2
-
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while len(frames) < count:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    if not frames:
-        raise SystemExit(f"cannot read frames from {video}")
-    return frames
 
 
 def latency(fp: GpuFastPath, frame: np.ndarray, iters: int) -> dict[str, float]:
@@ -148,7 +133,7 @@ def main() -> None:
     import onnxruntime
     from cuda import core
 
-    frames = read_frames(args.video, 128)
+    frames = first_frames(str(args.video), 128)
     small = [np.ascontiguousarray(f[:, 170:470]) for f in frames]  # 272x300 crops
     sizes = [int(s) for s in args.sizes.split(",")]
     report: dict = {

@@ -30,7 +30,9 @@ from conftest import read_frames  # noqa: E402
 from test_sources import _free_port  # noqa: E402
 
 ray = pytest.importorskip("ray", reason="Ray is in the [ray] extra")
-psutil = pytest.importorskip("psutil")
+psutil = pytest.importorskip(
+    "psutil", reason="psutil is in the [ray] extra (the loopback socket check)"
+)
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 

@@ -205,28 +205,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             max_frames=args.max_frames,
         )
-        print(report.table())
-        if args.json:
-            _write_json(args.json, report.to_json())
-        return EXIT_OK
-    with Detector(
-        args.model,
-        args.backend,
-        threads=args.threads,
-        cache_dir=args.cache_dir,
-        precision=args.precision,
-        calib_images=args.calib_images,
-        max_batch=max(args.batch_sizes),
-    ) as detector:
-        log.info("benchmarking %s on %s", detector.model_path, detector.backend_name)
-        report = bench.run(
-            detector,
-            video,
-            args.batch_sizes,
-            iterations=args.iterations,
-            max_frames=args.max_frames,
-            paced_fps=args.camera_fps,
-        )
+    else:
+        with Detector(
+            args.model,
+            args.backend,
+            threads=args.threads,
+            cache_dir=args.cache_dir,
+            precision=args.precision,
+            calib_images=args.calib_images,
+            max_batch=max(args.batch_sizes),
+        ) as detector:
+            log.info("benchmarking %s on %s", detector.model_path, detector.backend_name)
+            report = bench.run(
+                detector,
+                video,
+                args.batch_sizes,
+                iterations=args.iterations,
+                max_frames=args.max_frames,
+                paced_fps=args.camera_fps,
+            )
     print(report.table())
     if args.json:
         _write_json(args.json, report.to_json())

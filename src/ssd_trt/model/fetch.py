@@ -28,6 +28,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
 
@@ -37,6 +39,8 @@ from ..fsutil import atomic_write
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
+
+Opener = Callable[[], IO[bytes]]  # opens one archive member's bytes
 
 __all__ = [
     "download_url",
@@ -179,7 +183,7 @@ def safe_extract(archive: Path, target: Path) -> None:
 def _extract_tar(archive: Path, root: str) -> None:
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
-        plan: list[tuple[tarfile.TarInfo, str]] = []
+        plan: list[tuple[str, Opener | None]] = []
         for m in members:
             dest = _member_path(archive, root, m.name)
             if m.issym():
@@ -192,23 +196,13 @@ def _extract_tar(archive: Path, root: str) -> None:
                 raise _unsafe(archive, m.name, "of an unsupported type")
             if m.isreg() and dest == root:
                 raise _unsafe(archive, m.name, "a file named like the target folder")
-            plan.append((m, dest))
-        # Only now, with every member checked, does anything touch the disk.
-        os.makedirs(root, exist_ok=True)
-        for m, dest in plan:
-            if m.isdir():
-                os.makedirs(dest, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            src = tar.extractfile(m)
-            assert src is not None  # isreg() members always have data
-            with src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out, _CHUNK)
+            plan.append((dest, None if m.isdir() else partial(tar.extractfile, m)))  # type: ignore[arg-type]
+        _write_plan(root, plan)
 
 
 def _extract_zip(archive: Path, root: str) -> None:
     with zipfile.ZipFile(archive) as zf:
-        plan: list[tuple[zipfile.ZipInfo, str]] = []
+        plan: list[tuple[str, Opener | None]] = []
         for info in zf.infolist():
             dest = _member_path(archive, root, info.filename)
             # Unix zips keep st_mode in the high 16 bits; that is where symlinks show up.
@@ -221,15 +215,21 @@ def _extract_zip(archive: Path, root: str) -> None:
                 raise _unsafe(archive, info.filename, "a socket")
             if not info.is_dir() and dest == root:
                 raise _unsafe(archive, info.filename, "a file named like the target folder")
-            plan.append((info, dest))
-        os.makedirs(root, exist_ok=True)
-        for info, dest in plan:
-            if info.is_dir():
-                os.makedirs(dest, exist_ok=True)
-                continue
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            with zf.open(info) as src, open(dest, "wb") as out:
-                shutil.copyfileobj(src, out, _CHUNK)
+            plan.append((dest, None if info.is_dir() else partial(zf.open, info)))
+        _write_plan(root, plan)
+
+
+def _write_plan(root: str, plan: Sequence[tuple[str, Opener | None]]) -> None:
+    """Write checked members: a folder (no opener) or a file's bytes. Only called once every
+    member of the archive was checked, so an unsafe archive touches nothing on disk."""
+    os.makedirs(root, exist_ok=True)
+    for dest, opener in plan:
+        if opener is None:
+            os.makedirs(dest, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        with opener() as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out, _CHUNK)
 
 
 def _error_line(stderr: str, prefixes: tuple[str, ...], fallback: str) -> str:

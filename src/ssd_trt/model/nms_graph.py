@@ -95,15 +95,7 @@ def onnx_nms(
         outputs=["nms_picked"],
         attrs={"axis": 1},
     )[0]
-    kept = graph.layer(op="GatherND", inputs=[cand_scores, picked], outputs=["nms_kept_scores"])[0]
-    shape = graph.layer(op="Shape", inputs=[cand_scores], outputs=["cand_shape"])[0]
-    empty = graph.layer(
-        op="ConstantOfShape",
-        inputs=[shape],
-        outputs=["nms_empty"],
-        attrs={"value": gs.Constant("neg_one", np.array([-1.0], f32))},
-    )[0]
-    dense = graph.layer(op="ScatterND", inputs=[empty, picked, kept], outputs=["nms_dense"])[0]
+    dense = _kept_scores(graph, gs, cand_scores, picked, "cand_shape")
     if limit_per_class:
         dense = _limit_per_class(graph, gs, dense, cls, s.max_per_class, classes)
     top_scores, top_pos = graph.layer(
@@ -132,6 +124,19 @@ def onnx_nms(
         op="GatherND", inputs=[cand_boxes, pos], outputs=["top_boxes"], attrs={"batch_dims": 1}
     )[0]
     return _detection_outputs(graph, gs, valid, top_boxes, top_scores, top_cls)
+
+
+def _kept_scores(graph: Any, gs: Any, scores: Any, selected: Any, shape_name: str) -> Any:
+    """``scores`` where NonMaxSuppression kept the (batch, class, box) index, -1 elsewhere."""
+    kept = graph.layer(op="GatherND", inputs=[scores, selected], outputs=["nms_kept_scores"])[0]
+    shape = graph.layer(op="Shape", inputs=[scores], outputs=[shape_name])[0]
+    empty = graph.layer(
+        op="ConstantOfShape",
+        inputs=[shape],
+        outputs=["nms_empty"],
+        attrs={"value": gs.Constant("neg_one", np.array([-1.0], np.float32))},
+    )[0]
+    return graph.layer(op="ScatterND", inputs=[empty, selected, kept], outputs=["nms_dense"])[0]
 
 
 def _limit_per_class(
@@ -250,15 +255,7 @@ def onnx_nms_per_class(
         ],
         outputs=["nms_selected"],
     )[0]
-    kept = graph.layer(op="GatherND", inputs=[scores_ca, selected], outputs=["nms_kept_scores"])[0]
-    shape = graph.layer(op="Shape", inputs=[scores_ca], outputs=["scores_nca_shape"])[0]
-    empty = graph.layer(
-        op="ConstantOfShape",
-        inputs=[shape],
-        outputs=["nms_empty"],
-        attrs={"value": gs.Constant("neg_one", np.array([-1.0], f32))},
-    )[0]
-    dense = graph.layer(op="ScatterND", inputs=[empty, selected, kept], outputs=["nms_dense"])[0]
+    dense = _kept_scores(graph, gs, scores_ca, selected, "scores_nca_shape")
     flat = graph.layer(
         op="Reshape", inputs=[dense, const(gs, "flat_shape", [0, -1])], outputs=["nms_flat"]
     )[0]

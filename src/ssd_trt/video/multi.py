@@ -45,7 +45,7 @@ import numpy as np
 from ..detector import Detector, PendingBatch
 from ..errors import SsdTrtError, require
 from ..sources import STREAM_PREFIXES, Frame, PacedSource, Source, open_source
-from .outputs import FrameResult, JsonLinesOutput, Output, VideoOutput
+from .outputs import FrameResult, JsonLinesOutput, Output, VideoOutput, finalize
 from .overlay import draw_frame
 from .pipeline import FpsMeter
 from .serve import MjpegServer
@@ -466,12 +466,7 @@ class MultiPipeline:
             for lane in self.lanes:
                 lane.stats.skipped = getattr(lane.source, "frames_skipped", 0)
                 lane.stats.reconnects = getattr(lane.source, "reconnects", 0)
-            for outs in self.outputs:
-                for out in outs:
-                    try:
-                        out.abort() if failed else out.close()
-                    except Exception as exc:
-                        log.warning("closing %s failed: %s", type(out).__name__, exc)
+            finalize((out for outs in self.outputs for out in outs), failed)
         return self.stats
 
 

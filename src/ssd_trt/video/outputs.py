@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -51,6 +52,16 @@ class Output(ABC):
     def abort(self) -> None:
         """Called instead of close() when the run failed: drop partial files."""
         self.close()
+
+
+def finalize(outputs: Iterable[Output], failed: bool) -> None:
+    """Close every output (abort them after a failure, so no partial file is left); one that
+    fails to close does not keep the others from finalizing."""
+    for out in outputs:
+        try:
+            out.abort() if failed else out.close()
+        except Exception as exc:
+            log.warning("closing %s failed: %s", type(out).__name__, exc)
 
 
 def has_display() -> bool:

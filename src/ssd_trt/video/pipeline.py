@@ -21,7 +21,7 @@ from typing import Any
 
 from ..detector import Detector
 from ..sources import Frame, Source
-from .outputs import FrameResult, Output, OutputWriteError, StopPipeline
+from .outputs import FrameResult, Output, OutputWriteError, StopPipeline, finalize
 from .overlay import draw_frame
 
 log = logging.getLogger(__name__)
@@ -230,11 +230,7 @@ class Pipeline:
             self.stats.seconds = time.perf_counter() - start
             self.stats.skipped = getattr(self.source, "frames_skipped", 0)
             self.stats.reconnects = getattr(self.source, "reconnects", 0)
-            for out in self.outputs:
-                try:
-                    out.abort() if failed else out.close()
-                except Exception as exc:  # finalize the others regardless
-                    log.warning("closing %s failed: %s", type(out).__name__, exc)
+            finalize(self.outputs, failed)
         return self.stats
 
     @contextmanager
