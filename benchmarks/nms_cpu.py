@@ -35,7 +35,7 @@ from ssd_trt.store import ArtifactStore
 
 MODEL = "ssdlite_mobilenet_v2_coco"
 REPO = Path(__file__).resolve().parents[1]
-COCO_MINI = Path(os.environ.get("SSD_TRT_SHARED", REPO.parent / "shared")) / "data" / "coco_mini"
+COCO_MINI = REPO / "tests" / "data" / "coco_mini"
 
 
 def images(every: int) -> dict[str, list[np.ndarray]]:

@@ -22,8 +22,8 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_data() -> Path:
-    return Path(os.environ.get("SSD_TRT_SHARED", REPO.parent / "shared")) / "data"
+# Test data shipped with the repository (see tests/data/coco_mini/README.md for the licences).
+DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,8 @@ def registry_graphs(model_cache: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def coco_mini() -> Path:
-    path = shared_data() / "coco_mini"
+    """16 real COCO train2017 images and their official annotations, shipped in tests/data."""
+    path = DATA / "coco_mini"
     assert (path / "instances_train2017_small.json").is_file(), f"missing {path}"
     return path
 

@@ -63,3 +63,19 @@ def test_library_code_never_prints():
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert offenders == []
+
+
+def test_nothing_reads_outside_the_repository():
+    """A user's clone has no ../shared: tests, benchmarks, tools and the package read only what
+    the repository ships (tests/data) or what the registries serve."""
+    needles = ("../shared", '"shared" / "data"', "shared/data", "SSD_TRT_SHARED")
+    offenders = []
+    for folder in ("src", "tests", "benchmarks", "tools", ".ci"):
+        for path in (REPO / folder).rglob("*"):
+            if not path.is_file() or path.suffix not in {".py", ".sh", ""}:
+                continue
+            if path == Path(__file__):
+                continue
+            text = path.read_text(errors="replace")
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in needles if n in text]
+    assert offenders == []
