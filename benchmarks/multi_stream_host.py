@@ -170,6 +170,9 @@ class _NullDetector:
     def __init__(self, queued: bool) -> None:
         self.supports_submit = queued
 
+    def warm_up(self, max_batch: int) -> None:
+        """Nothing to build: the pipeline calls this before its clock starts."""
+
     def submit(self, images):
         return len(images)
 
