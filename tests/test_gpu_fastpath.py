@@ -40,6 +40,14 @@ def test_kernels_compile_to_cubin_through_cuda_core() -> None:
     assert len(code.code) > 1000
 
 
+def test_kernel_sizes_have_one_home() -> None:
+    # kernels.py passes its sizes as -D macros; the .cu files must not define them again.
+    src = kernels.source()
+    for name in kernels.MACROS:
+        assert f"#define {name} " not in src, name
+        assert name in src, name
+
+
 def test_bad_arch_is_one_line_error() -> None:
     with pytest.raises(SsdTrtError, match="architecture"):
         kernels.arch_of("hopper")
