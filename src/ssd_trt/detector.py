@@ -129,8 +129,8 @@ class Detector:
                 )
             return engine
         precision = check_precision(precision or "fp32")
-        if Path(model).suffix == ONNX_SUFFIX:  # NMS settings it cannot take: refused up front
-            self._with_nms(model, self.store.onnx(model))
+        if self.nms_change != NmsChange() and Path(model).suffix == ONNX_SUFFIX:
+            self._with_nms(model, self.store.onnx(model))  # settings it cannot take: refused now
         order = candidates(backend)
         for i, name in enumerate(order):
             try:
