@@ -9,7 +9,7 @@ the best ``max_candidates`` (anchor, class) pairs by score.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,6 +24,44 @@ class NmsSettings:
     # above the threshold (1917 x 90 = 172k for COCO SSDs at TF's 1e-8). Sorting and walking
     # that many is what NMS cost; the best 1000 hold every detection that matters.
     max_candidates: int = 1000
+
+
+@dataclass(frozen=True)
+class NmsChange:
+    """NMS settings asked for at detect time; None keeps the model's own."""
+
+    iou_threshold: float | None = None
+    max_total: int | None = None
+    max_per_class: int | None = None
+
+    def applied_to(self, s: NmsSettings) -> NmsSettings:
+        return replace(
+            s,
+            iou_threshold=s.iou_threshold if self.iou_threshold is None else self.iou_threshold,
+            max_total=s.max_total if self.max_total is None else self.max_total,
+            max_per_class=s.max_per_class if self.max_per_class is None else self.max_per_class,
+        )
+
+    def not_exact_after(self, s: NmsSettings) -> list[str]:
+        """The fields (``iou_threshold``, ``max_per_class``, ``max_total``) that cutting the
+        output of NMS done with ``s`` cannot give exactly, so NMS must run again with them.
+
+        NMS keeps detections best first and stops at ``max_total``, so a smaller ``max_total``
+        is a prefix of its output. Another IoU changes which boxes suppress which; another
+        per-class limit changes which boxes compete for the ``max_total`` places (a smaller one
+        frees places that boxes NMS never returned would take); a larger ``max_total`` wants
+        boxes NMS never returned. (A higher score threshold is exact too: the Detector's
+        ``score_threshold`` filters after NMS.)
+        """
+        wanted = self.applied_to(s)
+        changed = []
+        if wanted.iou_threshold != s.iou_threshold:
+            changed.append("iou_threshold")
+        if wanted.max_per_class != s.max_per_class:
+            changed.append("max_per_class")
+        if wanted.max_total > s.max_total:
+            changed.append("max_total")
+        return changed
 
 
 def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:

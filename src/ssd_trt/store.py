@@ -8,7 +8,7 @@ like Polygraphy's lazy loaders. Every artifact is keyed by what it was made from
 model, option, TensorRT version or GPU never reuses a stale file. Layout under the cache root::
 
     models/<name>/...             fetched artifacts (see model.fetch)
-    onnx/<name>[.nms-<mode>].onnx exports of registry models
+    onnx/<name>[.nms-<mode>][.iou-...].onnx   exports of registry models (NMS settings)
     prepared/<stem>.<hash>.<precision>.onnx and .calib.json   precision conversions
     engines/<key>.engine and .engine.json                     engines built on demand
 """
@@ -32,6 +32,7 @@ from .errors import SsdTrtError
 from .model.export import ExportOptions, ExportSummary, export
 from .model.fetch import fetch_model
 from .model.registry import MODELS, SAMPLE_VIDEO, get_model
+from .nms import NmsSettings
 from .precision.engine import (
     BuildOptions,
     EngineMetadata,
@@ -119,13 +120,19 @@ class ArtifactStore:
         return export(model.graph, output, options, pipeline_config)
 
     def onnx(
-        self, model: str | os.PathLike[str], nms: str = "onnx", max_candidates: int | None = None
+        self,
+        model: str | os.PathLike[str],
+        nms: str = "onnx",
+        max_candidates: int | None = None,
+        settings: NmsSettings | None = None,
     ) -> Path:
         """An exported .onnx as is; a registry name is fetched and exported into the cache once.
 
         ``nms`` picks the export for registry names (``none`` for runtimes that run NMS after
         the network), ``max_candidates`` its candidate cap (None: the default; 0: no cap, the
-        graph as it was before the cap); a given .onnx keeps whatever it was exported with.
+        graph as it was before the cap), ``settings`` its IoU threshold, per-class limit and
+        top-K (None: the model's own; each set of settings is its own cached export); a given
+        .onnx keeps whatever it was exported with.
         """
         path = Path(model).expanduser()
         if is_engine(path):
@@ -142,6 +149,11 @@ class ArtifactStore:
         name = spec.name if nms == "onnx" else f"{spec.name}.nms-{nms}"
         if max_candidates is not None:
             name += f".candidates-{max_candidates or 'all'}"
+        if settings is not None:
+            name += (
+                f".iou-{float(settings.iou_threshold)!r}.per-class-{settings.max_per_class}"
+                f".max-det-{settings.max_total}"
+            )
         onnx_path = self.root / "onnx" / f"{name}{ONNX_SUFFIX}"
         if onnx_path.exists():
             if is_current_export(read_onnx_metadata(onnx_path)):
@@ -154,6 +166,9 @@ class ArtifactStore:
             labels=spec.labels,
             model_name=spec.name,
             max_candidates=max_candidates,
+            iou_threshold=None if settings is None else settings.iou_threshold,
+            max_per_class=None if settings is None else settings.max_per_class,
+            max_detections=None if settings is None else settings.max_total,
         )
         self.export(tf, onnx_path, options)
         return onnx_path

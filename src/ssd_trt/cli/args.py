@@ -132,6 +132,13 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
     precision_group(p)
     detection_group(p, 0.5)
     p.add_argument("--classes", help="comma-separated class names or ids to keep")
+    nms = p.add_argument_group(
+        "NMS (default: the model's own; where NMS is in the graph, a registry name is exported "
+        "again with them once, an .onnx or engine takes only a smaller --max-det)"
+    )
+    nms.add_argument("--iou", type=unit_float, help="NMS IoU threshold, 0 to 1")
+    nms.add_argument("--max-det", type=positive_int, help="detections per image at most")
+    nms.add_argument("--max-per-class", type=positive_int, help="detections per class at most")
     out = p.add_argument_group("outputs")
     out.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
     out.add_argument(

@@ -92,6 +92,9 @@ def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
         cache_dir=args.cache_dir,
         precision=args.precision,
         calib_images=args.calib_images,
+        iou=args.iou,
+        max_det=args.max_det,
+        max_per_class=args.max_per_class,
     )
 
 
@@ -146,6 +149,11 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
     if args.output:
         raise SsdTrtError("--output is for one source; with --output-dir each gets DIR/NAME.mp4")
     if args.ray:
+        if (args.iou, args.max_det, args.max_per_class) != (None, None, None):
+            raise SsdTrtError(
+                "--iou, --max-det and --max-per-class do not reach Ray workers yet; drop them "
+                "with --ray, or export the model with those NMS settings ('ssd-trt export')"
+            )
         stats = run_ray_batch(
             RayBatchJob(
                 sources=tuple(specs),

@@ -13,6 +13,7 @@ import numpy as np
 
 from ...contract import ModelInfo
 from ...errors import SsdTrtError
+from ...nms import NmsSettings
 from ..base import Backend
 from ..ort import available_providers
 from .fastpath import FastPathHandle, GpuFastPath
@@ -24,10 +25,16 @@ class FastPathBackend(Backend):
     supports_submit = True
 
     def __init__(
-        self, model: Path, fp16: bool = False, max_batch: int = 64, engine: Path | None = None
+        self,
+        model: Path,
+        fp16: bool = False,
+        max_batch: int = 64,
+        engine: Path | None = None,
+        nms: NmsSettings | None = None,
     ) -> None:
         """``model``: the ``--nms none`` ONNX (metadata, and the network for ONNX Runtime);
-        ``engine``: a TensorRT engine of that network, which then runs it instead."""
+        ``engine``: a TensorRT engine of that network, which then runs it instead; ``nms``:
+        the GPU NMS's settings (default: the model's, from its metadata)."""
         self.model_path = engine or model
         if engine is not None:
             self.name = "tensorrt"
@@ -45,7 +52,9 @@ class FastPathBackend(Backend):
         # Few sizes: each is a network and CUDA graph built once (seconds); smaller batches
         # are padded up to the next one.
         sizes = [b for b in (1, 8, 32) if b < max_batch] + [max_batch]
-        self.fast = GpuFastPath(model, fp16=fp16, batch_sizes=sizes, engine=engine, info=self.info)
+        self.fast = GpuFastPath(
+            model, fp16=fp16, batch_sizes=sizes, engine=engine, info=self.info, nms=nms
+        )
 
     @property
     def last_stage_ms(self) -> dict[str, float]:
