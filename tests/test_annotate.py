@@ -192,6 +192,8 @@ def test_detect_folder_save_dir_and_output_dir(coco_onnx, coco_mini, tmp_path):
         ("photo", ["--output", "{tmp}/x.gif"], "use a .mp4"),
         ("photo", ["--output", "{tmp}/no/x.jpg"], "does not exist"),
         ("folder", ["--save-dir", "{tmp}/d", "--output-dir", "{tmp}/o"], "--save-dir is for one"),
+        ("photo", ["--output", "{tmp}/link.jpg"], "is not a regular file"),
+        ("folder", ["--save-dir", "{tmp}/out"], "is not a regular file"),
     ],
 )
 def test_bad_image_outputs_are_one_line_and_exit_2(
@@ -202,6 +204,9 @@ def test_bad_image_outputs_are_one_line_and_exit_2(
     for name in (LANDSCAPE, PORTRAIT):
         shutil.copy(coco_mini / "images" / name, folder / name)
     photo = folder / LANDSCAPE
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "elsewhere.jpg")  # a link, not a file
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / PORTRAIT).mkdir()  # where an annotated image would go
     spec = {"video": bikes_video, "folder": folder, "photo": photo}[source]
     flags = [f.format(tmp=tmp_path, folder=folder, photo=photo) for f in flags]
     before = sorted(tmp_path.rglob("*"))

@@ -444,6 +444,7 @@ class ImageOutput(Output):
                     f"{flag} {self.path} would write over the input image {target}; "
                     "pass another folder or file name"
                 )
+            _check_replaceable(target)
         try:  # fail now, before any model work, where the folder cannot take files
             tempfile.TemporaryFile(dir=targets[0].parent).close()
         except OSError as exc:
@@ -461,8 +462,7 @@ class ImageOutput(Output):
 
     def write(self, result: FrameResult, annotated: np.ndarray) -> None:
         dest = self.target(result.frame)
-        if dest.is_symlink() or (dest.exists() and not dest.is_file()):
-            raise SsdTrtError(f"{dest} exists and is not a regular file; move it out of the way")
+        _check_replaceable(dest)  # again: it may have appeared since the start
         suffix = dest.suffix.lower() or ".jpg"
         params = [self.cv2.IMWRITE_JPEG_QUALITY, self.JPEG_QUALITY] if "jp" in suffix else []
         ok, data = self.cv2.imencode(suffix, annotated, params)
@@ -477,6 +477,12 @@ class ImageOutput(Output):
                 "written before are whole; free some space or write to another disk"
             ) from None
         self.frames += 1
+
+
+def _check_replaceable(path: Path) -> None:
+    """Only a regular file (or nothing) is replaced: never a link, a folder or a device."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise SsdTrtError(f"{path} exists and is not a regular file; move it out of the way")
 
 
 def _image_paths(source: Source) -> list[Path] | None:
