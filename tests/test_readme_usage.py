@@ -66,6 +66,21 @@ def _photo(proc, cwd: Path) -> None:
     assert proc.stdout.startswith("photo.jpg: "), proc.stdout
 
 
+def _same_size(name: str) -> Callable[[subprocess.CompletedProcess, Path], None]:
+    def check(proc, cwd: Path) -> None:
+        import cv2
+
+        assert cv2.imread(str(cwd / name)).shape == cv2.imread(str(cwd / "photo.jpg")).shape
+
+    return check
+
+
+def _saved_photos(proc, cwd: Path) -> None:
+    assert sorted(p.name for p in (cwd / "out").iterdir()) == sorted(
+        p.name for p in (cwd / "photos").iterdir()
+    )
+
+
 def _file(name: str) -> Callable[[subprocess.CompletedProcess, Path], None]:
     def check(proc, cwd: Path) -> None:
         assert (cwd / name).is_file() and (cwd / name).stat().st_size > 0, proc.stderr[-2000:]
@@ -87,6 +102,9 @@ EXPECTED: dict[str, Expect] = {
         codes=(130,), interrupt_after_page=True
     ),
     "ssd-trt detect photo.jpg": Expect(check=_photo),
+    "ssd-trt detect video.mp4 --iou 0.4 --max-det 20": Expect(),
+    "ssd-trt detect photo.jpg --output annotated.jpg": Expect(check=_same_size("annotated.jpg")),
+    "ssd-trt detect photos/ --save-dir out/": Expect(check=_saved_photos),
     "ssd-trt webcam": Expect(codes=(2,), why="no camera (and no display) on this machine"),
     "ssd-trt build coco.onnx --fp16 -o coco_fp16.engine": Expect(codes=(2,), why=NO_TRT),
     "ssd-trt build coco.onnx --int8 --calib-images photos/ -o coco_int8.engine": Expect(

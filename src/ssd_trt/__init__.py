@@ -1,8 +1,9 @@
 """ssd_trt: TF Object Detection API SSDs -> ONNX with NMS -> ONNX Runtime / TensorRT, on video."""
 
+from .annotate import annotate
 from .detections import Detection, Detections
 from .detector import Detector
 from .errors import SsdTrtError
 
-__all__ = ["Detector", "Detections", "Detection", "SsdTrtError"]
+__all__ = ["Detector", "Detections", "Detection", "SsdTrtError", "annotate"]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .annotate import annotate
 from .errors import require
 
 
@@ -94,6 +95,11 @@ class Detections:
             }
             for d in self
         ]
+
+    def plot(self, image: np.ndarray) -> np.ndarray:
+        """An annotated copy of ``image`` (BGR, the one detected on): boxes and labels with
+        scores, one colour per class, scaled to the image's size; ``image`` is unchanged."""
+        return annotate(image, self)
 
     def to_supervision(self) -> Any:
         """A ``supervision.Detections`` (pip install 'ssd-trt[supervision]')."""

@@ -56,6 +56,7 @@ class Source:
         self.description = description
         self.fps: float | None = None  # nominal rate, if the container or device says
         self.frames_skipped = 0  # unreadable frames or images, counted and skipped
+        self.skipped_names: list[str] = []  # the unreadable image files, by path
         self.reconnects = 0
         self.frame_count: int | None = None  # total frames, where known (files, images)
 
@@ -310,6 +311,7 @@ class ImageSource(Source):
             if image is None:
                 log.warning("%s: cannot decode %s as an image; skipping it", self.description, path)
                 self.frames_skipped += 1
+                self.skipped_names.append(str(path))
                 continue
             frame = Frame(self._index, float(self._index), image, name=path.name)
             self._index += 1
@@ -347,6 +349,7 @@ class PacedSource(Source):
         self._due = max(self._due + self.interval, time.monotonic() - self.interval)
         frame = self.inner.read()
         self.frames_skipped = self.inner.frames_skipped
+        self.skipped_names = self.inner.skipped_names
         return frame
 
     def close(self) -> None:

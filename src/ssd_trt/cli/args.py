@@ -140,7 +140,18 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
     nms.add_argument("--max-det", type=positive_int, help="detections per image at most")
     nms.add_argument("--max-per-class", type=positive_int, help="detections per class at most")
     out = p.add_argument_group("outputs")
-    out.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
+    out.add_argument(
+        "--output",
+        help="write the annotated video here (.mp4 or .avi); for images also an image name "
+        "(one image) or DIR/ (one annotated image per input, like --save-dir)",
+    )
+    if not live:
+        out.add_argument(
+            "--save-dir",
+            metavar="DIR",
+            help="write each input image annotated, at its own size and named like it, into "
+            "DIR (created if missing)",
+        )
     out.add_argument(
         "--json",
         nargs="?",

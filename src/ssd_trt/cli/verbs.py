@@ -103,7 +103,7 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         raise SsdTrtError("--json needs a FILE for one source (or pass --output-dir DIR)")
     job = VideoJob(
         source=source,
-        output=Path(args.output) if args.output else None,
+        output=args.output or None,  # a str: a trailing slash means a folder for images
         json=Path(args.json) if args.json else None,
         serve=parse_hostport(args.serve) if args.serve else None,
         show=args.show,
@@ -111,6 +111,7 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         realtime=getattr(args, "realtime", False),
         loop=getattr(args, "loop", False),
         max_frames=args.max_frames,
+        save_dir=Path(args.save_dir) if getattr(args, "save_dir", None) else None,
     )
     found = FoundSummary()
 
@@ -148,6 +149,11 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
         )
     if args.output:
         raise SsdTrtError("--output is for one source; with --output-dir each gets DIR/NAME.mp4")
+    if args.save_dir:
+        raise SsdTrtError(
+            "--save-dir is for one source (a folder of images is one); with --output-dir each "
+            "source gets DIR/NAME.mp4"
+        )
     if args.ray:
         if (args.iou, args.max_det, args.max_per_class) != (None, None, None):
             raise SsdTrtError(

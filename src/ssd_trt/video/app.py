@@ -18,8 +18,8 @@ from .outputs import (
     JsonLinesOutput,
     Output,
     ServeOutput,
-    VideoOutput,
     WindowOutput,
+    annotated_outputs,
     has_display,
 )
 from .pipeline import Pipeline, RunStats
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class VideoJob:
     source: str | int
-    output: Path | None = None  # annotated video
+    output: Path | str | None = None  # annotated video, image, or image folder (ends in /)
     json: Path | None = None  # one JSON line per frame
     serve: tuple[str, int] | None = None  # live page (host, port)
     show: bool | None = None  # a window; None: when a display is available
@@ -38,6 +38,7 @@ class VideoJob:
     realtime: bool = False  # deliver a file at its own frame rate, like a camera
     max_frames: int | None = None
     loop: bool = False  # replay a file from the start when it ends (demos, soak runs)
+    save_dir: Path | None = None  # one annotated image per input image, at its own size
 
 
 class LoopSource(Source):
@@ -60,6 +61,7 @@ class LoopSource(Source):
         self._offset = 0.0  # media time of the passes before this one
         self._last = 0.0
         self._skipped_before = 0
+        self._names_before: list[str] = []
         self._pass_frames = 0
 
     def read(self) -> Frame | None:
@@ -82,6 +84,7 @@ class LoopSource(Source):
     def _next_pass(self) -> None:
         assert self._inner is not None
         self._skipped_before += self._inner.frames_skipped
+        self._names_before = self.skipped_names
         self._inner.close()
         if self._pass_frames == 0:  # nothing decodable: stop rather than reopen forever
             self._inner = None
@@ -99,6 +102,16 @@ class LoopSource(Source):
     @frames_skipped.setter
     def frames_skipped(self, value: int) -> None:
         pass  # the base class initializes it; the count lives in the passes
+
+    @property
+    def skipped_names(self) -> list[str]:  # type: ignore[override]
+        """Each unreadable file once, however many passes skipped it."""
+        now = self._inner.skipped_names if self._inner else []
+        return list(dict.fromkeys([*self._names_before, *now]))
+
+    @skipped_names.setter
+    def skipped_names(self, value: list[str]) -> None:
+        pass  # the base class initializes it; the names live in the passes
 
     def close(self) -> None:
         if self._inner is not None:
@@ -134,8 +147,7 @@ def run_video(
                 raise SsdTrtError("--realtime is for files and images; live sources already are")
             source = PacedSource(source, source.fps or 25.0)
         # Outputs before the model: an unwritable path or a taken port fails in a second.
-        if job.output:
-            outputs.append(VideoOutput(job.output, source.fps))
+        outputs.extend(annotated_outputs(source, job.output or None, job.save_dir))
         if job.json:
             outputs.append(JsonLinesOutput(job.json))
         if job.serve:

@@ -397,7 +397,8 @@ class MultiPipeline:
                 image = frame.image
                 if self.draw:
                     image = image.copy()
-                    draw_frame(image, dets, fps.value, infer_ms, self.detector.backend_name)
+                    rate = None if frame.name else fps.value  # still images: no FPS
+                    draw_frame(image, dets, rate, infer_ms, self.detector.backend_name)
                 result = FrameResult(
                     frame=frame,
                     detections=dets,

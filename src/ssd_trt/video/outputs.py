@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,7 +19,8 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import SsdTrtError, require
-from ..sources import Frame
+from ..fsutil import atomic_write
+from ..sources import IMAGE_SUFFIXES, Frame, ImageSource, Source
 from .serve import MjpegServer
 
 log = logging.getLogger(__name__)
@@ -294,6 +296,7 @@ class VideoOutput(_AtomicFileOutput):
         self.size: tuple[int, int] = (0, 0)
         self.codec = ""
         self._torn = False  # a write failed: the file may end in a partial fragment
+        self._letterboxed = False  # said once that frames of other sizes are letterboxed
 
     def _open_writer(self, size: tuple[int, int]) -> None:
         suffix = self.path.suffix.lower()
@@ -338,11 +341,20 @@ class VideoOutput(_AtomicFileOutput):
         super()._finish()
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
-        """Pad an odd-sized frame by one pixel; resize frames of another size (image folders)."""
+        """Pad an odd-sized frame by one pixel; letterbox frames of another size (image
+        folders): scaled to fit whole, never stretched, centred on black."""
         h, w = image.shape[:2]
         if (w + w % 2, h + h % 2) == self.size:
             return self.cv2.copyMakeBorder(image, 0, h % 2, 0, w % 2, self.cv2.BORDER_REPLICATE)
-        return self.cv2.resize(image, self.size)
+        if not self._letterboxed:
+            self._letterboxed = True
+            log.warning(
+                "%s: images of another size than the first (%dx%d) are scaled to fit it and "
+                "padded with black bars; --save-dir DIR keeps each image at its own size",
+                self.path,
+                *self.size,
+            )
+        return letterbox(self.cv2, image, self.size)
 
     def _release(self) -> None:
         super()._release()
@@ -357,6 +369,184 @@ class VideoOutput(_AtomicFileOutput):
         if self._torn and isinstance(writer, _PyAvH264) and self.tmp.exists():
             kept = cut_to_whole_fragments(self.tmp)
             log.info("%s keeps its whole fragments (%d bytes)", self.path, kept)
+
+
+def letterbox(cv2: Any, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` scaled to fit ``size`` (w, h) with its aspect ratio kept, centred on black."""
+    h, w = image.shape[:2]
+    width, height = size
+    scale = min(width / w, height / h)
+    fw, fh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = np.zeros((height, width, 3), np.uint8)
+    x, y = (width - fw) // 2, (height - fh) // 2
+    out[y : y + fh, x : x + fw] = cv2.resize(image, (fw, fh), interpolation=interp)
+    return out
+
+
+def _unique_names(paths: Sequence[Path]) -> dict[str, list[str]]:
+    """Output file names per input file name, in input order: ``a.jpg``, then ``a-2.jpg`` ...
+    for inputs of the same name from different folders (a recursive glob)."""
+    taken: set[str] = set()
+    names: dict[str, list[str]] = {}
+    for path in paths:
+        name, n = path.name, 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{path.stem}-{n}{path.suffix}"
+        taken.add(name.lower())
+        names.setdefault(path.name, []).append(name)
+    return names
+
+
+class ImageOutput(Output):
+    """Annotated still images, each at its own size, each written whole (temp file + rename).
+
+    With ``folder`` set, one file per input image in ``path``, named like the input (a name
+    seen twice gets ``-2``); else ``path`` is the one file for a single image, in the format
+    its suffix names. The folder is created where missing; nothing is ever written over an
+    input image or over anything that is not a regular file.
+    """
+
+    JPEG_QUALITY = 95
+
+    def __init__(
+        self, path: Path, inputs: Sequence[Path], folder: bool, flag: str = "--output"
+    ) -> None:
+        self.cv2 = require("cv2", "video")
+        self.path, self.folder, self.frames = Path(path), folder, 0
+        self._names = _unique_names(inputs)
+        self._seen: dict[str, int] = {}  # how often each input name came (loops repeat them)
+        if folder:
+            if self.path.exists() and not self.path.is_dir():
+                raise SsdTrtError(f"{flag} {self.path} is a file; pass a folder for the images")
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _open_failed(self.path / "x", exc) from None
+            targets = [self.path / n for names in self._names.values() for n in names]
+        else:
+            if self.path.suffix.lower() not in IMAGE_SUFFIXES or not self.cv2.haveImageWriter(
+                str(self.path)
+            ):
+                raise SsdTrtError(
+                    f"cannot write image {self.path}: use a .jpg, .png, .bmp, .webp or .tif name"
+                )
+            if self.path.is_dir():
+                raise SsdTrtError(f"output {self.path} is a directory; pass a file name")
+            if not self.path.parent.exists():
+                raise SsdTrtError(f"folder {self.path.parent} does not exist; create it first")
+            targets = [self.path]
+        originals = {p.resolve() for p in inputs}
+        for target in targets:
+            if target.resolve() in originals:
+                raise SsdTrtError(
+                    f"{flag} {self.path} would write over the input image {target}; "
+                    "pass another folder or file name"
+                )
+            _check_replaceable(target)
+        try:  # fail now, before any model work, where the folder cannot take files
+            tempfile.TemporaryFile(dir=targets[0].parent).close()
+        except OSError as exc:
+            raise _open_failed(targets[0], exc) from None
+
+    def target(self, frame: Frame) -> Path:
+        """Where ``frame``'s annotated image goes."""
+        if not self.folder:
+            return self.path
+        name = frame.name or f"frame{frame.index:06d}.jpg"
+        choices = self._names.get(name, [name])
+        seen = self._seen.get(name, 0)
+        self._seen[name] = seen + 1
+        return self.path / choices[seen % len(choices)]
+
+    def write(self, result: FrameResult, annotated: np.ndarray) -> None:
+        dest = self.target(result.frame)
+        _check_replaceable(dest)  # again: it may have appeared since the start
+        suffix = dest.suffix.lower() or ".jpg"
+        params = [self.cv2.IMWRITE_JPEG_QUALITY, self.JPEG_QUALITY] if "jp" in suffix else []
+        ok, data = self.cv2.imencode(suffix, annotated, params)
+        if not ok:
+            raise SsdTrtError(f"OpenCV cannot encode {dest.name}; use a .jpg or .png name")
+        try:
+            with atomic_write(dest) as f:
+                f.write(data.tobytes())
+        except OSError as exc:
+            raise OutputWriteError(
+                f"writing {dest} failed after {self.frames} images: {_reason(exc)}; the images "
+                "written before are whole; free some space or write to another disk"
+            ) from None
+        self.frames += 1
+
+
+def _check_replaceable(path: Path) -> None:
+    """Only a regular file (or nothing) is replaced: never a link, a folder or a device."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise SsdTrtError(f"{path} exists and is not a regular file; move it out of the way")
+
+
+def _image_paths(source: Source) -> list[Path] | None:
+    """The files of an image source (also looped or paced); None for videos, streams, cameras."""
+    seen = 0
+    while source is not None and seen < 4:
+        if isinstance(source, ImageSource):
+            return source.paths
+        source = getattr(source, "inner", None) or getattr(source, "_inner", None)
+        seen += 1
+    return None
+
+
+def annotated_outputs(
+    source: Source, output: Path | str | None, save_dir: Path | str | None = None
+) -> list[Output]:
+    """The outputs that write annotated pictures for ``detect``, checked against the source.
+
+    ``output``: a video name (.mp4, .avi ...), an image name for a single image, or a folder
+    (an existing one, or a name ending in a slash) for images; ``save_dir``: a folder for
+    images. Folders get one annotated image per input image, at its own size, named like it.
+    Refused in one line, before anything is written, where they do not fit the source.
+    """
+    images = _image_paths(source)
+    what = source.description
+    folders = [(Path(save_dir), "--save-dir")] if save_dir is not None else []
+    video = image = None
+    if output is not None:
+        text, output = str(output), Path(output)
+        if text.endswith(("/", os.sep)) or output.is_dir():
+            folders.append((output, "--output"))
+        elif output.suffix.lower() in IMAGE_SUFFIXES:
+            image = output
+        else:
+            video = output
+    for folder, flag in folders:
+        if images is None:
+            raise SsdTrtError(
+                f"{flag} {folder} writes annotated images, but {what} is a video, stream or "
+                "camera; pass --output NAME.mp4 for an annotated video"
+            )
+    if image is not None and images is None:
+        raise SsdTrtError(
+            f"--output {image} is an image name, but {what} is a video, stream or camera; "
+            "pass a .mp4, .avi, .mkv or .mov name for the annotated video"
+        )
+    if image is not None and images is not None and len(images) > 1:
+        raise SsdTrtError(
+            f"--output {image} names one image, but {what} holds {len(images)} images; "
+            "pass a folder (--output DIR/ or --save-dir DIR) for one annotated image each, "
+            "or a .mp4 name for one video"
+        )
+    outputs: list[Output] = []
+    try:
+        if video is not None:
+            outputs.append(VideoOutput(video, source.fps))
+        if image is not None:
+            outputs.append(ImageOutput(image, images or [], folder=False))
+        for folder, flag in folders:
+            outputs.append(ImageOutput(folder, images or [], folder=True, flag=flag))
+    except BaseException:
+        finalize(outputs, failed=True)
+        raise
+    return outputs
 
 
 class JsonLinesOutput(_AtomicFileOutput):

@@ -47,6 +47,7 @@ class RunStats:
     dropped: int = 0  # live frames dropped because inference was busy
     batches: int = 0  # detector calls (waiting frames of a file go to it together)
     skipped: int = 0  # unreadable frames the source skipped
+    skipped_names: list[str] = field(default_factory=list)  # the unreadable image files
     reconnects: int = 0
     seconds: float = 0.0
     stopped_by: str = "end of stream"
@@ -72,10 +73,18 @@ class RunStats:
         if self.dropped:
             text += f", {self.dropped} dropped to keep up"
         if self.skipped:
-            text += f", {self.skipped} unreadable skipped"
+            text += f", {self.skipped} unreadable skipped{_named(self.skipped_names)}"
         if self.reconnects:
             text += f", {self.reconnects} reconnects"
         return f"{text}; stopped by {self.stopped_by}"
+
+
+def _named(names: list[str], shown: int = 3) -> str:
+    """`` (a.jpg, b.jpg and 2 more)``: which files were skipped, so they can be found."""
+    if not names:
+        return ""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f" ({', '.join(names[:shown])}{more})"
 
 
 class FpsMeter:
@@ -168,7 +177,8 @@ class Pipeline:
         image = frame.image
         if self.draw:
             image = image.copy()
-            draw_frame(image, detections, self._fps.value, infer_ms, self.detector.backend_name)
+            fps = None if frame.name else self._fps.value  # a still image has no frame rate
+            draw_frame(image, detections, fps, infer_ms, self.detector.backend_name)
         t1 = time.perf_counter()
         result = FrameResult(
             frame=frame,
@@ -229,6 +239,7 @@ class Pipeline:
             self._stop.set()
             self.stats.seconds = time.perf_counter() - start
             self.stats.skipped = getattr(self.source, "frames_skipped", 0)
+            self.stats.skipped_names = list(getattr(self.source, "skipped_names", []))
             self.stats.reconnects = getattr(self.source, "reconnects", 0)
             finalize(self.outputs, failed)
         return self.stats
