@@ -13,7 +13,17 @@ PACKAGE = REPO / "src" / "ssd_trt"
 
 # Floors, lowest first; a module may import its own floor and the floors below.
 FLOORS = [
-    {"errors", "fsutil", "progress", "nms", "preprocess", "detections", "contract", "sources"},
+    {
+        "errors",
+        "fsutil",
+        "progress",
+        "nms",
+        "preprocess",
+        "detections",
+        "contract",
+        "sources",
+        "tracking",
+    },
     {"postprocess"},
     {"model"},
     {"precision"},
