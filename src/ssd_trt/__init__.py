@@ -3,6 +3,7 @@
 from .detections import Detection, Detections
 from .detector import Detector
 from .errors import SsdTrtError
+from .tracking import Tracker, TrackerConfig
 
-__all__ = ["Detector", "Detections", "Detection", "SsdTrtError"]
+__all__ = ["Detector", "Detections", "Detection", "SsdTrtError", "Tracker", "TrackerConfig"]
 __version__ = "0.1.0"
