@@ -23,6 +23,7 @@ FLOORS = [
         "contract",
         "sources",
         "annotate",
+        "tracking",
     },
     {"postprocess"},
     {"model"},

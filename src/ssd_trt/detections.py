@@ -24,13 +24,15 @@ class Detections:
     """Detections in one image, in pixel coordinates of that image, best first.
 
     ``boxes`` float32 [M, 4] (x1, y1, x2, y2); ``scores`` float32 [M]; ``class_ids`` int32 [M],
-    the model's label ids (1..90 for COCO); ``labels`` the matching names.
+    the model's label ids (1..90 for COCO); ``labels`` the matching names. ``tracker_id`` int
+    [M] once a ``tracking.Tracker`` has seen them (-1: not in a confirmed track), else None.
     """
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int32))
     labels: list[str] = field(default_factory=list)
+    tracker_id: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.scores)
@@ -39,6 +41,11 @@ class Detections:
                 f"Detections fields disagree: boxes {self.boxes.shape}, scores {n}, "
                 f"class_ids {len(self.class_ids)}, labels {len(self.labels)}"
             )
+        if self.tracker_id is not None:
+            ids = np.asarray(self.tracker_id)
+            if ids.shape != (n,) or (n and not np.issubdtype(ids.dtype, np.integer)):
+                raise ValueError(f"tracker_id must be {n} integers, got {ids.dtype} {ids.shape}")
+            self.tracker_id = ids.astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -54,7 +61,11 @@ class Detections:
         idx = np.arange(len(self))[index]
         idx = np.atleast_1d(idx)
         return Detections(
-            self.boxes[idx], self.scores[idx], self.class_ids[idx], [self.labels[i] for i in idx]
+            self.boxes[idx],
+            self.scores[idx],
+            self.class_ids[idx],
+            [self.labels[i] for i in idx],
+            None if self.tracker_id is None else self.tracker_id[idx],
         )
 
     def filter(
@@ -86,7 +97,8 @@ class Detections:
         ]
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        return [
+        """One dict per detection; ``track_id`` only when tracked."""
+        records = [
             {
                 "box": [round(float(v), 1) for v in d.box],
                 "score": round(d.score, 4),
@@ -95,6 +107,10 @@ class Detections:
             }
             for d in self
         ]
+        if self.tracker_id is not None:
+            for record, tid in zip(records, self.tracker_id.tolist(), strict=True):
+                record["track_id"] = tid
+        return records
 
     def plot(self, image: np.ndarray) -> np.ndarray:
         """An annotated copy of ``image`` (BGR, the one detected on): boxes and labels with
@@ -109,4 +125,5 @@ class Detections:
             confidence=self.scores.astype(np.float32),
             class_id=self.class_ids.astype(int),
             data={"class_name": np.array(self.labels, dtype=str)},
+            tracker_id=None if self.tracker_id is None else self.tracker_id.astype(int),
         )
