@@ -84,6 +84,26 @@ def test_build_model_name_exports_into_the_cache_not_the_working_directory(model
     assert meta["onnx_metadata"]["ssd_trt.nms"] == "none"  # what RTX can run
 
 
+def test_build_tf_graph_exports_into_the_cache_once(registry_graphs, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="the rtx extra is in .[all]; CI installs it")
+    graph = tmp_path / "graphs" / "person.pb"  # a user's frozen graph, away from the cache
+    graph.parent.mkdir()
+    graph.write_bytes(registry_graphs["ssdlite_mobilenet_v2_person"].read_bytes())
+    work, cache = tmp_path / "project", tmp_path / "cache"
+    work.mkdir()
+    args = ("build", str(graph), "--trt", "tensorrt-rtx", "--compute-capability", "sm86")
+    first = cli_in(work, *args, "--cache-dir", str(cache))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert files_in(work) == ["person.engine", "person.engine.json"]
+    assert files_in(graph.parent) == ["person.pb"]
+    (export,) = (cache / "onnx" / "graphs").glob("person.*.onnx")
+    assert "exporting" in first.stderr
+    second = cli_in(work, *args, "--cache-dir", str(cache), "-o", "again.engine")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "exporting" not in second.stderr  # the same graph: the cached export
+    assert json.loads((work / "again.engine.json").read_text())["onnx_path"] == str(export)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -278,8 +278,11 @@ class ArtifactStore:
             digest.update(str(file.relative_to(tf.graph.parent)).encode() + b"\0")
             digest.update(file.read_bytes())
         onnx_path = self.root / "onnx" / "graphs" / f"{tf.name}.{digest.hexdigest()[:16]}.onnx"
-        if onnx_path.exists() and is_current_export(read_onnx_metadata(onnx_path)):
-            return onnx_path, tf.name
+        try:
+            if onnx_path.exists() and is_current_export(read_onnx_metadata(onnx_path)):
+                return onnx_path, tf.name
+        except SsdTrtError:  # unreadable: exported again below
+            pass
         log.info("exporting %s to %s", tf.graph, onnx_path)
         options = ExportOptions(nms=nms, labels=tf.labels, model_name=tf.name)  # type: ignore[arg-type]
         self.export(tf, onnx_path, options)
