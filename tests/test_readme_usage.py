@@ -115,7 +115,7 @@ EXPECTED: dict[str, Expect] = {
     "ssd-trt compare coco.onnx --precisions fp32,fp16,int8 --images photos/ "
     "--calib-images frames/": Expect(codes=(0, 1)),  # 1: a precision beyond its tolerance
     "ssd-trt eval coco.onnx --coco-annotations ann.json --images val/ "
-    "--precision fp32,fp16,int8": Expect(),
+    "--precision fp32,fp16,int8 --calib-images frames/": Expect(),
     "ssd-trt bench --model coco.onnx --json bench.json": Expect(check=_file("bench.json")),
     "ssd-trt bench --backend cuda --json gpu.json": Expect(
         codes=(2,), why="no NVIDIA GPU here (the GPU fast path needs [gpu])"

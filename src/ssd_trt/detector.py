@@ -232,17 +232,14 @@ class Detector:
     def _class_ids(self, classes: Collection[int | str] | None) -> set[int] | None:
         if classes is None:
             return None
-        by_name = {name: i for i, name in self.info.labels.items()}
+        labels = self.info.labels
+        by_name = {name: i for i, name in labels.items()}
         ids = set()
         for c in classes:
-            if isinstance(c, str) and not c.isdigit():
-                if c not in by_name:
-                    raise SsdTrtError(
-                        f"unknown class {c!r}; this model knows e.g. {', '.join(list(by_name)[:5])}"
-                    )
-                ids.add(by_name[c])
-            else:
-                ids.add(int(c))
+            i = by_name.get(c) if isinstance(c, str) and not c.isdigit() else int(c)
+            if i not in labels:
+                raise SsdTrtError(f"unknown class {c!r}; {_class_choices(labels)}")
+            ids.add(i)
         return ids
 
     @property
@@ -434,3 +431,13 @@ def _nms_change(iou: float | None, max_det: int | None, max_per_class: int | Non
         max_total=None if max_det is None else int(max_det),
         max_per_class=None if max_per_class is None else int(max_per_class),
     )
+
+
+def _class_choices(labels: dict[int, str]) -> str:
+    """The valid ``classes`` of a model, in one line."""
+    if not labels:
+        return "this model has no labels"
+    lo, hi = min(labels), max(labels)
+    ids = f"id {lo}" if lo == hi else f"ids {lo}-{hi}"
+    names = [n for n in labels.values() if not n.startswith("class_")]  # not generic fill-ins
+    return f"this model's classes are {ids}" + (f" or {', '.join(names)}" if names else "")

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -31,6 +31,9 @@ def bar(total: float | None = None, desc: str = "", unit: str = "it", **kwargs: 
 
 
 def track(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """Yield ``items`` under a bar; its total is ``total``, else the length of a sized iterable."""
+    if total is None and isinstance(items, Sized):
+        total = len(items)
     with bar(total, desc, unit, leave=False) as b:
         for item in items:
             yield item

@@ -9,6 +9,7 @@ model, option, TensorRT version or GPU never reuses a stale file. Layout under t
 
     models/<name>/...             fetched artifacts (see model.fetch)
     onnx/<name>[.nms-<mode>][.iou-...].onnx   exports of registry models (NMS settings)
+    onnx/graphs/<stem>.<hash>.onnx            exports of TF graphs for build
     prepared/<stem>.<hash>.<precision>.onnx and .calib.json   precision conversions
     engines/<key>.engine and .engine.json                     engines built on demand
 """
@@ -16,6 +17,7 @@ model, option, TensorRT version or GPU never reuses a stale file. Layout under t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ from .precision.engine import (
     engine_cache_key,
     preflight,
 )
-from .precision.quantize import Flavour, prepare
+from .precision.quantize import Flavour, check_calibration_source, prepare
 from .precision.trt_compat import TrtApi, local_gpu
 
 log = logging.getLogger(__name__)
@@ -239,35 +241,81 @@ class ArtifactStore:
     ) -> tuple[Path, Path, EngineMetadata]:
         """``ssd-trt build``: a registry name, TF graph or .onnx -> an engine at ``output``.
 
-        A name or TF graph is exported first, beside the engine (``nms`` defaults to what the
-        TensorRT flavour can run). Returns the engine, the ONNX it was built from (the FP16/INT8
-        conversion, which ONNX Runtime runs too) and the engine's metadata.
+        A name or TF graph is exported into the cache first, never into the working directory
+        (``nms`` defaults to what the TensorRT flavour can run). Returns the engine, the ONNX it
+        was built from (the FP16/INT8 conversion, which ONNX Runtime runs too) and the engine's
+        metadata. Options are checked before any fetch, export or calibration.
         """
         if output is not None and output.suffix not in ENGINE_SUFFIXES:
             raise SsdTrtError(
                 f"engine file {output} should end in {' or '.join(ENGINE_SUFFIXES)}; "
                 "pass e.g. -o model.engine"
             )
-        source = Path(model).expanduser()
-        if source.suffix != ONNX_SUFFIX:
-            tf = self.tf_model(model)
-            mode = nms or ("onnx" if api.has_nms_layer else "none")
-            source = (output or Path(f"{tf.name}.engine")).with_suffix(ONNX_SUFFIX)
-            options_ = ExportOptions(nms=mode, labels=tf.labels, model_name=tf.name)  # type: ignore[arg-type]
-            self.export(tf, source, options_)
-        elif not source.is_file():
-            raise SsdTrtError(
-                f"{source} does not exist; export a model with 'ssd-trt export' first"
-            )
-        elif nms:
-            raise SsdTrtError(
-                "--nms applies when building from a model name or TF graph; for an "
-                ".onnx, export it again with 'ssd-trt export --nms ...'"
-            )
         options.validate()
+        if options.compute_capability is not None:
+            api.check_target(options.compute_capability)
+        if options.precision == "int8" and calibration.images:
+            check_calibration_source(calibration.images)
+        source = Path(model).expanduser()
+        if source.suffix == ONNX_SUFFIX:
+            if not source.is_file():
+                raise SsdTrtError(
+                    f"{source} does not exist; export a model with 'ssd-trt export' first"
+                )
+            if nms:
+                raise SsdTrtError(
+                    "--nms applies when building from a model name or TF graph; for an "
+                    ".onnx, export it again with 'ssd-trt export --nms ...'"
+                )
+            engine = output or source.with_suffix(".engine")
+        else:
+            mode = nms or ("onnx" if api.has_nms_layer else "none")
+            if mode != "none" and not api.has_nms_layer:
+                raise SsdTrtError(
+                    f"{api.name} has no NMS layer; build with --nms none (its default)"
+                )
+            source, name = self._export_for_build(model, mode)
+            engine = output or Path(f"{name}.engine")
         preflight(source, api)  # what can fail fast does, before any calibration
-        engine = output or source.with_suffix(".engine")
         built_from = self.prepared(source, options.precision, calibration, out_dir=engine.parent)
         if built_from != source:
             log.info("%s ONNX (runs in ONNX Runtime too): %s", options.precision, built_from)
         return engine, built_from, build_engine(built_from, engine, options, trt_api=api)
+
+    def _export_for_build(self, model: str, nms: str) -> tuple[Path, str]:
+        """The export ``build`` starts from, in the cache, and the model's name: a registry
+        name's export is shared with every other verb; a TF graph's is keyed by its content."""
+        if model in MODELS and not Path(model).expanduser().exists():
+            return self.onnx(model, nms=nms), model
+        tf = self.tf_model(model)
+        digest = hashlib.sha256(nms.encode())
+        for file in _graph_files(tf.graph):
+            digest.update(str(file.relative_to(tf.graph.parent)).encode() + b"\0")
+            digest.update(file.read_bytes())
+        onnx_path = self.root / "onnx" / "graphs" / f"{tf.name}.{digest.hexdigest()[:16]}.onnx"
+        try:
+            if onnx_path.exists() and is_current_export(read_onnx_metadata(onnx_path)):
+                return onnx_path, tf.name
+        except SsdTrtError:  # unreadable: exported again below
+            pass
+        log.info("exporting %s to %s", tf.graph, onnx_path)
+        options = ExportOptions(nms=nms, labels=tf.labels, model_name=tf.name)  # type: ignore[arg-type]
+        self.export(tf, onnx_path, options)
+        return onnx_path, tf.name
+
+
+def _graph_files(graph: Path) -> list[Path]:
+    """The files an export of ``graph`` reads: a SavedModel folder's files, or the graph file,
+    a TF.js model's weight shards and the pipeline.config beside it."""
+    if graph.is_dir():
+        return sorted(p for p in graph.rglob("*") if p.is_file())
+    files = [graph]
+    if graph.suffix == ".json":
+        try:
+            manifest = json.loads(graph.read_text(encoding="utf-8")).get("weightsManifest", [])
+            shards = [graph.parent / path for group in manifest for path in group["paths"]]
+        except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError):
+            shards = []  # the export says what is wrong with it
+        files += [shard for shard in shards if shard.is_file()]
+    near = graph.parent / "pipeline.config"
+    return files + ([near] if near.is_file() else [])

@@ -496,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
         "COCO mAP of a model, per precision",
         "COCO bbox mAP (AP, AP50, AP75, APs, APm, APl; pycocotools) of a registry model, "
         "exported .onnx or engine on annotated images, for each requested precision, at score "
-        ">= 0.001. --json adds image and detection counts and machine details.",
+        ">= 0.001 (n/a where the images hold no object of that size; annotations without "
+        "ground truth are an error). int8 needs --calib-images. --json adds image and "
+        "detection counts and machine details.",
     )
     p.add_argument("model", help="registry name, exported .onnx or engine")
     p.add_argument("--coco-annotations", required=True, help="COCO instances json")

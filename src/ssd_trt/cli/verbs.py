@@ -18,6 +18,7 @@ from ..fsutil import atomic_write
 from ..model.export import ExportOptions
 from ..model.registry import MODELS
 from ..precision.engine import BuildOptions
+from ..precision.quantize import check_calibration_source
 from ..precision.trt_compat import load_trt
 from ..quality import bench, sidebyside
 from ..quality.compare import compare, load_images, parse_per_key
@@ -317,6 +318,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise SsdTrtError(
             "int8 needs --calib-images DIR (real photos or a video, not the compared images)"
         )
+    if "int8" in precisions:
+        check_calibration_source(args.calib_images)  # before the export and the fp32 runs
     images = load_images(args.images, args.max_images)
     coco = None
     if args.coco_annotations:

@@ -129,12 +129,18 @@ def _drop_cast_round_trips(model: Any) -> None:
 # ---------------------------------------------------------------------------------- calibration
 
 
+CALIBRATION_SLOTS = 8  # calibrations one cache file keeps, the most recently used first
+
+
 @dataclass
 class CalibrationCache:
-    """Activation ranges (amax per tensor) and what they were computed from.
+    """Activation ranges (amax per tensor) and what they were computed from: one slot of a
+    calibration cache file.
 
     ``key`` names the model, preprocessing and method; ``image_set`` the calibration images
-    themselves (which ones, how many), so new images or another count recalibrate.
+    themselves (which ones, how many), so new images or another count recalibrate. A file keeps
+    up to CALIBRATION_SLOTS of them (``load_slots``), so verbs that calibrate one model on
+    different images (``compare`` on frames, ``eval`` on photos) each find theirs.
     """
 
     key: str
@@ -145,23 +151,52 @@ class CalibrationCache:
     nonneg: list[str] = field(default_factory=list)  # tensors never negative in calibration
 
     @classmethod
-    def load(cls, path: Path) -> CalibrationCache | None:
+    def from_json(cls, data: Any) -> CalibrationCache | None:
+        """One slot from its JSON, or None when it is malformed (then it is not used)."""
         try:
-            data = json.loads(path.read_text())
-            return cls(
-                data["key"],
-                data["method"],
+            slot = cls(
+                str(data["key"]),
+                str(data["method"]),
                 int(data["images"]),
-                data["amax"],
+                {str(k): float(v) for k, v in data["amax"].items()},
                 str(data.get("image_set", "")),
-                list(data.get("nonneg", [])),
+                [str(n) for n in data.get("nonneg", [])],
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
             return None
+        if not all(np.isfinite(v) and v >= 0 for v in slot.amax.values()):
+            return None  # a range must be a finite magnitude
+        return slot
+
+    @classmethod
+    def load(cls, path: Path) -> CalibrationCache | None:
+        """The most recently used slot of the file at ``path`` (None: missing or unreadable)."""
+        slots = load_slots(path)
+        return slots[0] if slots else None
 
     def save(self, path: Path) -> None:
+        """Put this slot first in ``path``, replacing the one of the same model, preprocessing
+        and images, keeping the CALIBRATION_SLOTS most recently used. The file is read again
+        just before, so a slot that another process saved meanwhile stays."""
+        same = (self.key, self.image_set)
+        others = [s for s in load_slots(path) if (s.key, s.image_set) != same]
+        slots = [self, *others][:CALIBRATION_SLOTS]
+        data = {"slots": [asdict(s) for s in slots]}
         with atomic_write(path) as f:
-            f.write(json.dumps(asdict(self), indent=1, sort_keys=True).encode())
+            f.write(json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def load_slots(path: Path) -> list[CalibrationCache]:
+    """Every well-formed slot of a calibration cache file, most recently used first; [] when
+    the file is missing or unreadable. A file from before slots is one slot."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    entries = data.get("slots") if isinstance(data, dict) and "slots" in data else [data]
+    if not isinstance(entries, list):
+        return []
+    return [slot for slot in map(CalibrationCache.from_json, entries) if slot is not None]
 
 
 def calibration_key(model_bytes: bytes, config: PreprocessConfig) -> str:
@@ -180,6 +215,16 @@ def image_set_digest(images: Sequence[np.ndarray]) -> str:
         h.update(str(image.shape).encode())
         h.update(np.ascontiguousarray(image).tobytes())
     return h.hexdigest()
+
+
+def check_calibration_source(spec: str) -> None:
+    """Fail fast, before an export or a first pass, on calibration images that cannot even be
+    opened (a missing path, a folder without images); reading them comes later."""
+    try:
+        with open_source(spec):
+            pass
+    except SsdTrtError as exc:
+        raise SsdTrtError(f"calibration images: {exc}") from None
 
 
 def calibration_images(spec: str, count: int) -> list[np.ndarray]:
@@ -383,17 +428,19 @@ def calibration_ranges(
     count: int,
     batch: int,
 ) -> tuple[CalibrationCache, bool]:
-    """The ranges of ``names``: from the cache when it was made for this model from the same
-    images (or when no images are given), else calibrated now; returns (ranges, reused).
+    """The ranges of ``names``: from the cache's slot made for this model from the same images
+    (with no images: its most recently used slot for this model), else calibrated now and
+    saved as a new slot; returns (ranges, reused).
 
     Given images are always read first, so an empty folder or a file that is no image or video
     is an error even when a cache exists.
     """
     images = calibration_images(calib_images, count) if calib_images else None
     image_set = image_set_digest(images) if images is not None else None
-    cached = CalibrationCache.load(cache_path) if cache_path and cache_path.exists() else None
-    stale = _why_stale(cached, key, names, image_set)
-    if cached is not None and stale is None:
+    slots = load_slots(cache_path) if cache_path is not None else []
+    # With images: the slot made from them; without: the most recently used one of this model.
+    cached = next((s for s in slots if _why_stale(s, key, names, image_set) is None), None)
+    if cached is not None:
         if images is None:
             log.info(
                 "reusing calibration cache %s (%d images); skipping calibration (pass "
@@ -403,13 +450,16 @@ def calibration_ranges(
             )
         else:
             log.info("calibration cache %s matches these images; skipping calibration", cache_path)
+        if cached is not slots[0]:
+            cached.save(cache_path)  # type: ignore[arg-type]  # most recently used first
         return cached, True
+    stale = _why_no_slot(slots, key, names, image_set)
     if images is None:
         raise SsdTrtError(
             "INT8 needs calibration images: pass --calib-images DIR (real photos or a video)"
-            + (f" (the calibration cache {cache_path} {stale})" if cached is not None else "")
+            + (f" (the calibration cache {cache_path} {stale})" if slots else "")
         )
-    if cached is not None:
+    if slots:
         log.info("calibration cache %s %s; recalibrating", cache_path, stale)
     log.info("calibrating on %d images from %s", len(images), calib_images)
     amax, nonneg = calibrate(src, images, config, batch, names, keep_peak)
@@ -417,6 +467,15 @@ def calibration_ranges(
     if cache_path is not None:
         ranges.save(cache_path)
     return ranges, False
+
+
+def _why_no_slot(
+    slots: Sequence[CalibrationCache], key: str, names: Sequence[str], image_set: str | None
+) -> str | None:
+    """Why none of ``slots`` serves (for the log): told by the closest one."""
+    mine = [s for s in slots if s.key == key] or list(slots)
+    closest = [s for s in mine if s.image_set == image_set] or mine
+    return _why_stale(closest[0] if closest else None, key, names, image_set)
 
 
 def _why_stale(

@@ -135,6 +135,25 @@ class TrtApi:
     def set_workspace(self, config: Any, nbytes: int) -> None:
         config.set_memory_pool_limit(self.trt.MemoryPoolType.WORKSPACE, int(nbytes))
 
+    def check_target(self, cc: str) -> str:
+        """``cc`` normalized (``"sm89"``) when this TensorRT can build for it, else one line
+        saying why not; cheap, so a build checks it before any export or calibration."""
+        target = normalize_cc(cc)
+        if not self.can_target_compute_capability:
+            gpu = local_gpu()
+            if gpu is not None and gpu[1] == target:
+                return target  # the local GPU: full TensorRT builds for it as it is
+            raise SsdTrtError(
+                f"{self.name} builds only for the local GPU; building for {cc} ahead of time "
+                "needs TensorRT-RTX (pip install 'ssd-trt[rtx]') or a machine with that GPU"
+            )
+        supported = self.compute_capabilities()
+        if target not in supported:
+            raise SsdTrtError(
+                f"{self.name} cannot build for {cc}; it supports {', '.join(supported)}"
+            )
+        return target
+
     def set_compute_capability(self, config: Any, cc: str) -> None:
         """Build for one named target (``"sm89"``) instead of the local GPU."""
         if not self.can_target_compute_capability:
@@ -142,12 +161,7 @@ class TrtApi:
                 f"{self.name} builds only for the local GPU; building for {cc} ahead of time "
                 "needs TensorRT-RTX (pip install 'ssd-trt[rtx]') or a machine with that GPU"
             )
-        member = getattr(self.trt.ComputeCapability, normalize_cc(cc).upper(), None)
-        if member is None:
-            raise SsdTrtError(
-                f"{self.name} cannot build for {cc}; it supports "
-                f"{', '.join(self.compute_capabilities())}"
-            )
+        member = getattr(self.trt.ComputeCapability, self.check_target(cc).upper())
         config.num_compute_capabilities = 1
         if not config.set_compute_capability(member, 0):
             raise SsdTrtError(f"{self.name} refused compute capability {cc}")

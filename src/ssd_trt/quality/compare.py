@@ -321,7 +321,7 @@ def _detections(
     return result
 
 
-def _coco(coco: Any, images_dir: Path | None, onnx_path: Path) -> dict[str, float]:
+def _coco(coco: Any, images_dir: Path | None, onnx_path: Path) -> dict[str, float | None]:
     assert images_dir is not None
     with Detector(onnx_path, "cpu", score_threshold=EVAL_SCORE_THRESHOLD) as d:
         return coco_map(coco, images_dir, d.detect, d.info.labels).metrics

@@ -21,6 +21,7 @@ from ..contract import is_engine
 from ..detections import Detections
 from ..detector import Detector
 from ..errors import SsdTrtError, require
+from ..precision.quantize import check_calibration_source
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,18 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 @dataclass
 class CocoResult:
-    metrics: dict[str, float]
+    # None: undefined (COCOeval's -1), e.g. APs where the annotations hold no small object
+    metrics: dict[str, float | None]
     images: int
     detections: int
 
     def line(self) -> str:
-        return "  ".join(f"{k} {v:.3f}" for k, v in self.metrics.items())
+        return "  ".join(f"{k} {metric_text(v)}" for k, v in self.metrics.items())
+
+
+def metric_text(value: float | None, width: int = 0) -> str:
+    """A metric for a table: three decimals, or n/a where it is undefined (never 0)."""
+    return f"{value:>{width}.3f}" if value is not None else f"{'n/a':>{width}}"
 
 
 def load_annotations(path: Path) -> Any:
@@ -52,6 +59,14 @@ def load_annotations(path: Path) -> Any:
         raise SsdTrtError(
             f"{path} is not a COCO annotation file (json with images, annotations, categories)"
         ) from None
+    # Without ground truth mAP is undefined, not 0: say so before any model work.
+    if not data["images"]:
+        raise SsdTrtError(f"{path} lists no images; pass the COCO instances json of the images")
+    if not data["annotations"]:
+        raise SsdTrtError(
+            f"{path} has no annotations (ground-truth boxes), so mAP is undefined; pass a COCO "
+            "instances json with annotations"
+        )
     coco = coco_module.COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -91,6 +106,11 @@ def coco_map(
             "evaluate a COCO-label model"
         )
     pairs = image_paths(coco, images_dir)
+    if not coco.getAnnIds(imgIds=[i for i, _ in pairs]):
+        raise SsdTrtError(
+            "none of the annotated images has a ground-truth box, so mAP is undefined; pass a "
+            "COCO instances json with annotations for its images"
+        )
     records: list[dict[str, Any]] = []
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
@@ -100,7 +120,7 @@ def coco_map(
             raise SsdTrtError(f"cannot decode annotated image {broken[0]}; check the image folder")
         for (image_id, _), dets in zip(chunk, detect(images), strict=True):
             records += dets.to_coco(image_id)
-    metrics = dict.fromkeys(METRICS, 0.0)
+    metrics: dict[str, float | None] = dict.fromkeys(METRICS, 0.0)
     if records:
         with contextlib.redirect_stdout(io.StringIO()):
             results = coco.loadRes(records)
@@ -109,7 +129,8 @@ def coco_map(
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        metrics = {k: max(0.0, float(v)) for k, v in zip(METRICS, ev.stats[:6], strict=True)}
+        stats = zip(METRICS, ev.stats[:6], strict=True)
+        metrics = {k: None if v < 0 else float(v) for k, v in stats}  # -1: no such objects
     return CocoResult(metrics=metrics, images=len(pairs), detections=len(records))
 
 
@@ -135,7 +156,7 @@ class EvalReport:
             f"{'precision':<9}  " + "  ".join(f"{m:>6}" for m in METRICS) + "  detections",
         ]
         for run in self.runs:
-            row = "  ".join(f"{run.result.metrics[m]:>6.3f}" for m in METRICS)
+            row = "  ".join(metric_text(run.result.metrics[m], 6) for m in METRICS)
             lines.append(f"{run.precision:<9}  {row}  {run.result.detections:>10}")
         return "\n".join(lines)
 
@@ -174,6 +195,8 @@ def evaluate(
         raise SsdTrtError(
             "int8 needs --calib-images DIR (real photos or a video, not the evaluated images)"
         )
+    if "int8" in precisions:
+        check_calibration_source(calib_images)  # before the other precisions' runs
     engine = is_engine(Path(model))
     if engine and list(precisions) != ["fp32"]:
         raise SsdTrtError(

@@ -72,7 +72,7 @@ class VariantReport:
     onnx: str
     tensors: list[TensorStats] = field(default_factory=list)
     agreement: Agreement | None = None
-    coco: dict[str, float] | None = None
+    coco: dict[str, float | None] | None = None
     checks: list[Check] = field(default_factory=list)
 
     @property
@@ -92,7 +92,7 @@ class CompareReport:
     score_threshold: float
     error_stat: str
     engines: str  # what happened with TensorRT engine runners
-    reference_coco: dict[str, float] | None
+    reference_coco: dict[str, float | None] | None
     variants: list[VariantReport]
 
     @property
@@ -182,8 +182,10 @@ class CompareReport:
         return "\n".join(lines)
 
 
-def _map_line(metrics: dict[str, float] | None) -> str:
-    return "  ".join(f"{k} {v:.3f}" for k, v in (metrics or {}).items())
+def _map_line(metrics: dict[str, float | None] | None) -> str:
+    # None: undefined (no ground truth of that size), never shown as 0
+    items = (metrics or {}).items()
+    return "  ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in items)
 
 
 def match(ref: Detections, other: Detections, iou_threshold: float = MATCH_IOU) -> list:

@@ -57,10 +57,44 @@ def has_module(name: str) -> bool:
         return False
 
 
+def unusable(name: str) -> str | None:
+    """Why the backend ``name`` cannot run here, in one line, or None. Cheap (no model is
+    loaded), so a backend asked for by name fails before any export or conversion."""
+    name = canonical_backend(name)
+    provider = {
+        "cuda": "CUDAExecutionProvider",
+        "onnxruntime-cuda": "CUDAExecutionProvider",
+        "onnxruntime-tensorrt": "TensorrtExecutionProvider",
+    }.get(name)
+    if provider is not None and provider not in available_providers():
+        return (
+            f"ONNX Runtime here has no {provider} (no onnxruntime-gpu); the {name} backend "
+            "needs an NVIDIA GPU and: pip install 'ssd-trt[gpu]'"
+        )
+    if name == "cuda" and not has_module("cuda.core"):
+        return "the cuda backend needs cuda.core and an NVIDIA GPU: pip install 'ssd-trt[gpu]'"
+    if name == "tensorrt":
+        try:
+            load_trt()
+        except SsdTrtError as exc:
+            return str(exc)
+        if local_gpu() is None:
+            return (
+                "the tensorrt backend needs a CUDA GPU (and cuda-python) here; use backend cpu, "
+                "or build ahead of time with 'ssd-trt build --trt tensorrt-rtx "
+                "--compute-capability SM'"
+            )
+    return None
+
+
 def candidates(requested: str) -> list[str]:
-    """The backends to try, in order: the one asked for, or for ``auto`` the fastest first."""
+    """The backends to try, in order: the one asked for (an error where it cannot run here),
+    or for ``auto`` the fastest first."""
     requested = canonical_backend(requested)
     if requested != "auto":
+        why = unusable(requested)
+        if why is not None:
+            raise SsdTrtError(why)
         return [requested]
     order = []
     why = tensorrt_usable()

@@ -229,6 +229,24 @@ class _SourceWriter:
             self.video.close() if ok else self.video.abort()
 
 
+def detection_rows(ds: Any, model: ModelFiles, job: RayBatchJob, actors: int) -> Any:
+    """The (lazy) Ray Data stage: a fixed pool of ``actors`` ChunkDetectors, one chunk a call.
+
+    Only named arguments, no ``ray_remote_args`` (deprecated since Ray 2.60) and no
+    ``concurrency`` (deprecated for ``compute``). A dead actor is restarted and its chunk
+    retried: Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1.
+    """
+    import ray
+
+    return ds.map_batches(
+        ChunkDetector,
+        fn_constructor_args=(model, job),
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=job.cpus_per_actor,
+    )
+
+
 def run_ray_batch(
     job: RayBatchJob, on_frame: Callable[[str, int], None] | None = None
 ) -> BatchStats:
@@ -264,16 +282,7 @@ def run_ray_batch(
         ds = ray.data.from_items(
             [{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks)
         )
-        rows = ds.map_batches(
-            ChunkDetector,
-            fn_constructor_args=(model, job),
-            batch_size=1,
-            concurrency=actors,
-            num_cpus=job.cpus_per_actor,
-            # Each actor is restarted if its process dies; its chunk is retried elsewhere.
-            max_restarts=-1,
-            max_task_retries=-1,
-        )
+        rows = detection_rows(ds, model, job, actors)
         for batch in rows.iter_batches(batch_size=None, batch_format="numpy"):
             for src, frame, record, jpeg in zip(
                 batch["source"], batch["frame"], batch["record"], batch["jpeg"], strict=True
