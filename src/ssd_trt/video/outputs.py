@@ -16,8 +16,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .. import fsutil
 from ..detections import Detections
 from ..errors import SsdTrtError, require
+from ..fsutil import PartialFile
 from ..sources import Frame
 from .serve import MjpegServer
 
@@ -112,16 +114,9 @@ class OutputWriteError(SsdTrtError):
     """
 
 
-_WRITE_REASONS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file size limit reached",
-    errno.EROFS: "the file system became read-only",
-}
-
-
 def _reason(exc: OSError) -> str:
-    return _WRITE_REASONS.get(exc.errno or 0) or exc.strerror or str(exc) or type(exc).__name__
+    reason = fsutil.reason(exc)
+    return "the file system became read-only" if exc.errno == errno.EROFS else reason
 
 
 def write_failed(path: Path, frames: int, exc: OSError) -> OutputWriteError:
@@ -132,45 +127,29 @@ def write_failed(path: Path, frames: int, exc: OSError) -> OutputWriteError:
     )
 
 
-def _open_failed(path: Path, exc: OSError) -> SsdTrtError:
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return SsdTrtError(
-            f"cannot write {path}: permission denied in {path.parent}; choose a folder you can "
-            "write to"
-        )
-    return SsdTrtError(f"cannot write {path}: {_reason(exc)}")
-
-
 class _AtomicFileOutput(Output):
-    """Writes to a hidden temp file beside the target and renames it on close.
+    """Writes through ``fsutil.PartialFile``: a hidden temp file beside the target, renamed on
+    close; a character device, FIFO or ``-`` (stdout) is written through instead.
 
     The temp file is created up front, so an unwritable place fails before any model work,
     with the real reason (permission, read-only, missing folder).
     """
 
+    opens_file = True  # False: the writer opens ``tmp`` by name itself
+
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise SsdTrtError(f"output {self.path} is a directory; pass a file name")
-        if not self.path.parent.exists():
-            raise SsdTrtError(f"folder {self.path.parent} does not exist; create it first")
-        # Keep the real suffix last (writers pick the container from it); the pid keeps two
-        # runs writing the same file from clobbering each other's temp file.
-        name = f".{self.path.stem}.{os.getpid()}.partial{self.path.suffix}"
-        self.tmp = self.path.with_name(name)
+        self.target = PartialFile(path)
+        self.path = self.target.name
+        self.tmp = self.target.path  # what a writer opens by name (None for stdout)
         self.frames = 0  # written so far
-        try:
-            self._file: BinaryIO | None = open(self.tmp, "wb", buffering=0)  # noqa: SIM115
-        except OSError as exc:
-            raise _open_failed(self.path, exc) from None
+        self._file: BinaryIO | None = self.target.open() if self.opens_file else None
 
     def _finish(self) -> None:
-        if self.tmp.exists():
-            os.replace(self.tmp, self.path)
+        self.target.commit()
 
     def abort(self) -> None:
         self._release()
-        self.tmp.unlink(missing_ok=True)
+        self.target.discard()
 
     def close(self) -> None:
         self._release()
@@ -281,14 +260,24 @@ class VideoOutput(_AtomicFileOutput):
     SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
     MJPG_SUFFIXES = (".avi", ".mkv")
 
+    opens_file = False  # PyAV and OpenCV open the temp file by name
+
     def __init__(self, path: Path, fps: float | None) -> None:
-        if Path(path).suffix.lower() not in self.SUFFIXES:
+        where = fsutil.destination(path)
+        if where.kind == "stdout":
             raise SsdTrtError(
-                f"cannot write video {path}: use a .mp4, .avi, .mkv or .mov file name"
+                "a video cannot go to standard output (-); write it to a file or a FIFO, or "
+                "watch it live with --serve"
             )
+        self.container = Path(path).suffix.lower()
+        if self.container not in self.SUFFIXES:
+            if not where.streams:
+                raise SsdTrtError(
+                    f"cannot write video {path}: use a .mp4, .avi, .mkv or .mov file name"
+                )
+            self.container = ".mp4"  # a device or FIFO: fragmented MP4 streams
         self.cv2 = require("cv2", "video")
         super().__init__(path)
-        self._release()  # the writer reopens the temp file by name
         self.fps = fps if fps and 0 < fps < 1000 else 25.0
         self.writer: _PyAvH264 | _OpenCvWriter | None = None
         self.size: tuple[int, int] = (0, 0)
@@ -296,15 +285,14 @@ class VideoOutput(_AtomicFileOutput):
         self._torn = False  # a write failed: the file may end in a partial fragment
 
     def _open_writer(self, size: tuple[int, int]) -> None:
-        suffix = self.path.suffix.lower()
-        if suffix in self.MJPG_SUFFIXES:
+        if self.container in self.MJPG_SUFFIXES:
             self.writer = _OpenCvWriter(self.cv2, self.tmp, "MJPG", self.fps, size)
             self.codec = "MJPG (OpenCV)"
         elif _has_pyav_h264():
             try:
                 self.writer = _PyAvH264(self.tmp, self.fps, size)
             except OSError as exc:
-                raise _open_failed(self.path, exc) from None
+                raise fsutil.cannot_write(self.path, exc) from None
             self.codec = "H.264 (libx264 via PyAV)"
         else:
             log.warning(
@@ -333,7 +321,7 @@ class VideoOutput(_AtomicFileOutput):
 
     def _finish(self) -> None:
         if not self.codec:  # no frame ever came: leave no empty video behind
-            self.tmp.unlink(missing_ok=True)
+            self.target.discard()
             return
         super()._finish()
 
@@ -354,7 +342,8 @@ class VideoOutput(_AtomicFileOutput):
         except OSError as exc:  # the disk filled: what was written before stays
             log.debug("finishing %s: %s", self.path, _reason(exc))
             self._torn = True
-        if self._torn and isinstance(writer, _PyAvH264) and self.tmp.exists():
+        torn_file = self._torn and not self.target.streams and isinstance(writer, _PyAvH264)
+        if torn_file and self.tmp is not None and self.tmp.exists():
             kept = cut_to_whole_fragments(self.tmp)
             log.info("%s keeps its whole fragments (%d bytes)", self.path, kept)
 
@@ -363,7 +352,8 @@ class JsonLinesOutput(_AtomicFileOutput):
     """One JSON object per frame: index, timestamp, detections (pixel boxes).
 
     Each line goes to the file whole before the next frame: a write that fails (disk full) is
-    cut back to the last complete line, so the file ends at the last good frame.
+    cut back to the last complete line, so the file ends at the last good frame. ``-`` writes
+    the lines to standard output.
     """
 
     shows_image = False
@@ -379,12 +369,13 @@ class JsonLinesOutput(_AtomicFileOutput):
             record["name"] = result.frame.name
         assert self._file is not None
         data = memoryview((json.dumps(record) + "\n").encode())
-        good = self._file.tell()
+        good = None if self.target.streams else self._file.tell()  # a pipe cannot seek
         try:
             while data:
                 data = data[self._file.write(data) :]
         except OSError as exc:
-            self._file.truncate(good)
+            if good is not None:
+                self._file.truncate(good)
             raise write_failed(self.path, self.frames, exc) from None
         self.frames += 1
 
