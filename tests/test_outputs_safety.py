@@ -366,3 +366,19 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(model_cache, coc
     assert "file size limit" in error_line(proc)
     assert "Traceback" not in proc.stderr
     assert others(out) == []
+
+
+def test_triton_repo_force_replaces_only_a_model_folder(coco_onnx, tmp_path):
+    from ssd_trt.errors import SsdTrtError
+    from ssd_trt.scale.triton import write_repository
+
+    repo = tmp_path / "repo"
+    folder = write_repository(coco_onnx, repo)
+    elsewhere = tmp_path / "elsewhere"
+    folder.rename(elsewhere)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(SsdTrtError, match="not a model folder"):
+        write_repository(coco_onnx, repo, force=True)
+    assert folder.is_symlink() and (elsewhere / "config.pbtxt").is_file()
+    folder.unlink()
+    assert write_repository(coco_onnx, repo, force=True) == folder and folder.is_dir()
