@@ -282,6 +282,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise SsdTrtError(
             "--int8 needs --calib-images DIR (real photos or a video), or a --calib-cache"
         )
+    if args.output:
+        check_writable(args.output)  # before the export, calibration and build
     options = BuildOptions(
         precision=precision,
         min_batch=args.min_batch,

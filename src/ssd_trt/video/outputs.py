@@ -269,7 +269,7 @@ class VideoOutput(_AtomicFileOutput):
                 "a video cannot go to standard output (-); write it to a file or a FIFO, or "
                 "watch it live with --serve"
             )
-        self.container = Path(path).suffix.lower()
+        self.container = where.path.suffix.lower()  # a link's target's: the temp file's
         if self.container not in self.SUFFIXES:
             if not where.streams:
                 raise SsdTrtError(
