@@ -67,7 +67,7 @@ def cannot_write(path: Path | str, exc: OSError, hint: str = "") -> SsdTrtError:
     if not hint:
         hint = (
             "choose a folder you can write to"
-            if exc.errno in _DENIED
+            if exc.errno in (*_DENIED, errno.EROFS)
             else "free some space or write to another disk"
             if is_disk_error(exc)
             else "check the path"

@@ -122,6 +122,8 @@ class ArtifactStore:
         return dropped
 
     def sample_video(self) -> Path:
+        if not (self.root / "models" / SAMPLE_VIDEO.name / SAMPLE_VIDEO.graph).is_file():
+            self.writable("models")
         return fetch_model(SAMPLE_VIDEO, self.root)
 
     def is_fetched(self, name: str) -> bool:
