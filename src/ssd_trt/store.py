@@ -31,6 +31,7 @@ from .contract import (
     read_onnx_metadata,
 )
 from .errors import SsdTrtError
+from .fsutil import writable_folder
 from .model.export import ExportOptions, ExportSummary, export
 from .model.fetch import fetch_model
 from .model.registry import MODELS, SAMPLE_VIDEO, get_model
@@ -48,6 +49,7 @@ from .precision.trt_compat import TrtApi, local_gpu
 log = logging.getLogger(__name__)
 
 _TF_GRAPH_SUFFIXES = (".pb", ".json")
+CACHE_HINT = "pass --cache-dir (or set SSD_TRT_CACHE to) a folder you can write to"
 
 
 def default_cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -86,14 +88,45 @@ class Calibration:
 class ArtifactStore:
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.root = default_cache_dir(cache_dir)
+        if self.root.exists() and not self.root.is_dir():
+            raise SsdTrtError(f"the cache {self.root} is a file, not a folder; {CACHE_HINT}")
+
+    def writable(self, folder: str) -> Path:
+        """The cache's ``folder``, made and checked writable before a step that fills it (a
+        read-only cache that already holds everything is fine until then)."""
+        return writable_folder(self.root / folder, "the cache folder", CACHE_HINT)
 
     # ------------------------------------------------------------------ fetch
 
     def fetch(self, name: str, url: str | None = None, force: bool = False) -> Path:
-        """A registry model's graph file, downloaded and verified once."""
-        return fetch_model(get_model(name), self.root, url=url, force=force)
+        """A registry model's graph file, downloaded and verified once. ``force`` downloads it
+        again and drops what was made from it (exports and their conversions)."""
+        spec = get_model(name)
+        if force or not self.is_fetched(spec.name):
+            self.writable("models")
+        graph = fetch_model(spec, self.root, url=url, force=force)
+        if force:
+            self.drop_exports(spec.name)
+        return graph
+
+    def drop_exports(self, name: str) -> list[Path]:
+        """Remove a registry model's cached exports and their FP16/INT8 conversions, so the
+        next run makes them again."""
+        dropped = []
+        for folder in (self.root / "onnx", self.root / "prepared"):
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    # The calibration ranges (.calib.json) stay: they are keyed by content.
+                    if path.name.startswith(f"{name}.") and path.suffix == ONNX_SUFFIX:
+                        path.unlink()
+                        dropped.append(path)
+        if dropped:
+            log.info("dropped %d cached exports and conversions of %s", len(dropped), name)
+        return dropped
 
     def sample_video(self) -> Path:
+        if not (self.root / "models" / SAMPLE_VIDEO.name / SAMPLE_VIDEO.graph).is_file():
+            self.writable("models")
         return fetch_model(SAMPLE_VIDEO, self.root)
 
     def is_fetched(self, name: str) -> bool:
@@ -158,9 +191,13 @@ class ArtifactStore:
             )
         onnx_path = self.root / "onnx" / f"{name}{ONNX_SUFFIX}"
         if onnx_path.exists():
-            if is_current_export(read_onnx_metadata(onnx_path)):
-                return onnx_path
-            log.info("%s comes from an older ssd_trt; exporting it again", onnx_path.name)
+            try:
+                if is_current_export(read_onnx_metadata(onnx_path)):
+                    return onnx_path
+                log.info("%s comes from an older ssd_trt; exporting it again", onnx_path.name)
+            except SsdTrtError as exc:  # damaged (disk, a copy cut short): make it again
+                log.warning("cached export unreadable (%s); exporting it again", exc)
+        self.writable("onnx")
         tf = TfModel(self.fetch(spec.name), spec.labels, spec.name)
         log.info("exporting %s to %s (once)", spec.name, onnx_path)
         options = ExportOptions(
@@ -190,6 +227,11 @@ class ArtifactStore:
         ``flavour`` picks the INT8 form: ``tensorrt`` for TensorRT and ONNX Runtime's GPU
         providers, ``cpu`` for ONNX Runtime's CPU kernels; both come from one calibration.
         """
+        if precision == "int8":  # calibration takes a while: fail before it, not after
+            if out_dir is None:
+                self.writable("prepared")
+            else:
+                writable_folder(out_dir)
         return prepare(
             onnx_path,
             precision,
@@ -226,7 +268,7 @@ class ArtifactStore:
                 return path
             except SsdTrtError as exc:
                 log.warning("cached engine unusable (%s); rebuilding", exc)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writable("engines")
         build_engine(onnx_path, path, options, trt_api=api)
         return path
 

@@ -157,7 +157,8 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
         nargs="?",
         const="",
         metavar="FILE",
-        help="write one JSON line per frame here (with --output-dir: no FILE, DIR/NAME.jsonl)",
+        help="write one JSON line per frame here (- for stdout; with --output-dir: no FILE, "
+        "DIR/NAME.jsonl)",
     )
     out.add_argument(
         "--serve",
@@ -489,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     detection_group(p, 0.3)
     p.add_argument("--coco-annotations", help="COCO instances json of --images: adds mAP")
     p.add_argument("--batch", type=positive_int, default=8, help="images per inference (8)")
-    p.add_argument("--json", help="write all numbers here")
+    p.add_argument("--json", help="write all numbers here (- for stdout)")
 
     p = verb(
         "eval",
@@ -511,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="images per inference, and the max batch of engines built (default: 8)",
     )
-    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--json", help="write the metrics here (- for stdout)")
 
     p = verb(
         "bench",
@@ -550,5 +551,5 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="deliver the video at this rate, like a camera (default: as fast as it decodes)",
     )
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--json", help="write the results here (- for stdout)")
     return parser

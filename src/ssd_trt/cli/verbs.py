@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from ..contract import ONNX_SUFFIX, PRECISIONS, is_engine, parse_precisions
 from ..detector import Detector
 from ..errors import SsdTrtError
-from ..fsutil import atomic_write
+from ..fsutil import STDOUT, atomic_write, check_writable
 from ..model.export import ExportOptions
 from ..model.registry import MODELS
 from ..precision.engine import BuildOptions
@@ -39,8 +41,19 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _write_json(path: str, data: dict) -> None:
-    with atomic_write(Path(path)) as f:
+    with atomic_write(path) as f:
         f.write(json.dumps(data, indent=2).encode() + b"\n")
+
+
+def _check_json(args: argparse.Namespace) -> None:
+    """A --json FILE that cannot be written fails now, not after the long work."""
+    if args.json:
+        check_writable(args.json)
+
+
+def _human(args: argparse.Namespace) -> TextIO:
+    """Where the lines for people go: stdout, unless ``--json -`` keeps it for the JSON."""
+    return sys.stderr if getattr(args, "json", None) == STDOUT else sys.stdout
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -68,6 +81,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise SsdTrtError(f"output {output} is a directory; pass a file name such as model.onnx")
     if output is not None and output.suffix != ONNX_SUFFIX:
         raise SsdTrtError(f"output {output} should end in .onnx; pass e.g. -o model.onnx")
+    if output is not None:
+        check_writable(output)  # before the fetch and the conversion
     model = store.tf_model(args.model)
     options = ExportOptions(
         nms=args.nms,
@@ -119,12 +134,13 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
     def on_result(result: FrameResult) -> None:
         line = found.add(result)
         if line is not None:  # an image: what it holds, as soon as it is known
-            print(line, flush=True)
+            print(line, file=human, flush=True)
 
+    human = _human(args)
     stats = run_video(job, _detector_factory(args), on_result)
     log.info("%s", stats.summary())
     if found.frames > 1:  # a video or several images: the totals too
-        print("\n".join(found.lines()))
+        print("\n".join(found.lines()), file=human)
     return EXIT_OK
 
 
@@ -203,6 +219,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     bench.check_batch_memory(args.batch_sizes)
+    _check_json(args)
     video = args.video or str(ArtifactStore(args.cache_dir).sample_video())
     requested = list(dict.fromkeys(p.strip().lower() for p in args.precision.split(",")))
     if len(requested) > 1:
@@ -239,7 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 max_frames=args.max_frames,
                 paced_fps=args.camera_fps,
             )
-    print(report.table())
+    print(report.table(), file=_human(args))
     if args.json:
         _write_json(args.json, report.to_json())
     return EXIT_OK
@@ -268,7 +285,7 @@ def _bench_precisions(args: argparse.Namespace, precisions: list[str], video: st
         args.model,
         iterations=args.iterations,
     )
-    print(report.table())
+    print(report.table(), file=_human(args))
     if args.json:
         _write_json(args.json, report.to_json())
     return EXIT_OK
@@ -280,6 +297,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise SsdTrtError(
             "--int8 needs --calib-images DIR (real photos or a video), or a --calib-cache"
         )
+    if args.output:
+        check_writable(args.output)  # before the export, calibration and build
     options = BuildOptions(
         precision=precision,
         min_batch=args.min_batch,
@@ -314,6 +333,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     precisions = parse_precisions(args.precisions)
+    _check_json(args)
     if "int8" in precisions and not args.calib_images:
         raise SsdTrtError(
             "int8 needs --calib-images DIR (real photos or a video, not the compared images)"
@@ -346,15 +366,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         batch=args.batch,
         verbose=args.verbose,
     )
-    print(report.table())
+    print(report.table(), file=_human(args))
     if args.json:
-        write_json(report, Path(args.json))
+        write_json(report, args.json)
     return {"PASS": EXIT_OK, "FAIL": EXIT_FAILURE}.get(report.verdict, EXIT_USAGE)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     requested = {p.strip().lower() for p in args.precision.split(",")}
     precisions = [p for p in parse_precisions(args.precision) if p in requested]
+    _check_json(args)
     report = evaluate(
         args.model,
         precisions,
@@ -365,7 +386,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         calib_images=args.calib_images,
         batch=args.batch,
     )
-    print(report.table())
+    print(report.table(), file=_human(args))
     if args.json:
         _write_json(args.json, {**report.to_json(), "machine": bench.machine_info()})
     return EXIT_OK

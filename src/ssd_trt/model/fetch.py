@@ -5,7 +5,8 @@ Layout of the cache::
     <cache>/models/<name>/           the extracted artifact, plus
     <cache>/models/<name>/SHA256     the sha256 of the artifact it came from
     <cache>/models/<name>/source.json
-    <cache>/models/.tmp-<name>-*     work in progress; never seen by readers
+    <cache>/models/.tmp-<name>-<pid>-*  work in progress; never seen by readers (one that a
+                                     killed fetch left is removed by the next fetch of <name>)
 
 A model directory only appears (by one rename) once everything in it is complete, so a
 present graph file means a finished fetch and a later fetch is a no-op.
@@ -18,6 +19,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -35,7 +37,7 @@ from typing import IO
 
 from .. import progress
 from ..errors import SsdTrtError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, hold_lock, remove_stale
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ _NETWORK_HINT = "check the network or pass --url / a local path"
 # Idle timeout per socket operation; a stalled server should fail, not hang forever.
 _URL_TIMEOUT_S = 60.0
 _SUBPROCESS_TIMEOUT_S = 1800.0
+_LOCK = ".lock"  # held inside a fetch's temp folder while it runs
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -355,6 +358,8 @@ def fetch_model(
     models_dir = Path(cache) / "models"
     model_dir = models_dir / spec.name
     graph = model_dir / spec.graph
+    # What a killed fetch of this model left (its process gone, its lock free) goes first.
+    remove_stale(models_dir, rf"\.tmp-{re.escape(spec.name)}-(\d+)-\w+", lock_name=_LOCK)
     if graph.is_file() and not force:
         return graph
 
@@ -367,8 +372,11 @@ def fetch_model(
 
     models_dir.mkdir(parents=True, exist_ok=True)
     # A sibling of the final folder, so that the last step is one rename on one filesystem.
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.name}-", dir=models_dir))
+    # The pid and the lock inside tell a killed fetch's folder from a running one's.
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.name}-{os.getpid()}-", dir=models_dir))
+    lock = None
     try:
+        lock = hold_lock(tmp / _LOCK)
         work = tmp / "download"
         work.mkdir()
         artifact, origin = _obtain(spec, url, work, expected)
@@ -400,6 +408,8 @@ def fetch_model(
         return graph
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 def _install(staged: Path, model_dir: Path, tmp: Path) -> None:

@@ -246,6 +246,7 @@ def error_stats(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     }
 
 
-def write_json(report: CompareReport, path: Path) -> None:
+def write_json(report: CompareReport, path: Path | str) -> None:
+    """Write the report's JSON to ``path`` (``-``: standard output), as fsutil.atomic_write."""
     with atomic_write(path) as f:
         f.write(json.dumps(report.to_json(), indent=2).encode() + b"\n")

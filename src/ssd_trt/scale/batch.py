@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 from .. import progress
 from ..detector import Detector
 from ..errors import SsdTrtError, require
+from ..fsutil import PartialFile
 from ..sources import Frame, ImageSource, open_source
 from ..video.multi import SourceStats, unique_names
 from ..video.outputs import FrameResult, VideoOutput
@@ -203,8 +203,8 @@ class _SourceWriter:
         self.name, self.next_frame = name, None
         self.video = VideoOutput(job.output_dir / f"{name}.mp4", fps) if job.video else None
         self.jsonl_path = job.output_dir / f"{name}.jsonl"
-        self.tmp = self.jsonl_path.with_name(f".{name}.{os.getpid()}.partial.jsonl")
-        self.jsonl = open(self.tmp, "w", encoding="utf-8") if job.json else None  # noqa: SIM115
+        self.partial = PartialFile(self.jsonl_path) if job.json else None
+        self.jsonl = self.partial.open() if self.partial is not None else None
         self.cv2 = require("cv2", "video")
         self.last = -1
 
@@ -213,18 +213,15 @@ class _SourceWriter:
             raise SsdTrtError(f"{self.name}: frame {frame} arrived twice or out of order")
         self.last = frame
         if self.jsonl is not None:
-            self.jsonl.write(record + "\n")
+            self.jsonl.write((record + "\n").encode())
         if self.video is not None:
             image = self.cv2.imdecode(np.frombuffer(jpeg, np.uint8), self.cv2.IMREAD_COLOR)
             self.video.write(FrameResult(Frame(frame, 0.0, image), None, 0, 0, 0), image)  # type: ignore[arg-type]
 
     def close(self, ok: bool) -> None:
-        if self.jsonl is not None:
+        if self.jsonl is not None and self.partial is not None:
             self.jsonl.close()
-            if ok:
-                os.replace(self.tmp, self.jsonl_path)
-            else:
-                self.tmp.unlink(missing_ok=True)
+            self.partial.commit() if ok else self.partial.discard()
         if self.video is not None:
             self.video.close() if ok else self.video.abort()
 

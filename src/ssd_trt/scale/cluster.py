@@ -3,8 +3,10 @@ rest of the package works without the ``[ray]`` extra."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +94,56 @@ class ModelFiles:
         return cls({onnx.name: onnx.read_bytes()}, onnx.name)
 
     def materialize(self) -> Path:
-        """Write the files into a fresh private folder; the main file's path."""
-        folder = Path(tempfile.mkdtemp(prefix="ssd-trt-model-"))
-        for name, data in self.files.items():
-            (folder / name).write_bytes(data)
-        return folder / self.main
+        """The main file's path in a folder of the temp dir named by the files' content.
+
+        Every replica and actor on a host shares it, so restarts do not pile up one copy each
+        (a Detector may read the file after it starts, so a copy cannot go when it has loaded).
+        A folder of that name that is not ours and private, or holds other bytes, is not used.
+        """
+        digest = hashlib.sha256()
+        for name in sorted(self.files):
+            digest.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
+        root = Path(tempfile.gettempdir())
+        folder = root / f"ssd-trt-model-{digest.hexdigest()[:24]}"
+        if self._holds(folder):
+            return folder / self.main
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+        try:
+            for name, data in self.files.items():
+                (tmp / name).write_bytes(data)
+            if folder.is_dir() and not folder.is_symlink() and _owned(folder):
+                shutil.rmtree(folder, ignore_errors=True)  # ours but damaged: replace it
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another replica was first, or a stranger's folder is there
+                if not self._holds(folder):
+                    log.warning("%s is not usable; this replica keeps a copy of its own", folder)
+                    kept, tmp = tmp, None
+                    return kept / self.main
+            return folder / self.main
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _holds(self, folder: Path) -> bool:
+        """Whether ``folder`` is a private folder of ours with exactly these files."""
+        try:
+            if folder.is_symlink() or not folder.is_dir() or not _owned(folder):
+                return False
+            names = {p.name for p in folder.iterdir()}
+            return names == set(self.files) and all(
+                (folder / n).read_bytes() == data for n, data in self.files.items()
+            )
+        except OSError:
+            return False
+
+
+def _owned(folder: Path) -> bool:
+    """Ours and private (nobody else can swap the model in it)."""
+    if os.name != "posix":
+        return True  # the temp dir is per user there
+    st = folder.lstat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 def pid() -> int:

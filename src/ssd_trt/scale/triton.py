@@ -165,6 +165,9 @@ def write_repository(
     target = repo_dir / spec.name
     if target.exists() and not force:
         raise SsdTrtError(f"{target} exists; pass --force to replace it")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        # --force replaces a model folder, never a link, device or file in its place.
+        raise SsdTrtError(f"{target} is not a model folder; remove it or pass another --name")
     repo_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=repo_dir))
     try:

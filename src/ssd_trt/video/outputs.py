@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,9 +16,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .. import fsutil
 from ..detections import Detections
 from ..errors import SsdTrtError, require
-from ..fsutil import atomic_write
+from ..fsutil import PartialFile, atomic_write
 from ..sources import IMAGE_SUFFIXES, Frame, ImageSource, Source
 from .serve import MjpegServer
 
@@ -114,16 +114,9 @@ class OutputWriteError(SsdTrtError):
     """
 
 
-_WRITE_REASONS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file size limit reached",
-    errno.EROFS: "the file system became read-only",
-}
-
-
 def _reason(exc: OSError) -> str:
-    return _WRITE_REASONS.get(exc.errno or 0) or exc.strerror or str(exc) or type(exc).__name__
+    reason = fsutil.reason(exc)
+    return "the file system became read-only" if exc.errno == errno.EROFS else reason
 
 
 def write_failed(path: Path, frames: int, exc: OSError) -> OutputWriteError:
@@ -134,45 +127,29 @@ def write_failed(path: Path, frames: int, exc: OSError) -> OutputWriteError:
     )
 
 
-def _open_failed(path: Path, exc: OSError) -> SsdTrtError:
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return SsdTrtError(
-            f"cannot write {path}: permission denied in {path.parent}; choose a folder you can "
-            "write to"
-        )
-    return SsdTrtError(f"cannot write {path}: {_reason(exc)}")
-
-
 class _AtomicFileOutput(Output):
-    """Writes to a hidden temp file beside the target and renames it on close.
+    """Writes through ``fsutil.PartialFile``: a hidden temp file beside the target, renamed on
+    close; a character device, FIFO or ``-`` (stdout) is written through instead.
 
     The temp file is created up front, so an unwritable place fails before any model work,
     with the real reason (permission, read-only, missing folder).
     """
 
+    opens_file = True  # False: the writer opens ``tmp`` by name itself
+
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise SsdTrtError(f"output {self.path} is a directory; pass a file name")
-        if not self.path.parent.exists():
-            raise SsdTrtError(f"folder {self.path.parent} does not exist; create it first")
-        # Keep the real suffix last (writers pick the container from it); the pid keeps two
-        # runs writing the same file from clobbering each other's temp file.
-        name = f".{self.path.stem}.{os.getpid()}.partial{self.path.suffix}"
-        self.tmp = self.path.with_name(name)
+        self.target = PartialFile(path)
+        self.path = self.target.name
+        self.tmp = self.target.path  # what a writer opens by name (None for stdout)
         self.frames = 0  # written so far
-        try:
-            self._file: BinaryIO | None = open(self.tmp, "wb", buffering=0)  # noqa: SIM115
-        except OSError as exc:
-            raise _open_failed(self.path, exc) from None
+        self._file: BinaryIO | None = self.target.open() if self.opens_file else None
 
     def _finish(self) -> None:
-        if self.tmp.exists():
-            os.replace(self.tmp, self.path)
+        self.target.commit()
 
     def abort(self) -> None:
         self._release()
-        self.tmp.unlink(missing_ok=True)
+        self.target.discard()
 
     def close(self) -> None:
         self._release()
@@ -283,14 +260,24 @@ class VideoOutput(_AtomicFileOutput):
     SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
     MJPG_SUFFIXES = (".avi", ".mkv")
 
+    opens_file = False  # PyAV and OpenCV open the temp file by name
+
     def __init__(self, path: Path, fps: float | None) -> None:
-        if Path(path).suffix.lower() not in self.SUFFIXES:
+        where = fsutil.destination(path)
+        if where.kind == "stdout":
             raise SsdTrtError(
-                f"cannot write video {path}: use a .mp4, .avi, .mkv or .mov file name"
+                "a video cannot go to standard output (-); write it to a file or a FIFO, or "
+                "watch it live with --serve"
             )
+        self.container = where.path.suffix.lower()  # a link's target's: the temp file's
+        if self.container not in self.SUFFIXES:
+            if not where.streams:
+                raise SsdTrtError(
+                    f"cannot write video {path}: use a .mp4, .avi, .mkv or .mov file name"
+                )
+            self.container = ".mp4"  # a device or FIFO: fragmented MP4 streams
         self.cv2 = require("cv2", "video")
         super().__init__(path)
-        self._release()  # the writer reopens the temp file by name
         self.fps = fps if fps and 0 < fps < 1000 else 25.0
         self.writer: _PyAvH264 | _OpenCvWriter | None = None
         self.size: tuple[int, int] = (0, 0)
@@ -299,15 +286,14 @@ class VideoOutput(_AtomicFileOutput):
         self._letterboxed = False  # said once that frames of other sizes are letterboxed
 
     def _open_writer(self, size: tuple[int, int]) -> None:
-        suffix = self.path.suffix.lower()
-        if suffix in self.MJPG_SUFFIXES:
+        if self.container in self.MJPG_SUFFIXES:
             self.writer = _OpenCvWriter(self.cv2, self.tmp, "MJPG", self.fps, size)
             self.codec = "MJPG (OpenCV)"
         elif _has_pyav_h264():
             try:
                 self.writer = _PyAvH264(self.tmp, self.fps, size)
             except OSError as exc:
-                raise _open_failed(self.path, exc) from None
+                raise fsutil.cannot_write(self.path, exc) from None
             self.codec = "H.264 (libx264 via PyAV)"
         else:
             log.warning(
@@ -336,7 +322,7 @@ class VideoOutput(_AtomicFileOutput):
 
     def _finish(self) -> None:
         if not self.codec:  # no frame ever came: leave no empty video behind
-            self.tmp.unlink(missing_ok=True)
+            self.target.discard()
             return
         super()._finish()
 
@@ -366,7 +352,8 @@ class VideoOutput(_AtomicFileOutput):
         except OSError as exc:  # the disk filled: what was written before stays
             log.debug("finishing %s: %s", self.path, _reason(exc))
             self._torn = True
-        if self._torn and isinstance(writer, _PyAvH264) and self.tmp.exists():
+        torn_file = self._torn and not self.target.streams and isinstance(writer, _PyAvH264)
+        if torn_file and self.tmp is not None and self.tmp.exists():
             kept = cut_to_whole_fragments(self.tmp)
             log.info("%s keeps its whole fragments (%d bytes)", self.path, kept)
 
@@ -420,10 +407,7 @@ class ImageOutput(Output):
         if folder:
             if self.path.exists() and not self.path.is_dir():
                 raise SsdTrtError(f"{flag} {self.path} is a file; pass a folder for the images")
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise _open_failed(self.path / "x", exc) from None
+            fsutil.writable_folder(self.path, flag)
             targets = [self.path / n for names in self._names.values() for n in names]
         else:
             if self.path.suffix.lower() not in IMAGE_SUFFIXES or not self.cv2.haveImageWriter(
@@ -444,11 +428,7 @@ class ImageOutput(Output):
                     f"{flag} {self.path} would write over the input image {target}; "
                     "pass another folder or file name"
                 )
-            _check_replaceable(target)
-        try:  # fail now, before any model work, where the folder cannot take files
-            tempfile.TemporaryFile(dir=targets[0].parent).close()
-        except OSError as exc:
-            raise _open_failed(targets[0], exc) from None
+            fsutil.check_writable(target)  # before any model work; links followed, folders refused
 
     def target(self, frame: Frame) -> Path:
         """Where ``frame``'s annotated image goes."""
@@ -462,7 +442,6 @@ class ImageOutput(Output):
 
     def write(self, result: FrameResult, annotated: np.ndarray) -> None:
         dest = self.target(result.frame)
-        _check_replaceable(dest)  # again: it may have appeared since the start
         suffix = dest.suffix.lower() or ".jpg"
         params = [self.cv2.IMWRITE_JPEG_QUALITY, self.JPEG_QUALITY] if "jp" in suffix else []
         ok, data = self.cv2.imencode(suffix, annotated, params)
@@ -477,12 +456,6 @@ class ImageOutput(Output):
                 "written before are whole; free some space or write to another disk"
             ) from None
         self.frames += 1
-
-
-def _check_replaceable(path: Path) -> None:
-    """Only a regular file (or nothing) is replaced: never a link, a folder or a device."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise SsdTrtError(f"{path} exists and is not a regular file; move it out of the way")
 
 
 def _image_paths(source: Source) -> list[Path] | None:
@@ -553,7 +526,8 @@ class JsonLinesOutput(_AtomicFileOutput):
     """One JSON object per frame: index, timestamp, detections (pixel boxes).
 
     Each line goes to the file whole before the next frame: a write that fails (disk full) is
-    cut back to the last complete line, so the file ends at the last good frame.
+    cut back to the last complete line, so the file ends at the last good frame. ``-`` writes
+    the lines to standard output.
     """
 
     shows_image = False
@@ -569,12 +543,13 @@ class JsonLinesOutput(_AtomicFileOutput):
             record["name"] = result.frame.name
         assert self._file is not None
         data = memoryview((json.dumps(record) + "\n").encode())
-        good = self._file.tell()
+        good = None if self.target.streams else self._file.tell()  # a pipe cannot seek
         try:
             while data:
                 data = data[self._file.write(data) :]
         except OSError as exc:
-            self._file.truncate(good)
+            if good is not None:
+                self._file.truncate(good)
             raise write_failed(self.path, self.frames, exc) from None
         self.frames += 1
 
