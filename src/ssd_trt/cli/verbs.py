@@ -103,6 +103,7 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         output=Path(args.output) if args.output else None,
         json=Path(args.json) if args.json else None,
         serve=parse_hostport(args.serve) if args.serve else None,
+        token=args.token,
         show=args.show,
         sync=args.sync,
         realtime=getattr(args, "realtime", False),
@@ -116,11 +117,19 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         if line is not None:  # an image: what it holds, as soon as it is known
             print(line, flush=True)
 
-    stats = run_video(job, _detector_factory(args), on_result)
+    try:
+        stats = run_video(job, _detector_factory(args), on_result)
+    except KeyboardInterrupt:
+        _print_found(found)  # what it found up to Ctrl-C or SIGTERM (run_video logged the rest)
+        raise
     log.info("%s", stats.summary())
-    if found.frames > 1:  # a video or several images: the totals too
-        print("\n".join(found.lines()))
+    _print_found(found)
     return EXIT_OK
+
+
+def _print_found(found: FoundSummary) -> None:
+    if found.frames > 1:  # a video or several images: the totals too
+        print("\n".join(found.lines()), flush=True)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -166,6 +175,7 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
                 output_dir=Path(args.output_dir),
                 json=args.json == "",
                 serve=parse_hostport(args.serve) if args.serve else None,
+                token=args.token,
                 realtime=args.realtime,
                 max_frames=args.max_frames,
                 max_batch=args.max_batch,
