@@ -62,7 +62,7 @@ _PAGE = """<!DOCTYPE html>
 </head>
 <body>
 <main>
-  <img id="stream" alt="live stream">
+  <img id="stream" src="/stream.mjpg" alt="live stream">
   <div id="stats">waiting for frames...</div>
 </main>
 <script>
@@ -71,7 +71,7 @@ _PAGE = """<!DOCTYPE html>
 // an Authorization header.
 const token = new URLSearchParams(location.search).get("token");
 const query = token ? "?token=" + encodeURIComponent(token) : "";
-document.getElementById("stream").src = "/stream.mjpg" + query;
+if (token) document.getElementById("stream").src = "/stream.mjpg" + query;
 const statsEl = document.getElementById("stats");
 function fmt(s) {
   const parts = [];
