@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote
 
 from ..errors import SsdTrtError
 
@@ -163,11 +163,10 @@ class _Handler(BaseHTTPRequestHandler):
         return any(hmac.compare_digest(g.encode(), token.encode()) for g in given)
 
     def do_GET(self) -> None:
-        parts = urlsplit(self.path)
-        path = parts.path
+        path, _, query = self.path.partition("?")
         owner = self.server.owner
         try:
-            if not self._authorized(parts.query):
+            if not self._authorized(query):
                 self._send(
                     HTTPStatus.UNAUTHORIZED,
                     "text/plain",
