@@ -26,3 +26,8 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(module, extra) from exc
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd, kill), raised as a KeyboardInterrupt so everything that
+    cleans up after Ctrl-C cleans up after it too, but told apart in what a run reports."""

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 
 from .. import progress
-from ..errors import SsdTrtError
+from ..errors import SsdTrtError, Terminated
 from .args import build_parser
 from .verbs import EXIT_FAILURE, EXIT_INTERRUPTED, VERBS
 
@@ -28,6 +28,11 @@ def _log_levels(verbose: bool, quiet: bool) -> None:
     # unless -v. TF_CPP_MIN_LOG_LEVEL silences its C++ side (read when TF is imported).
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        # OpenCV's [WARN] lines and FFmpeg's own ("moov atom not found", "Connection refused")
+        # would come before our one-line error about the same source: errors only, unless -v.
+        # Read by OpenCV when it loads, which the CLI leaves to the verbs.
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     for name in ("tensorflow", "tf2onnx", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
@@ -37,7 +42,7 @@ def _stop_on_sigterm() -> None:
     and no temp file is left behind, instead of the process dying mid-write."""
 
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
@@ -52,8 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SsdTrtError as exc:
         print(f"ssd-trt: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("ssd-trt: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        how = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        print(f"ssd-trt: {how}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if args.verbose:

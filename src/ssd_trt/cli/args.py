@@ -165,6 +165,12 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve a live page with the annotated stream (e.g. 127.0.0.1:8080)",
     )
+    out.add_argument(
+        "--token",
+        default=os.environ.get("SSD_TRT_TOKEN"),
+        help="with --serve: answer only requests with 'Authorization: Bearer TOKEN' or "
+        "?token=TOKEN (the page URL to open is logged; default: $SSD_TRT_TOKEN)",
+    )
     shown = out.add_mutually_exclusive_group()
     shown.add_argument(
         "--show",

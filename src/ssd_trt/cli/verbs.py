@@ -122,6 +122,7 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         output=args.output or None,  # a str: a trailing slash means a folder for images
         json=Path(args.json) if args.json else None,
         serve=parse_hostport(args.serve) if args.serve else None,
+        token=args.token,
         show=args.show,
         sync=args.sync,
         realtime=getattr(args, "realtime", False),
@@ -137,11 +138,21 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
             print(line, file=human, flush=True)
 
     human = _human(args)
-    stats = run_video(job, _detector_factory(args), on_result)
+    try:
+        stats = run_video(job, _detector_factory(args), on_result)
+    except KeyboardInterrupt:
+        _print_found(
+            found, human
+        )  # what it found up to Ctrl-C or SIGTERM (run_video logged the rest)
+        raise
     log.info("%s", stats.summary())
-    if found.frames > 1:  # a video or several images: the totals too
-        print("\n".join(found.lines()), file=human)
+    _print_found(found, human)
     return EXIT_OK
+
+
+def _print_found(found: FoundSummary, human: TextIO) -> None:
+    if found.frames > 1:  # a video or several images: the totals too
+        print("\n".join(found.lines()), file=human, flush=True)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -197,6 +208,7 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
                 output_dir=Path(args.output_dir),
                 json=args.json == "",
                 serve=parse_hostport(args.serve) if args.serve else None,
+                token=args.token,
                 realtime=args.realtime,
                 max_frames=args.max_frames,
                 max_batch=args.max_batch,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ import numpy as np
 
 from ..detector import Detector
 from ..errors import SsdTrtError
+from ..video.serve import is_loopback
 from .cluster import ModelFiles, RaySession, connect, has_gpus
 from .images import DEFAULT_MAX_BYTES, BadImage, decode_image
 
@@ -68,15 +68,6 @@ class ServeConfig:
             raise SsdTrtError("--min-replicas must be between 0 and --max-replicas")
         if self.token is not None and not self.token.strip():
             raise SsdTrtError("--token is empty; pass a secret string")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind_warning(host: str, token: str | None) -> str | None:

@@ -13,6 +13,7 @@ from ..detections import Detections
 from ..detector import Detector
 from ..errors import SsdTrtError
 from ..sources import Frame, PacedSource, Source, open_source
+from .display import display_problem
 from .outputs import (
     FrameResult,
     JsonLinesOutput,
@@ -20,7 +21,6 @@ from .outputs import (
     ServeOutput,
     WindowOutput,
     annotated_outputs,
-    has_display,
 )
 from .pipeline import Pipeline, RunStats
 
@@ -33,6 +33,7 @@ class VideoJob:
     output: Path | str | None = None  # annotated video, image, or image folder (ends in /)
     json: Path | None = None  # one JSON line per frame
     serve: tuple[str, int] | None = None  # live page (host, port)
+    token: str | None = None  # the live page answers only requests that carry it
     show: bool | None = None  # a window; None: when a display is available
     sync: bool = False
     realtime: bool = False  # deliver a file at its own frame rate, like a camera
@@ -137,6 +138,15 @@ def run_video(
 ) -> RunStats:
     """Open the source first (a bad one fails before any model work), then the detector and
     the outputs; the pipeline owns and finalizes the outputs once it starts."""
+    # A window asked for where none can open: say so now. OpenCV's Qt would abort the process
+    # (SIGABRT) at the first frame, after the model loaded, leaving a temp video behind.
+    problem = None if job.show is False else display_problem()
+    if job.show and problem:
+        raise SsdTrtError(
+            f"--show needs a display, but {problem}; run with --no-show (add --serve "
+            "127.0.0.1:8080 to watch in a browser)"
+        )
+    window = job.show is not False and problem is None  # by default: where one can open
     outputs: list[Output] = []
     detector = source = None
     bar = None
@@ -151,12 +161,10 @@ def run_video(
         if job.json:
             outputs.append(JsonLinesOutput(job.json))
         if job.serve:
-            server = ServeOutput(*job.serve)
-            outputs.append(server)
-            log.info("serving the live view at %s", server.url)
+            outputs.append(ServeOutput(*job.serve, token=job.token))  # it logs where to look
         detector = make_detector()
         log.info("backend: %s; source: %s", detector.backend_name, source.description)
-        if job.show if job.show is not None else has_display():
+        if window:
             outputs.append(WindowOutput())
         bar = progress.bar(source.frame_count or None, "detect", "frame", leave=False)
 
@@ -172,7 +180,9 @@ def run_video(
         try:
             return pipeline.run()
         except KeyboardInterrupt:
-            # Ctrl-C is a normal way to end a live run: say what it did before the exit.
+            # Ctrl-C or SIGTERM is a normal way to end a live run: say what it did before the
+            # exit, on a line of its own (the bar goes first).
+            bar.close()
             log.info("%s", pipeline.stats.summary())
             raise
     finally:

@@ -47,7 +47,7 @@ from ..errors import SsdTrtError, require
 from ..sources import STREAM_PREFIXES, Frame, PacedSource, Source, open_source
 from .outputs import FrameResult, JsonLinesOutput, Output, VideoOutput, finalize
 from .overlay import draw_frame
-from .pipeline import FpsMeter
+from .pipeline import FpsMeter, stopped_by
 from .serve import MjpegServer
 
 log = logging.getLogger(__name__)
@@ -380,7 +380,7 @@ class MultiPipeline:
         for key, value in stages.items():
             self.stats.stage_ms[key] = self.stats.stage_ms.get(key, 0.0) + value
         for (lane, frame, t), dets in zip(batch, detections, strict=True):
-            lane.results.put((frame, dets, ms / len(batch), t))
+            lane.results.put((frame, dets, ms / len(batch), t, len(batch)))
         self.stats.batcher_s["collect"] += t1 - t0
         self.stats.batcher_s["hand_out"] += time.perf_counter() - t1
 
@@ -393,7 +393,7 @@ class MultiPipeline:
                 item = lane.results.get()
                 if item is _END:
                     return
-                frame, dets, infer_ms, captured = item
+                frame, dets, infer_ms, captured, batch = item
                 image = frame.image
                 if self.draw:
                     image = image.copy()
@@ -405,6 +405,7 @@ class MultiPipeline:
                     inference_ms=infer_ms,
                     latency_ms=(time.perf_counter() - captured) * 1000,
                     fps=fps.tick(),
+                    batch=batch,
                 )
                 for out in self.outputs[lane.index]:
                     out.write(result, image)
@@ -447,8 +448,8 @@ class MultiPipeline:
             if self._errors:
                 failed = True
                 raise self._errors[0]
-        except KeyboardInterrupt:
-            self.stats.stopped_by = "Ctrl-C"
+        except KeyboardInterrupt as interrupt:
+            self.stats.stopped_by = stopped_by(interrupt)
             raise
         except BaseException:
             failed = True
@@ -479,7 +480,12 @@ class GridView:
     its name; composed at most ``fps`` times a second so many sources cost one encode."""
 
     def __init__(
-        self, names: Sequence[str], host: str, port: int, tile: tuple[int, int] = (480, 270)
+        self,
+        names: Sequence[str],
+        host: str,
+        port: int,
+        tile: tuple[int, int] = (480, 270),
+        token: str | None = None,
     ) -> None:
         self.cv2 = require("cv2", "video")
         self.names = list(names)
@@ -491,7 +497,7 @@ class GridView:
         self.interval = 1.0 / 15
         self._last = 0.0
         self._lock = threading.Lock()
-        self.server = MjpegServer(host, port).start()
+        self.server = MjpegServer(host, port, token=token).start()
 
     @property
     def url(self) -> str:
@@ -545,6 +551,7 @@ class MultiJob:
     video: bool = True  # DIR/<name>.mp4
     json: bool = False  # DIR/<name>.jsonl
     serve: tuple[str, int] | None = None
+    token: str | None = None  # the live page answers only requests that carry it
     realtime: bool = False
     max_frames: int | None = None
     max_batch: int | None = None  # None: GPU_MAX_BATCH on the GPU fast path, else DEFAULT_MAX_BATCH
@@ -567,16 +574,27 @@ def open_sources(
     streams: StreamSettings = StreamSettings(),
     decode_threads: int | None = None,
 ) -> list[Source]:
-    """Open every source (a bad one fails before any model work); close all on a failure.
-    ``decode_threads``: FFmpeg threads per file or stream (None: :func:`decode_threads_for`)."""
+    """Open every source (bad ones fail before any model work, all named in one error); close
+    all on a failure. ``decode_threads``: FFmpeg threads per file or stream (None:
+    :func:`decode_threads_for`)."""
     threads = decode_threads or decode_threads_for(len(specs))
     opened: list[Source] = []
+    bad: list[str] = []
     try:
         for spec in specs:
-            source = open_source(spec, **asdict(streams), decode_threads=threads)
+            try:
+                source = open_source(spec, **asdict(streams), decode_threads=threads)
+            except SsdTrtError as exc:
+                bad.append(str(exc))  # try the rest, so one run names every bad source
+                continue
             if realtime and not source.live:
                 source = PacedSource(source, source.fps or 25.0)
             opened.append(source)
+        if len(bad) == 1:
+            raise SsdTrtError(bad[0])
+        if bad:
+            head = f"{len(bad)} of {len(specs)} sources cannot be opened: "
+            raise SsdTrtError(head + " | ".join(bad))
     except BaseException:
         for s in opened:
             s.close()
@@ -612,8 +630,8 @@ def run_multi(
             if job.json:
                 outs.append(JsonLinesOutput(out_dir / f"{name}.jsonl"))
         if job.serve:
-            grid = GridView(names, *job.serve)
-            log.info("serving the grid of %d streams at %s", len(names), grid.url)
+            grid = GridView(names, *job.serve, token=job.token)  # it logs where to look
+            log.info("the live page shows the %d streams as a grid", len(names))
 
         def frame_done(index: int, result: FrameResult, annotated: np.ndarray) -> None:
             if grid is not None:
@@ -632,7 +650,11 @@ def run_multi(
             on_frame=frame_done,
         )
         outputs = []  # the pipeline finalizes them now
-        return pipeline.run()
+        try:
+            return pipeline.run()
+        except KeyboardInterrupt:
+            log.info("%s", pipeline.stats.summary())  # what the run did, before the exit
+            raise
     finally:
         for outs in outputs:  # only those created before a failure
             for out in outs:

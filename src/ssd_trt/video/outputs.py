@@ -6,7 +6,6 @@ import errno
 import json
 import logging
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from ..detections import Detections
 from ..errors import SsdTrtError, require
 from ..fsutil import PartialFile, atomic_write
 from ..sources import IMAGE_SUFFIXES, Frame, ImageSource, Source
+from .display import has_display as has_display  # re-exported: its old home
 from .serve import MjpegServer
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,12 @@ class FrameResult:
 
     frame: Frame
     detections: Detections
-    inference_ms: float  # preprocess + engine + postprocess for this frame
+    # This frame's share of its detector call (preprocess + engine + postprocess): the call's
+    # time divided by ``batch``, the frames it detected together.
+    inference_ms: float
     latency_ms: float  # capture -> output
-    fps: float  # output rate, smoothed
+    fps: float  # output rate: frames over the last seconds' elapsed time
+    batch: int = 1
 
 
 class Output(ABC):
@@ -64,13 +67,6 @@ def finalize(outputs: Iterable[Output], failed: bool) -> None:
             out.abort() if failed else out.close()
         except Exception as exc:
             log.warning("closing %s failed: %s", type(out).__name__, exc)
-
-
-def has_display() -> bool:
-    """Whether a window can be shown (X11/Wayland on Linux; always on Windows and macOS)."""
-    if sys.platform.startswith("linux"):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
 
 
 class WindowOutput(Output):
@@ -523,7 +519,9 @@ def annotated_outputs(
 
 
 class JsonLinesOutput(_AtomicFileOutput):
-    """One JSON object per frame: index, timestamp, detections (pixel boxes).
+    """One JSON object per frame: index, timestamp, inference_ms (this frame's share of its
+    detector call: the call's time divided by ``batch``), batch (the frames detected in that
+    call), detections (pixel boxes), and name for an image.
 
     Each line goes to the file whole before the next frame: a write that fails (disk full) is
     cut back to the last complete line, so the file ends at the last good frame. ``-`` writes
@@ -537,6 +535,7 @@ class JsonLinesOutput(_AtomicFileOutput):
             "frame": result.frame.index,
             "timestamp": round(result.frame.timestamp, 4),
             "inference_ms": round(result.inference_ms, 2),
+            "batch": result.batch,
             "detections": result.detections.to_dicts(),
         }
         if result.frame.name:
@@ -555,11 +554,12 @@ class JsonLinesOutput(_AtomicFileOutput):
 
 
 class ServeOutput(Output):
-    """Publishes JPEGs and live stats to the MJPEG page (see serve.py)."""
+    """Publishes JPEGs and live stats to the MJPEG page (see serve.py); ``token``: the page
+    answers only requests that carry it."""
 
-    def __init__(self, host: str, port: int, quality: int = 80) -> None:
+    def __init__(self, host: str, port: int, quality: int = 80, token: str | None = None) -> None:
         self.cv2 = require("cv2", "video")
-        self.server = MjpegServer(host, port)
+        self.server = MjpegServer(host, port, token=token)
         self.server.start()
         self.quality = quality
 
@@ -579,6 +579,7 @@ class ServeOutput(Output):
                     "fps": round(result.fps, 1),
                     "latency_ms": round(result.latency_ms, 1),
                     "inference_ms": round(result.inference_ms, 1),
+                    "batch": result.batch,
                     "detections": len(result.detections),
                 },
             )

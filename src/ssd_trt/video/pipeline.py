@@ -14,12 +14,14 @@ import queue
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..detector import Detector
+from ..errors import Terminated
 from ..sources import Frame, Source
 from .outputs import FrameResult, Output, OutputWriteError, StopPipeline, finalize
 from .overlay import draw_frame
@@ -79,6 +81,11 @@ class RunStats:
         return f"{text}; stopped by {self.stopped_by}"
 
 
+def stopped_by(interrupt: KeyboardInterrupt) -> str:
+    """What a run's summary says ended it: Ctrl-C, or SIGTERM (the CLI raises Terminated)."""
+    return "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
+
+
 def _named(names: list[str], shown: int = 3) -> str:
     """`` (a.jpg, b.jpg and 2 more)``: which files were skipped, so they can be found."""
     if not names:
@@ -88,18 +95,27 @@ def _named(names: list[str], shown: int = 3) -> str:
 
 
 class FpsMeter:
-    """Exponentially smoothed rate of calls to tick()."""
+    """Frames per second: the frames ticked in the last ``window_s`` seconds over the time
+    they took (the time since the meter started, while that is shorter).
 
-    def __init__(self) -> None:
-        self.last: float | None = None
+    Not an average of 1/dt between frames: a batch emits its frames microseconds apart, and
+    those gaps would count as thousands of frames per second.
+    """
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self.started = time.perf_counter()
+        self._ticks: deque[float] = deque()
         self.value = 0.0
 
-    def tick(self) -> float:
-        now = time.perf_counter()
-        if self.last is not None and now > self.last:
-            rate = 1.0 / (now - self.last)
-            self.value = rate if self.value == 0 else 0.9 * self.value + 0.1 * rate
-        self.last = now
+    def tick(self, now: float | None = None) -> float:
+        """Count one frame (at ``now``, a ``time.perf_counter()`` reading; default: now)."""
+        now = time.perf_counter() if now is None else now
+        self._ticks.append(now)
+        while self._ticks[0] <= now - self.window_s:
+            self._ticks.popleft()
+        span = min(self.window_s, now - self.started)
+        self.value = len(self._ticks) / span if span > 0 else 0.0
         return self.value
 
 
@@ -145,7 +161,7 @@ class Pipeline:
         self.stats = RunStats()
         self._stop = threading.Event()
         self._fps = FpsMeter()
-        self._interrupted = False
+        self._interrupted: int | None = None  # the signal that asked to stop
 
     # ------------------------------------------------------------------------ stage functions
 
@@ -170,9 +186,11 @@ class Pipeline:
         for stage, ms in folded.items():
             self.stats.add(stage, ms, n)
         share = sum(folded.values()) / n
-        return [(f, d, share, at) for (f, at), d in zip(batch, found, strict=True)]
+        return [(f, d, share, at, n) for (f, at), d in zip(batch, found, strict=True)]
 
-    def _emit(self, frame: Frame, detections: Any, infer_ms: float, captured: float) -> None:
+    def _emit(
+        self, frame: Frame, detections: Any, infer_ms: float, captured: float, batch: int = 1
+    ) -> None:
         t0 = time.perf_counter()
         image = frame.image
         if self.draw:
@@ -186,6 +204,7 @@ class Pipeline:
             inference_ms=infer_ms,
             latency_ms=(t1 - captured) * 1000,
             fps=self._fps.tick(),
+            batch=batch,
         )
         for out in self.outputs:
             out.write(result, image)
@@ -212,6 +231,7 @@ class Pipeline:
         if not self.sync and self.max_batch > 1:
             self.detector.warm_up(self.max_batch)
         start = time.perf_counter()
+        self._fps = FpsMeter()  # from here: the warm-up is no part of the frame rate
         failed = False
         try:
             with self._graceful_interrupts():
@@ -219,8 +239,8 @@ class Pipeline:
                     self._run_sync()
                 else:
                     self._run_async()
-            if self._interrupted:
-                raise KeyboardInterrupt
+            if self._interrupted is not None:
+                raise Terminated if self._interrupted == signal.SIGTERM else KeyboardInterrupt
             if self.max_frames is not None and self.stats.frames >= self.max_frames:
                 self.stats.stopped_by = "--max-frames"
         except StopPipeline as stop:
@@ -229,8 +249,8 @@ class Pipeline:
             # Disk full and the like: keep (close, not discard) what was written so far.
             self.stats.stopped_by = "an output write failure"
             raise
-        except KeyboardInterrupt:
-            self.stats.stopped_by = "Ctrl-C"
+        except KeyboardInterrupt as interrupt:
+            self.stats.stopped_by = stopped_by(interrupt)
             raise
         except BaseException:
             failed = True
@@ -258,9 +278,9 @@ class Pipeline:
             return
 
         def stop(signum: int, frame: object) -> None:
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
+            if self._interrupted is not None:
+                raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            self._interrupted = signum
             self._stop.set()
 
         previous = {}

@@ -9,11 +9,17 @@ Standard library only. Routes:
 
 The page understands the stats keys ``fps``, ``latency_ms`` and ``frame``; any other keys are
 shown as ``key=value``.
+
+With a token, every route answers 401 unless the request carries ``Authorization: Bearer
+TOKEN`` or ``?token=TOKEN``: a browser cannot put a header on an ``<img>`` stream, so the page,
+opened as ``/?token=TOKEN``, passes the token on to its stream and stats requests in the URL.
 """
 
 from __future__ import annotations
 
 import errno
+import hmac
+import ipaddress
 import json
 import logging
 import socket
@@ -23,6 +29,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from urllib.parse import parse_qs, quote
 
 from ..errors import SsdTrtError
 
@@ -60,6 +67,11 @@ _PAGE = """<!DOCTYPE html>
 </main>
 <script>
 "use strict";
+// A token the page was opened with goes on to the stream and the stats: an <img> cannot send
+// an Authorization header.
+const token = new URLSearchParams(location.search).get("token");
+const query = token ? "?token=" + encodeURIComponent(token) : "";
+if (token) document.getElementById("stream").src = "/stream.mjpg" + query;
 const statsEl = document.getElementById("stats");
 function fmt(s) {
   const parts = [];
@@ -73,7 +85,7 @@ function fmt(s) {
 }
 async function poll() {
   try {
-    const r = await fetch("/stats.json", {cache: "no-store"});
+    const r = await fetch("/stats.json" + query, {cache: "no-store"});
     const s = await r.json();
     if (Object.keys(s).length) statsEl.textContent = fmt(s);
   } catch (e) {
@@ -86,6 +98,26 @@ setInterval(poll, 500);
 </body>
 </html>
 """
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_warning(host: str, token: str | None) -> str | None:
+    """The one-line warning for a live view others can reach without a token; None if fine."""
+    if is_loopback(host) or token:
+        return None
+    return (
+        f"the live view on {host} is open to anyone who can reach it; pass --token (or set "
+        "$SSD_TRT_TOKEN), or serve on 127.0.0.1"
+    )
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -120,11 +152,29 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s - %s", self.address_string(), format % args)
 
+    def _authorized(self, query: str) -> bool:
+        """No token set, or the request carries it (header, or ``?token=`` for the page)."""
+        token = self.server.owner.token
+        if token is None:
+            return True
+        scheme, _, value = self.headers.get("Authorization", "").partition(" ")
+        given = [value.strip()] if scheme.lower() == "bearer" else []
+        given += parse_qs(query).get("token", [])
+        return any(hmac.compare_digest(g.encode(), token.encode()) for g in given)
+
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         owner = self.server.owner
         try:
-            if path in ("/", "/index.html"):
+            if not self._authorized(query):
+                self._send(
+                    HTTPStatus.UNAUTHORIZED,
+                    "text/plain",
+                    b"missing or wrong token: send 'Authorization: Bearer TOKEN' or open "
+                    b"/?token=TOKEN\n",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            elif path in ("/", "/index.html"):
                 self._send(HTTPStatus.OK, "text/html; charset=utf-8", _PAGE.encode())
             elif path == "/stats.json":
                 body = json.dumps(owner._snapshot()[2]).encode()
@@ -143,11 +193,15 @@ class _Handler(BaseHTTPRequestHandler):
             # Clients disconnecting (or being cut off by close()) are routine, not errors.
             log.debug("client %s: %s", self.address_string(), exc)
 
-    def _send(self, status: HTTPStatus, ctype: str, body: bytes) -> None:
+    def _send(
+        self, status: HTTPStatus, ctype: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -175,7 +229,8 @@ class MjpegServer:
     """Serve the latest published JPEG frame and stats over HTTP, from a daemon thread.
 
     Binds to 127.0.0.1 by default so a live view is never exposed to the network by accident;
-    pass another ``host`` (for example ``"0.0.0.0"``) explicitly to allow remote viewers.
+    pass another ``host`` (for example ``"0.0.0.0"``) explicitly to allow remote viewers, and a
+    ``token`` so only those who know it can watch (without one, such a bind logs a warning).
     ``port=0`` picks a free port; read it back from :attr:`url` after :meth:`start`.
 
     Usage::
@@ -186,9 +241,12 @@ class MjpegServer:
                 server.publish(jpeg, stats)
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 8080, token: str | None = None) -> None:
+        if token is not None and not token.strip():
+            raise SsdTrtError("--token is empty; pass a secret string")
         self.host = host
         self.port = port
+        self.token = token
         self._cond = threading.Condition()
         self._jpeg: bytes | None = None
         self._stats: dict[str, float | int | str] = {}
@@ -229,7 +287,10 @@ class MjpegServer:
             daemon=True,
         )
         self._thread.start()
-        log.info("live view at %s", self.url)
+        warning = bind_warning(self.host, self.token)
+        if warning:
+            log.warning("%s", warning)
+        log.info("live view at %s", self.page_url)
         return self
 
     def close(self) -> None:
@@ -277,6 +338,11 @@ class MjpegServer:
         """The page's address, e.g. ``http://127.0.0.1:8080/`` (the real port once started)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/"
+
+    @property
+    def page_url(self) -> str:
+        """The address to open in a browser: :attr:`url`, with ``?token=`` when there is one."""
+        return self.url + (f"?token={quote(self.token, safe='')}" if self.token else "")
 
     # -------------------------------------------------------------------------------- frames
 
