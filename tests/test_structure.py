@@ -24,6 +24,7 @@ FLOORS = [
         "sources",
         "annotate",
         "tracking",
+        "batching",
     },
     {"postprocess"},
     {"model"},
