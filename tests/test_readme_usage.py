@@ -106,6 +106,9 @@ EXPECTED: dict[str, Expect] = {
     "ssd-trt detect photo.jpg --output annotated.jpg": Expect(check=_same_size("annotated.jpg")),
     "ssd-trt detect photos/ --save-dir out/": Expect(check=_saved_photos),
     "ssd-trt webcam": Expect(codes=(2,), why="no camera (and no display) on this machine"),
+    "SSD_TRT_TOKEN=secret ssd-trt detect 0 --serve 0.0.0.0:8080": Expect(
+        codes=(2,), why="no camera here (and tests bind 127.0.0.1 only)"
+    ),
     "ssd-trt build coco.onnx --fp16 -o coco_fp16.engine": Expect(codes=(2,), why=NO_TRT),
     "ssd-trt build coco.onnx --int8 --calib-images photos/ -o coco_int8.engine": Expect(
         codes=(2,), why=NO_TRT
@@ -153,9 +156,16 @@ def test_every_usage_line_has_a_check():
 
 
 def _run(command: str, cwd: Path, cache: Path, expect: Expect) -> subprocess.CompletedProcess:
-    port = _free_port()  # 8080 may be taken on a shared machine; the rest is as written
-    argv = shlex.split(command.replace("127.0.0.1:8080", f"127.0.0.1:{port}"))
+    # 8080 may be taken on a shared machine, and tests never bind beyond 127.0.0.1; the rest
+    # is as written, a leading VAR=value included.
+    port = _free_port()
+    for host in ("127.0.0.1:8080", "0.0.0.0:8080"):
+        command = command.replace(host, f"127.0.0.1:{port}")
+    argv = shlex.split(command)
     env = {**os.environ, "SSD_TRT_CACHE": str(cache)}
+    while "=" in argv[0]:
+        key, value = argv.pop(0).split("=", 1)
+        env[key] = value
     env.pop("DISPLAY", None)  # the examples must not need a display
     cmd = [sys.executable, "-m", "ssd_trt.cli", *argv[1:]]
     if not expect.interrupt_after_page:
