@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssd_trt.detection_batch import TOTAL
 from ssd_trt.quality.bench import first_frames
 from ssd_trt.runtime.gpu.fastpath import STAGES, GpuFastPath
 
@@ -26,7 +27,7 @@ log = logging.getLogger("gpu_fastpath_bench")
 def latency(fp: GpuFastPath, frame: np.ndarray, iters: int) -> dict[str, float]:
     for _ in range(20):
         fp.run([frame])
-    times, stages = [], {k: [] for k in (*STAGES, "total")}
+    times, stages = [], {k: [] for k in (*STAGES, TOTAL)}
     sub, col = [], []
     for _ in range(iters):
         t0 = time.perf_counter()
@@ -49,47 +50,13 @@ def latency(fp: GpuFastPath, frame: np.ndarray, iters: int) -> dict[str, float]:
 
 def network_only(fp: GpuFastPath, iters: int) -> float:
     """p50 of one batch-1 network run (graph replay) plus a stream sync, host-timed."""
-    net = fp._networks[1]
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        net.run()
-        fp.stream.sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+    return fp.network_ms(1, iters)
 
 
 def nms_only(fp: GpuFastPath, batch: int, reps: int = 100) -> dict:
     """The NMS kernels alone on the last network outputs (CUDA events), and the phase stamps
     of the select kernel (us; the last phase is rows + walk)."""
-    from cuda import core
-
-    net = fp._networks[batch]
-    opts = core.EventOptions(timing_enabled=True)
-    a, b = fp.device.create_event(options=opts), fp.device.create_event(options=opts)
-    fp._launch_nms(net, batch)
-    fp.stream.record(a)
-    for _ in range(reps):
-        fp._launch_nms(net, batch)
-    fp.stream.record(b)
-    b.sync()
-    dbg = fp.device.allocate(batch * 16 * 8, stream=fp.stream)
-    fp._nms_debug = int(dbg.handle)
-    stamps = np.zeros(batch * 16, np.int64)
-    for _ in range(3):
-        fp._launch_nms(net, batch)
-    fp.stream.sync()
-    from cuda.bindings import driver
-
-    driver.cuMemcpyDtoH(stamps.ctypes.data, int(dbg.handle), stamps.nbytes)
-    fp._nms_debug = 0
-    fp.stream.sync()
-    dbg.close(fp.stream)
-    t = stamps.reshape(batch, 16)[:, :8]
-    return {
-        "nms_ms": float(b - a) / reps,
-        "select_phases_us": (np.diff(t, axis=1).mean(0) / 1e3).round(2).tolist(),
-    }
+    return fp.nms_profile(batch, reps)
 
 
 def throughput(fp: GpuFastPath, frames: list[np.ndarray], batch: int, batches: int) -> dict:
@@ -167,7 +134,7 @@ def main() -> None:
             fp.warm_up()
             report[f"{variant}_setup_s"] = time.perf_counter() - t0
             res = {"batch1": latency(fp, frames[0], args.iters)}
-            res["own_graphs"] = fp._graph_mode
+            res["own_graphs"] = fp.graph_mode
             res["batch1_network_only_ms"] = network_only(fp, args.iters)
             res["batch1_nms"] = nms_only(fp, 1)
             log.info("%s batch 1: %s", variant, res["batch1"])

@@ -286,8 +286,8 @@ def run(
     # The GPU's compute stream: resize + network + NMS (the upload of large batches runs on a
     # second stream, beside the previous batch's network).
     gpu_ms = 0.0
-    if "network" in stats.stage_ms:  # the fast path's CUDA-event stage times
-        gpu_ms = sum(stats.stage_ms.get(k, 0.0) for k in ("preprocess", "network", "nms"))
+    if "upload" in stats.stage_ms:  # the fast path's CUDA-event stage times
+        gpu_ms = sum(stats.stage_ms.get(k, 0.0) for k in ("preprocess", "inference", "nms"))
     return {
         "streams": streams,
         "target_fps": fps,

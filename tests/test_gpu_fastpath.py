@@ -229,7 +229,7 @@ def test_fp32_detections_equal_cpu_path(fastpath32, reference, images, video_fra
     assert (np.diff(got["detection_scores"], axis=1) <= 0).all()
     assert_same_detections(got, reference(frames), frames, tol=0.01)
     assert set(fastpath32.last_stage_ms) == {
-        "upload", "preprocess", "network", "nms", "download", "total"
+        "upload", "preprocess", "inference", "nms", "download", "total"
     }  # fmt: skip
 
 
@@ -309,7 +309,7 @@ def test_own_cuda_graphs_give_the_same_detections(data, fastpath32, video_frames
                         got[key], want[i % 2][key], rtol=0, atol=1e-3, err_msg=key
                     )
                 assert set(fastpath32.last_stage_ms) == {
-                    "upload", "preprocess", "network", "nms", "download", "total"
+                    "upload", "preprocess", "inference", "nms", "download", "total"
                 }  # fmt: skip
     assert len(fastpath32._graphs) >= 4
     # Any frame count reuses the graph of the batch size it pads to (one per slot and size).

@@ -25,6 +25,7 @@ FLOORS = [
         "annotate",
         "tracking",
         "batching",
+        "detection_batch",
     },
     {"postprocess"},
     {"model"},

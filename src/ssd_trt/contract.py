@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .detection_batch import DetectionBatch
 from .errors import SsdTrtError, require
 from .nms import NmsSettings
 from .preprocess import PreprocessConfig
 
 INPUT_NAME = "images"  # float32 [N, 3, H, W], RGB, pixel * scale + offset
-DETECTION_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+DETECTION_OUTPUTS = DetectionBatch.NAMES  # the graph's outputs with NMS inside
 RAW_OUTPUTS = ("boxes", "scores")  # --nms none: [N, A, 4] decoded boxes, [N, A, C] scores
 
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -28,6 +28,12 @@ def require(module: str, extra: str):
         raise MissingExtraError(module, extra) from exc
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line, for a one-line message (its type where it says nothing)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (docker stop, systemd, kill), raised as a KeyboardInterrupt so everything that
     cleans up after Ctrl-C cleans up after it too, but told apart in what a run reports."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .detection_batch import DetectionBatch
+
 
 @dataclass(frozen=True)
 class NmsSettings:
@@ -130,21 +132,14 @@ def top_candidates(flat: np.ndarray, score_threshold: float, cap: int) -> np.nda
     return np.sort(np.concatenate([above, ties]))
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, s: NmsSettings) -> dict[str, np.ndarray]:
-    """boxes [N, A, 4], scores [N, A, C] -> the four detection outputs of the exported graph."""
-    n = boxes.shape[0]
-    k = s.max_total
-    out = {
-        "num_detections": np.zeros((n, 1), np.int32),
-        "detection_boxes": np.zeros((n, k, 4), np.float32),
-        "detection_scores": np.zeros((n, k), np.float32),
-        "detection_classes": np.zeros((n, k), np.int32),
-    }
-    for b in range(n):
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, s: NmsSettings) -> DetectionBatch:
+    """boxes [N, A, 4], scores [N, A, C] -> the detections the exported graph's NMS gives."""
+    out = DetectionBatch.empty(boxes.shape[0], s.max_total)
+    for b in range(out.images):
         picked = nms_image(boxes[b], scores[b], s)
-        out["num_detections"][b, 0] = len(picked)
+        out.num_detections[b, 0] = len(picked)
         for j, (score, c, i) in enumerate(picked):
-            out["detection_boxes"][b, j] = boxes[b, i]
-            out["detection_scores"][b, j] = score
-            out["detection_classes"][b, j] = c + 1
+            out.detection_boxes[b, j] = boxes[b, i]
+            out.detection_scores[b, j] = score
+            out.detection_classes[b, j] = c + 1
     return out

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 
 from .. import progress
-from ..errors import SsdTrtError, Terminated
+from ..errors import SsdTrtError, Terminated, first_line
 from .args import build_parser
 from .verbs import EXIT_FAILURE, EXIT_INTERRUPTED, VERBS
 
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.verbose:
             raise
-        message = str(exc).splitlines()[0] if str(exc) else ""
+        message = first_line(exc) if str(exc).strip() else ""
         print(
             f"ssd-trt: error: unexpected {type(exc).__name__}: {message} "
             "(run with --verbose for the traceback)",

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..batching import GPU_MAX_BATCH, HOST_MAX_BATCH
 from ..contract import NMS_MODES, PRECISIONS
 from ..detector import DEFAULT_MODEL
 from ..precision.trt_compat import FLAVOURS
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
-from ..video.multi import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, GPU_MAX_BATCH
+from ..video.multi import DEFAULT_MAX_WAIT_MS
 
 
 def positive_int(text: str) -> int:
@@ -132,6 +133,13 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
     precision_group(p)
     detection_group(p, 0.5)
     p.add_argument("--classes", help="comma-separated class names or ids to keep")
+    p.add_argument(
+        "--max-batch",
+        type=positive_int,
+        help="frames per detector call (of all sources together with several), and the batch "
+        "the backend is set up for: a TensorRT engine's profile, the GPU fast path's largest "
+        f"graph (default: {GPU_MAX_BATCH} on the GPU fast path, else {HOST_MAX_BATCH})",
+    )
     nms = p.add_argument_group(
         "NMS (default: the model's own; where NMS is in the graph, a registry name is exported "
         "again with them once, an .onnx or engine takes only a smaller --max-det)"
@@ -209,12 +217,6 @@ def many_sources_group(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="per-source outputs: DIR/NAME.mp4 and, with --json, DIR/NAME.jsonl (NAME from the "
         "source, made unique); required with several sources",
-    )
-    g.add_argument(
-        "--max-batch",
-        type=positive_int,
-        help=f"frames of all sources per inference call (default: {GPU_MAX_BATCH} on the GPU "
-        f"fast path, else {DEFAULT_MAX_BATCH})",
     )
     g.add_argument(
         "--batch-wait-ms",
@@ -338,7 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--min-replicas", type=int, help="autoscale from this many ...")
     cluster.add_argument("--max-replicas", type=positive_int, help="... to this many")
     cluster.add_argument(
-        "--max-batch", type=positive_int, default=8, help="images per batch (default: 8)"
+        "--max-batch",
+        type=positive_int,
+        default=HOST_MAX_BATCH,
+        help="requests batched into one detector call per replica, and the replica Detector's "
+        "batch (a TensorRT engine's profile) (default: %(default)s)",
     )
     cluster.add_argument(
         "--batch-wait-ms",
@@ -406,7 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--min-batch", type=positive_int, default=1, help="profile min batch")
     eng.add_argument("--opt-batch", type=positive_int, help="profile opt batch (default: min)")
     eng.add_argument(
-        "--max-batch", type=positive_int, default=8, help="profile max batch (default: 8)"
+        "--max-batch",
+        type=positive_int,
+        default=HOST_MAX_BATCH,
+        help="the engine's profile max batch: the largest batch it runs (default: %(default)s)",
     )
     eng.add_argument("--workspace", type=positive_int, help="builder workspace limit in MiB")
     eng.add_argument("--timing-cache", help="timing cache file, read and updated")

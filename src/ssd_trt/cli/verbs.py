@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..batching import default_max_batch
 from ..contract import ONNX_SUFFIX, PRECISIONS, is_engine, parse_precisions
 from ..detector import Detector
 from ..errors import SsdTrtError
@@ -22,17 +23,17 @@ from ..model.registry import MODELS
 from ..precision.engine import BuildOptions
 from ..precision.quantize import check_calibration_source
 from ..precision.trt_compat import load_trt
-from ..quality import bench, sidebyside
+from ..quality import bench
 from ..quality.compare import compare, load_images, parse_per_key
 from ..quality.evaluate import evaluate, load_annotations
 from ..quality.report import write_json
-from ..runtime.select import canonical_backend
+from ..runtime.registry import canonical_backend
 from ..scale.batch import RayBatchJob, run_ray_batch
 from ..scale.serving import ServeConfig, serve_until_interrupted
 from ..scale.triton import write_repository
 from ..store import ArtifactStore, Calibration
 from ..video.app import FoundSummary, VideoJob, parse_hostport, run_video
-from ..video.multi import DEFAULT_MAX_BATCH, MultiJob, read_source_list, run_multi
+from ..video.multi import MultiJob, read_source_list, run_multi
 from ..video.outputs import FrameResult
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
         iou=args.iou,
         max_det=args.max_det,
         max_per_class=args.max_per_class,
+        max_batch=args.max_batch,  # None: the backend's default (batching.py)
     )
 
 
@@ -198,7 +200,7 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
                 backend=args.backend,
                 score_threshold=args.score_threshold,
                 max_frames=args.max_frames,
-                max_batch=args.max_batch or DEFAULT_MAX_BATCH,
+                max_batch=args.max_batch or default_max_batch(on_gpu=False),
             )
         )
     else:
@@ -240,7 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # One precision: the full benchmark; fp32 also lets an engine run in its own precision.
     args.precision = {"fp32": None}.get(requested[0], requested[0])
     if canonical_backend(args.backend) == "cuda":  # the GPU paths side by side
-        report = sidebyside.run(
+        report = bench.compare_backends(
             args.model,
             bench.first_frames(video, 16),
             video=video,

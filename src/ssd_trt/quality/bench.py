@@ -1,5 +1,11 @@
-"""Benchmarks: backend latency per batch size, per-stage costs on a video, sync vs async FPS,
-and a precision table (network-only and end-to-end latency of FP32/FP16/INT8 in one run).
+"""Benchmarks, every backend through the same seam (Detector.submit/collect):
+
+* ``run``: one backend's latency per batch size (the network alone where the backend has host
+  stages, else frames in, detections out), per-stage costs on a video, sync vs async FPS;
+* ``compare_backends``: several backends and precisions side by side in one run (what
+  ``bench --backend cuda`` shows: the GPU paths), each row named by what it runs, with batch-1
+  latency, stage times, throughput per batch size and a video run against decoding alone;
+* ``precision_table``: network-only and end-to-end latency of FP32/FP16/INT8 in one run.
 
 Numbers are only comparable within one run on one machine; the JSON records the machine.
 """
@@ -19,10 +25,12 @@ from typing import Any
 import numpy as np
 
 from .. import progress
+from ..detection_batch import STAGES
 from ..detector import Detector
 from ..errors import SsdTrtError
 from ..sources import PacedSource, open_source
-from ..video.pipeline import STAGES, Pipeline
+from ..store import ArtifactStore
+from ..video.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +53,29 @@ class BenchReport:
     overhead: dict[str, float] = field(default_factory=dict)
     stages_ms: dict[str, float] = field(default_factory=dict)
     video: dict[str, Any] = field(default_factory=dict)
+    latency_of: str = "network"  # "network" alone, or "detector": frames in, detections out
+    rows: list[RowResult] = field(default_factory=list)  # compare_backends: one per row
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for row, result in zip(data["rows"], self.rows, strict=True):
+            row["speedup_vs_reference"] = round(self.speedup(result), 2)
+        return data
+
+    def speedup(self, result: RowResult) -> float:
+        """How many times faster than the reference row at batch-1 p50 (0: unknown)."""
+        base = next((r for r in self.rows if r.reference), None)
+        if base is None or not base.p50_ms or not result.p50_ms:
+            return 0.0
+        return base.p50_ms / result.p50_ms
 
     def table(self) -> str:
+        if self.rows:
+            return self._rows_table()
         lines = [f"model {self.model}  backend {self.backend}  ({self.machine.get('cpu', '?')})"]
         if self.latency:
-            lines.append("batch   p50 ms   p90 ms   p99 ms   images/s")
+            what = "the network alone" if self.latency_of == "network" else "frames to detections"
+            lines.append(f"batch   p50 ms   p90 ms   p99 ms   images/s   ({what})")
             for r in self.latency:
                 lines.append(
                     f"{r.batch:5d} {r.p50_ms:8.2f} {r.p90_ms:8.2f} {r.p99_ms:8.2f} "
@@ -73,6 +96,38 @@ class BenchReport:
             lines.append(
                 f"video {v['frames']} frames: sync {v['sync_fps']:.1f} FPS, async "
                 f"{v['async_fps']:.1f} FPS ({v['async_over_sync']:.2f}x)"
+            )
+        return "\n".join(lines)
+
+    def _rows_table(self) -> str:
+        sizes = sorted({b for r in self.rows for b in r.images_per_s})
+        ref = next((r.label for r in self.rows if r.reference), "")
+        head = f"{'backend':<52} {'p50 ms':>7} {'p90 ms':>7} {'x ref':>6}"
+        head += "".join(f" {'b' + str(b) + ' img/s':>11}" for b in sizes)
+        gpu = (self.machine.get("gpus") or [self.machine.get("cpu")])[0]
+        lines = [f"model {self.model}  ({gpu}); x ref: times faster than {ref}", head]
+        for r in self.rows:
+            if r.error:
+                lines.append(f"{r.label:<52} not run: {r.error}")
+                continue
+            row = f"{r.label:<52} {r.p50_ms:7.2f} {r.p90_ms:7.2f} {self.speedup(r):6.1f}"
+            row += "".join(
+                f" {r.images_per_s[b]:11.0f}" if b in r.images_per_s else f" {'-':>11}"
+                for b in sizes
+            )
+            lines.append(row)
+        lines.append("batch-1 stages, median ms:")
+        for r in self.rows:
+            if r.stages_ms:
+                stages = ", ".join(f"{k} {ms:.3f}" for k, ms in r.stages_ms.items())
+                lines.append(f"  {r.label}: {stages}")
+        if self.video:
+            w = self.video
+            lines.append(
+                f"video ({w['backend']}): {w['fps']:.0f} FPS = {w['fps_of_decode_only']:.0%} of "
+                f"decoding alone ({w['decode_only_fps']:.0f} FPS); per frame decode "
+                f"{w['decode_ms']:.2f} ms, detection {w['detect_ms']:.2f} ms: limited by "
+                f"{w['limited_by']}"
             )
         return "\n".join(lines)
 
@@ -135,11 +190,18 @@ def latency(
     iterations: int,
     warmup: int,
 ) -> list[LatencyResult]:
+    """Per batch size: the network alone where the backend has host stages, else the whole
+    seam (frames in, detections out)."""
     out = []
     for b in batch_sizes:
         log.info("latency at batch %d (%d runs)", b, iterations)
-        batch = detector.preprocess([images[i % len(images)] for i in range(b)])
-        t = _timed(lambda batch=batch: detector.infer(batch), iterations, warmup, f"batch {b}")
+        chunk = [images[i % len(images)] for i in range(b)]
+        if detector.has_host_stages:
+            batch = detector.preprocess(chunk)
+            fn = lambda batch=batch: detector.infer(batch)  # noqa: E731
+        else:
+            fn = lambda chunk=chunk: detector.detect(chunk)  # noqa: E731
+        t = _timed(fn, iterations, warmup, f"batch {b}")
         p50, p90, p99 = np.percentile(t, [50, 90, 99])
         out.append(LatencyResult(b, float(p50), float(p90), float(p99), b * 1000 / float(p50)))
     return out
@@ -208,7 +270,10 @@ def run(
     report = BenchReport(model=model, backend=detector.backend_name, machine=machine_info())
     frames = first_frames(video, 16)
     report.latency = latency(detector, frames, batch_sizes, iterations, warmup)
-    report.overhead = detect_overhead(detector, frames[0], max(10, iterations // 3), warmup)
+    if detector.has_host_stages:  # else there is no network call alone to compare with
+        report.overhead = detect_overhead(detector, frames[0], max(10, iterations // 3), warmup)
+    else:
+        report.latency_of = "detector"
     # Sync, async, async, sync: evens out warm-up and drifting load.
     runs: dict[bool, list[Pipeline]] = {True: [], False: []}
     for n, sync in enumerate((True, False, False, True)):
@@ -217,7 +282,8 @@ def run(
     sync_fps = float(np.mean([p.stats.fps for p in runs[True]]))
     async_fps = float(np.mean([p.stats.fps for p in runs[False]]))
     stages = runs[True][0].stats
-    report.stages_ms = {s: round(stages.mean_ms(s), 3) for s in STAGES}
+    # The stages the video engine times, in the one vocabulary's order.
+    report.stages_ms = {s: round(stages.mean_ms(s), 3) for s in STAGES if s in stages.stage_count}
     report.video = {
         "path": str(video),
         "paced_fps": paced_fps,
@@ -227,6 +293,175 @@ def run(
         "async_over_sync": async_fps / sync_fps if sync_fps else 0.0,
         "async_dropped": sum(p.stats.dropped for p in runs[False]),
     }
+    return report
+
+
+# ----------------------------------------------------------------- backends side by side
+
+
+@dataclass(frozen=True)
+class Row:
+    """One backend and precision to measure; ``label`` says what it runs."""
+
+    label: str
+    backend: str
+    precision: str
+    max_candidates: int | None = None  # the export's candidate cap; None: the default export
+    batched: bool = True  # measure throughput at every batch size, not only latency
+    reference: bool = False  # the row the others' speed-up is against
+
+
+UNCAPPED = "onnxruntime-cuda, NMS in graph over all 172k candidates"
+ORT_CUDA = "onnxruntime-cuda, NMS in graph"
+GPU_ROWS = (
+    # The path before the candidate cap (about 17 ms on an H100), batch 1 only.
+    Row(UNCAPPED, "onnxruntime-cuda", "fp32", max_candidates=0, batched=False),
+    Row(ORT_CUDA, "onnxruntime-cuda", "fp32", reference=True),
+    Row("onnxruntime-cpu, NMS in graph", "cpu", "fp32"),
+    Row("cuda (GPU fast path, NMS on the GPU), fp32", "cuda", "fp32"),
+    Row("cuda (GPU fast path, NMS on the GPU), fp16", "cuda", "fp16"),
+)
+
+
+@dataclass
+class RowResult:
+    label: str
+    backend: str
+    precision: str
+    reference: bool = False
+    p50_ms: float = 0.0  # batch 1, host frame -> host detections
+    p90_ms: float = 0.0
+    stages_ms: dict[str, float] = field(default_factory=dict)  # batch 1, medians
+    images_per_s: dict[int, float] = field(default_factory=dict)  # per batch size
+    error: str | None = None  # why the row could not run here
+
+
+def throughput(detector: Detector, frames: Sequence[np.ndarray], batch: int, runs: int) -> float:
+    """Images per second at ``batch``, through the seam: two batches in flight where the
+    backend queues work, else one after the other."""
+    chunk = [frames[i % len(frames)] for i in range(batch)]
+    detector.detect(chunk)  # warm: the GPU fast path builds this batch size's CUDA graph
+    t0 = time.perf_counter()
+    if detector.supports_submit:
+        pending = detector.submit(chunk)
+        for _ in range(runs - 1):
+            following = detector.submit(chunk)
+            detector.collect(pending)
+            pending = following
+        detector.collect(pending)
+    else:
+        for _ in range(runs):
+            detector.detect(chunk)
+    return batch * runs / (time.perf_counter() - t0)
+
+
+def measure_row(
+    detector: Detector,
+    frames: Sequence[np.ndarray],
+    batch_sizes: Sequence[int],
+    iterations: int,
+    result: RowResult,
+    batched: bool = True,
+) -> None:
+    """Batch-1 latency and stage times end to end, then throughput per batch size."""
+    for frame in frames[:5]:  # warm-up: sessions, graphs, caches
+        detector.detect(frame)
+    times, stages = [], []
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        _, stage_ms = detector.detect_timed([frames[i % len(frames)]])
+        times.append((time.perf_counter() - t0) * 1000)
+        stages.append(stage_ms)
+    p50, p90 = np.percentile(times, [50, 90])
+    result.p50_ms, result.p90_ms = float(p50), float(p90)
+    result.stages_ms = {k: round(float(np.median([s[k] for s in stages])), 4) for k in stages[0]}
+    for batch in batch_sizes if batched else ():
+        runs = max(3, min(iterations, 2000 // batch))
+        log.info("%s: throughput at batch %d", result.label, batch)
+        result.images_per_s[batch] = throughput(detector, frames, batch, runs)
+
+
+def decode_only_fps(video: str, max_frames: int | None) -> float:
+    """Frames per second of reading ``video`` alone, through the same source class."""
+    with open_source(video) as source:
+        count, t0 = 0, time.perf_counter()
+        while (max_frames is None or count < max_frames) and source.read() is not None:
+            count += 1
+        return count / (time.perf_counter() - t0)
+
+
+def decode_limit(detector: Detector, video: str, max_frames: int | None) -> dict[str, Any]:
+    """One async video run (what ``ssd-trt detect`` does) against decoding alone, in the same
+    run: ``detect`` is limited by decoding when it reaches 90% of the decode-only rate."""
+    decode_fps = decode_only_fps(video, max_frames)
+    stats = video_run(detector, video, False, max_frames).stats
+    decode = stats.mean_ms("decode")
+    detected = [s for s in STAGES if s not in ("decode", "draw", "output")]
+    detect = sum(stats.mean_ms(s) for s in detected if s in stats.stage_count)
+    return {
+        "backend": detector.backend_name,
+        "path": video,
+        "frames": stats.frames,
+        "fps": stats.fps,
+        "decode_only_fps": decode_fps,
+        "fps_of_decode_only": stats.fps / decode_fps if decode_fps else 0.0,
+        "decode_ms": decode,
+        "detect_ms": detect,  # per frame; frames waiting together are detected as one batch
+        "limited_by": "decoding" if stats.fps >= 0.9 * decode_fps else "detection",
+    }
+
+
+def compare_backends(
+    model: str,
+    frames: Sequence[np.ndarray],
+    *,
+    video: str,
+    rows: Sequence[Row] = GPU_ROWS,
+    batch_sizes: Sequence[int] = (1, 8, 32, 64),
+    iterations: int = 200,
+    cache_dir: str | None = None,
+    max_frames: int | None = None,
+    needs: str = "cuda",
+) -> BenchReport:
+    """Every row measured alike through the seam, in one run; the first ``needs`` row that
+    runs also gets the video run. One clear error when no ``needs`` row can run here."""
+    if not frames:
+        raise SsdTrtError("no frames to benchmark with")
+    from ..runtime.registry import unusable  # checked before any export
+
+    why = unusable(needs)
+    if why is not None:
+        raise SsdTrtError(why)
+    report = BenchReport(model=str(model), backend=needs, machine=machine_info())
+    report.latency_of = "detector"
+    for row in rows:
+        result = RowResult(row.label, row.backend, row.precision, reference=row.reference)
+        report.rows.append(result)
+        log.info("bench: %s", row.label)
+        try:
+            source = model
+            if row.max_candidates is not None:
+                store = ArtifactStore(cache_dir)
+                source = str(store.onnx(model, max_candidates=row.max_candidates))
+            detector = Detector(
+                source,
+                row.backend,
+                precision=row.precision,
+                cache_dir=cache_dir,
+                max_batch=max(batch_sizes),
+                score_threshold=0.3,
+            )
+        except SsdTrtError as exc:
+            result.error = str(exc)
+            log.warning("%s not run: %s", row.label, exc)
+            continue
+        with detector:
+            measure_row(detector, frames, batch_sizes, iterations, result, row.batched)
+            if row.backend == needs and not report.video:
+                report.video = decode_limit(detector, video, max_frames)
+    wanted = [r for r in report.rows if r.backend == needs]
+    if wanted and all(r.error for r in wanted):
+        raise SsdTrtError(wanted[0].error or f"the {needs} backend cannot run here")
     return report
 
 

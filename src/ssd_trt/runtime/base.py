@@ -1,7 +1,11 @@
-"""The runtime interface: a loaded network that runs preprocessed batches.
+"""The runtime seam: every backend is a frame detector.
 
-Backends only run graphs. Preprocessing, NMS (for graphs exported with ``--nms none``) and
-postprocessing are the detector's stages, so each is timed as what it is.
+``FrameDetector`` is what the Detector (and through it the video engine and the benchmarks)
+talks to: ``submit(frames) -> handle`` and ``collect(handle) -> DetectionBatch``, plus
+``warm_up``, ``stage_ms`` and ``close``. Host-stage backends (ONNX Runtime, TensorRT with host
+arrays) implement it once, in runtime/host.py, by composing preprocessing, a ``Network`` and
+NMS; the GPU fast path implements it natively (runtime/gpu/backend.py). Which class a backend
+name opens is the registry's business (runtime/registry.py).
 """
 
 from __future__ import annotations
@@ -14,57 +18,78 @@ from typing import Any
 import numpy as np
 
 from ..contract import ModelInfo
+from ..detection_batch import DetectionBatch
+from ..nms import NmsSettings
 
 
-class Backend(ABC):
-    """A loaded model. ``name`` is the canonical backend name (see runtime.select)."""
+class Network(ABC):
+    """A loaded graph that runs preprocessed batches: float32 [N, 3, H, W] in, the graph's
+    outputs by name out (detections, or raw boxes and scores for ``--nms none`` graphs)."""
 
-    name: str = "backend"
+    name: str = "network"  # the backend name it runs as (see runtime.registry)
     info: ModelInfo
     model_path: Path  # the file it runs
     max_batch: int | None = None  # the largest batch one infer() takes; None: any
-    # Backends that take uint8 frames and do every stage themselves (the GPU fast path) set
-    # this and implement detect_frames(); infer() is then not used.
-    takes_frames: bool = False
-    # takes_frames backends that can queue a batch and return before it is done set this and
-    # implement submit()/collect(), so a caller can prepare the next batch meanwhile.
-    supports_submit: bool = False
 
     @abstractmethod
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """images float32 [N, 3, H, W] -> the graph's outputs by name (detections, or raw
-        boxes and scores for ``--nms none`` graphs)."""
+        """images float32 [N, 3, H, W] -> the graph's outputs by name."""
 
-    def detect_frames(self, frames: Sequence[np.ndarray], bgr: bool) -> dict[str, np.ndarray]:
-        """uint8 HxWx3 frames -> the four detection outputs (``takes_frames`` backends)."""
-        raise NotImplementedError
+    def close(self) -> None:  # noqa: B027 - optional for networks that hold nothing
+        """Release sessions, buffers and streams."""
 
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# The name this interface had when backends only ran graphs.
+Backend = Network
+
+
+class FrameDetector(ABC):
+    """uint8 HxWx3 frames in, a ``DetectionBatch`` out: the one interface of every backend.
+
+    ``queues``: submit() returns before the batch is done (work queued on a GPU), so a caller
+    can prepare the next batch meanwhile; at most two batches may be in flight. Elsewhere
+    submit() runs the batch at once and collect() only hands it over. Submit and collect from
+    one thread.
+    """
+
+    name: str = "backend"  # the canonical backend name (see runtime.registry)
+    info: ModelInfo
+    model_path: Path
+    nms_settings: NmsSettings  # the NMS settings its detections come from
+    max_batch: int  # the batch size it is set up for (engine profile, CUDA graph sizes)
+    queues: bool = False
+
+    @abstractmethod
     def submit(self, frames: Sequence[np.ndarray], bgr: bool) -> Any:
-        """Queue uint8 frames (``supports_submit`` backends); returns a handle for collect()."""
-        raise NotImplementedError
+        """Start a batch of checked uint8 frames (any number: larger ones are split);
+        returns a handle for collect()."""
 
-    def collect(self, handle: Any) -> dict[str, np.ndarray]:
-        """Wait for a submitted batch: the four detection outputs, as detect_frames() gives."""
-        raise NotImplementedError
+    @abstractmethod
+    def collect(self, handle: Any) -> DetectionBatch:
+        """The detections of a submitted batch (waits for it)."""
+
+    @property
+    @abstractmethod
+    def stage_ms(self) -> dict[str, float]:
+        """Milliseconds per stage (``detection_batch.STAGES``) of the last collected batch."""
+
+    def detect(self, frames: Sequence[np.ndarray], bgr: bool) -> DetectionBatch:
+        return self.collect(self.submit(frames, bgr))
 
     def warm_up(self, max_batch: int) -> None:  # noqa: B027 - most backends need nothing
-        """Get ready for batches of up to ``max_batch`` images now, not in the middle of a
+        """Get ready for batches of up to ``max_batch`` frames now, not in the middle of a
         video (the GPU fast path builds a network and a CUDA graph per batch size)."""
-
-    @property
-    def submit_limit(self) -> int | None:
-        """The most frames one submit() takes; None: any."""
-        return None
-
-    @property
-    def last_stage_ms(self) -> dict[str, float]:
-        """Per-stage times of the last call, where the backend measures them (GPU events)."""
-        return {}
 
     def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing
         """Release sessions, buffers and streams."""
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> FrameDetector:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import INPUT_NAME, ModelInfo
-from ..errors import SsdTrtError, require
-from .base import Backend
+from ..errors import SsdTrtError, first_line, require
+from .base import Network
 
 # Execution providers per device, best first; ONNX Runtime falls back along the list.
 PROVIDERS = {
@@ -28,7 +28,18 @@ def available_providers() -> list[str]:
     return list(require("onnxruntime", "ort").get_available_providers())
 
 
-class OnnxRuntimeBackend(Backend):
+def provider_missing(provider: str, backend: str) -> str | None:
+    """Why ONNX Runtime here cannot run ``backend`` for want of ``provider``, or None: the one
+    "is the CUDA provider here" check."""
+    if provider in available_providers():
+        return None
+    return (
+        f"ONNX Runtime here has no {provider} (no onnxruntime-gpu); the {backend} backend "
+        "needs an NVIDIA GPU and: pip install 'ssd-trt[gpu]'"
+    )
+
+
+class OnnxRuntimeBackend(Network):
     """Runs an exported (or FP16/INT8-converted) ONNX in ONNX Runtime."""
 
     def __init__(self, model: Path, device: str = "cpu", threads: int | None = None) -> None:
@@ -36,11 +47,9 @@ class OnnxRuntimeBackend(Backend):
         if device not in PROVIDERS:
             raise SsdTrtError(f"unknown ONNX Runtime device {device!r}; use cpu, cuda or tensorrt")
         wanted = PROVIDERS[device]
-        if wanted[0] not in ort.get_available_providers():
-            raise SsdTrtError(
-                f"ONNX Runtime here has no {wanted[0]}; install onnxruntime-gpu "
-                "(pip install 'ssd-trt[gpu]') or use the cpu backend"
-            )
+        why = provider_missing(wanted[0], _NAME_OF_PROVIDER[wanted[0]])
+        if why is not None:
+            raise SsdTrtError(why)
         self.model_path = model
         options = ort.SessionOptions()
         if threads:
@@ -48,9 +57,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(model), options, providers=wanted)
         except Exception as exc:
-            raise SsdTrtError(
-                f"ONNX Runtime cannot load {model}: {str(exc).splitlines()[0][:200]}"
-            ) from None
+            raise SsdTrtError(f"ONNX Runtime cannot load {model}: {first_line(exc, 200)}") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = ModelInfo.from_metadata(meta, str(model))
         # onnxruntime-gpu lists its TensorRT provider even without TensorRT installed and then

@@ -26,7 +26,7 @@ from ..contract import INPUT_NAME, ModelInfo
 from ..errors import SsdTrtError
 from ..precision.engine import EngineMetadata, read_engine_bytes
 from ..precision.trt_compat import load_trt, local_gpu
-from .base import Backend
+from .base import Network
 from .cuda_graph import GraphPolicy, capture_graph, check, cudart
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def _host_array(ptr: int, nbytes: int, dtype: np.dtype, shape: tuple[int, ...]) 
     return raw.view(dtype).reshape(shape)
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(Network):
     """Runs a serialized engine built by ``ssd-trt build`` (see precision/engine.py)."""
 
     def __init__(self, engine_path: Path, cuda_graphs: bool = True) -> None:

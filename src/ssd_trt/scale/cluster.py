@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..contract import is_engine
-from ..errors import SsdTrtError, require
+from ..errors import SsdTrtError, first_line, require
 from ..precision.engine import sidecar_path
 from ..store import ArtifactStore
 
@@ -65,8 +65,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RaySessi
         return RaySession(None, started=True)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = address or "a local Ray"
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SsdTrtError(f"cannot start or join {where}: {first}") from None
+        raise SsdTrtError(f"cannot start or join {where}: {first_line(exc)}") from None
 
 
 def has_gpus() -> bool:

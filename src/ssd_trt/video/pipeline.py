@@ -151,7 +151,7 @@ class Pipeline:
         # per frame alone, 0.2 in 32s); a CPU backend hardly does. Live sources keep single
         # frames: the newest frame matters, and no batch size is built for them.
         if max_batch is None:
-            max_batch = 32 if detector.backend.takes_frames else 4
+            max_batch = 32 if detector.supports_submit else 4
         if getattr(source, "live", False):
             max_batch = 1
         self.max_batch = max(1, max_batch)

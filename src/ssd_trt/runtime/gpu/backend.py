@@ -1,7 +1,7 @@
-"""The ``cuda`` backend: the GPU fast path behind the runtime interface.
+"""The ``cuda`` backend: the GPU fast path behind the seam, natively.
 
-Unlike the other backends it takes uint8 frames, not a preprocessed batch: resizing, the network
-and NMS all run on the GPU (fastpath.py), and only the top-K rows come back.
+It takes uint8 frames, not a preprocessed batch: resizing, the network and NMS all run on the
+GPU (fastpath.py), and only the top-K rows come back. There are no host stages to call alone.
 """
 
 from __future__ import annotations
@@ -12,72 +12,86 @@ from pathlib import Path
 import numpy as np
 
 from ...contract import ModelInfo
+from ...detection_batch import DetectionBatch
 from ...errors import SsdTrtError
 from ...nms import NmsSettings
-from ..base import Backend
-from ..ort import available_providers
+from ..base import FrameDetector
+from ..ort import provider_missing
 from .fastpath import FastPathHandle, GpuFastPath
 
 
-class FastPathBackend(Backend):
+def graph_sizes(max_batch: int) -> list[int]:
+    """The fast path's network batch sizes for ``max_batch``: few, since each is a network and
+    a CUDA graph built once (seconds); smaller batches are padded up to the next one."""
+    return [b for b in (1, 8, 32) if b < max_batch] + [max_batch]
+
+
+class FastPathBackend(FrameDetector):
     name = "cuda"
-    takes_frames = True
-    supports_submit = True
+    queues = True
 
     def __init__(
         self,
         model: Path,
         fp16: bool = False,
-        max_batch: int = 64,
+        max_batch: int = 32,
         engine: Path | None = None,
         nms: NmsSettings | None = None,
     ) -> None:
         """``model``: the ``--nms none`` ONNX (metadata, and the network for ONNX Runtime);
         ``engine``: a TensorRT engine of that network, which then runs it instead; ``nms``:
-        the GPU NMS's settings (default: the model's, from its metadata)."""
+        the GPU NMS's settings (default: the model's, from its metadata); ``max_batch``: the
+        largest network batch (larger batches are split)."""
         self.model_path = engine or model
         if engine is not None:
             self.name = "tensorrt"
-        elif "CUDAExecutionProvider" not in available_providers():
-            raise SsdTrtError(
-                "ONNX Runtime here has no CUDAExecutionProvider (no onnxruntime-gpu); the cuda "
-                "backend needs an NVIDIA GPU and: pip install 'ssd-trt[gpu]'"
-            )
+        else:
+            why = provider_missing("CUDAExecutionProvider", "cuda")
+            if why is not None:
+                raise SsdTrtError(why)
         self.info = ModelInfo.from_onnx(model)
         if not self.info.raw_outputs:
             raise SsdTrtError(
                 f"{model} has NMS in the graph; the cuda backend runs NMS on the GPU itself: "
                 "pass the model name, or an ONNX exported with --nms none"
             )
-        # Few sizes: each is a network and CUDA graph built once (seconds); smaller batches
-        # are padded up to the next one.
-        sizes = [b for b in (1, 8, 32) if b < max_batch] + [max_batch]
+        self.max_batch = max_batch
+        self.nms_settings = nms or self.info.nms_settings
         self.fast = GpuFastPath(
-            model, fp16=fp16, batch_sizes=sizes, engine=engine, info=self.info, nms=nms
+            model,
+            fp16=fp16,
+            batch_sizes=graph_sizes(max_batch),
+            engine=engine,
+            info=self.info,
+            nms=nms,
         )
+        self._stage_ms: dict[str, float] = {}
+
+    def submit(
+        self, frames: Sequence[np.ndarray], bgr: bool
+    ) -> FastPathHandle | tuple[DetectionBatch, dict[str, float]]:
+        if len(frames) <= self.fast.batch_sizes[-1]:
+            return self.fast.submit(frames, bgr=bgr)
+        # More than one network batch: run them now (two in flight), handed over by collect.
+        found = self.fast.run(frames, bgr=bgr)
+        return found, dict(self.fast.last_stage_ms)
+
+    def collect(
+        self, handle: FastPathHandle | tuple[DetectionBatch, dict[str, float]]
+    ) -> DetectionBatch:
+        if isinstance(handle, tuple):
+            found, self._stage_ms = handle
+            return found
+        found = self.fast.collect(handle)
+        self._stage_ms = dict(self.fast.last_stage_ms)
+        return found
 
     @property
-    def last_stage_ms(self) -> dict[str, float]:
-        return self.fast.last_stage_ms
-
-    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        raise SsdTrtError("the cuda backend takes uint8 frames: use Detector.detect")
-
-    def detect_frames(self, frames: Sequence[np.ndarray], bgr: bool) -> dict[str, np.ndarray]:
-        return self.fast.run(frames, bgr=bgr)
+    def stage_ms(self) -> dict[str, float]:
+        return self._stage_ms
 
     def warm_up(self, max_batch: int) -> None:
         self.fast.warm_up(max_batch)
-
-    def submit(self, frames: Sequence[np.ndarray], bgr: bool) -> FastPathHandle:
-        return self.fast.submit(frames, bgr=bgr)
-
-    def collect(self, handle: FastPathHandle) -> dict[str, np.ndarray]:
-        return self.fast.collect(handle)
-
-    @property
-    def submit_limit(self) -> int:
-        return self.fast.batch_sizes[-1]
 
     def close(self) -> None:
         if "fast" in self.__dict__:

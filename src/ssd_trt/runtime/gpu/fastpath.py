@@ -16,7 +16,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,20 +26,21 @@ from typing import Any
 import numpy as np
 
 from ssd_trt.contract import ModelInfo
-from ssd_trt.errors import SsdTrtError, require
+from ssd_trt.detection_batch import GPU_STAGES, TOTAL, DetectionBatch
+from ssd_trt.errors import SsdTrtError, first_line, require
 from ssd_trt.nms import NmsSettings
 from ssd_trt.preprocess import check_image
 
 from ..cuda_graph import cudart
+from ..ort import provider_missing
 from . import kernels as gpu_kernels
-from .ort_network import ModelSpec, NetworkRunner, OrtNetwork, first_line, fp16_model_bytes
+from .ort_network import ModelSpec, NetworkRunner, OrtNetwork, fp16_model_bytes
 from .trt_network import TensorRTNetwork
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
-STAGES = ("upload", "preprocess", "network", "nms", "download")
-OUTPUT_NAMES = ("num_detections", "detection_boxes", "detection_scores", "detection_classes")
+STAGES = GPU_STAGES  # timed by CUDA events, in the one stage vocabulary (detection_batch)
 _ALIGN = 256  # byte alignment of each frame in the packed upload
 # Batches of at least this many frames are uploaded on a second stream, so that the upload of one
 # batch overlaps the network of the previous one (at batch 1 the extra event wait only costs).
@@ -170,7 +173,7 @@ class FastPathHandle:
 
     count: int
     _slot: _Slot
-    _result: dict[str, np.ndarray] | None = None
+    _result: DetectionBatch | None = None
     _stage_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -214,14 +217,9 @@ class GpuFastPath:
         self._core = require("cuda.core", "gpu")
         _load_driver()
         self._ort = None if engine is not None else require("onnxruntime", "gpu")
-        if (
-            self._ort is not None
-            and "CUDAExecutionProvider" not in self._ort.get_available_providers()
-        ):
-            raise SsdTrtError(
-                "ONNX Runtime here has no CUDAExecutionProvider; "
-                "install it with: pip install 'ssd-trt[gpu]'"
-            )
+        why = None if engine is not None else provider_missing("CUDAExecutionProvider", "cuda")
+        if why is not None:
+            raise SsdTrtError(why)
         sizes = sorted({int(b) for b in batch_sizes})
         if not sizes or sizes[0] < 1:
             raise SsdTrtError(f"batch sizes must be positive integers, not {list(batch_sizes)}")
@@ -303,19 +301,19 @@ class GpuFastPath:
 
     # ------------------------------------------------------------------ public API
 
-    def run(self, frames: Sequence[np.ndarray], bgr: bool = True) -> dict[str, np.ndarray]:
-        """uint8 HxWx3 frames (any sizes) -> num_detections, detection_boxes/scores/classes."""
+    def run(self, frames: Sequence[np.ndarray], bgr: bool = True) -> DetectionBatch:
+        """uint8 HxWx3 frames (any sizes, any number) -> their detections."""
         largest = self.batch_sizes[-1]
         if len(frames) <= largest:
             return self.collect(self.submit(frames, bgr=bgr))
         handles = []
-        parts: list[dict[str, np.ndarray]] = []
+        parts: list[DetectionBatch] = []
         for start in range(0, len(frames), largest):
             if len(handles) == len(self._slots):
                 parts.append(self.collect(handles.pop(0)))
             handles.append(self.submit(frames[start : start + largest], bgr=bgr))
         parts += [self.collect(h) for h in handles]
-        return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
+        return DetectionBatch.concat(parts)
 
     def submit(self, frames: Sequence[np.ndarray], bgr: bool = True) -> FastPathHandle:
         """Queue one batch (at most the largest batch size) on the GPU; returns at once."""
@@ -551,7 +549,7 @@ class GpuFastPath:
         else:
             stream.record(event)
 
-    def collect(self, handle: FastPathHandle) -> dict[str, np.ndarray]:
+    def collect(self, handle: FastPathHandle) -> DetectionBatch:
         """Wait for a submitted batch and return its detections (copies, safe to keep)."""
         if handle._result is None:
             self._materialize(handle)
@@ -573,7 +571,7 @@ class GpuFastPath:
         self.stream.sync()
         return host.astype(np.float32)
 
-    def nms(self, boxes: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
+    def nms(self, boxes: np.ndarray, scores: np.ndarray) -> DetectionBatch:
         """Run only the GPU NMS on given boxes [N, A, 4] and scores [N, A, C], for checks."""
         self._check_open()
         n = boxes.shape[0]
@@ -597,6 +595,64 @@ class GpuFastPath:
         handle = FastPathHandle(count=n, _slot=slot)
         slot.handle = handle
         return self.collect(handle)
+
+    @property
+    def graph_mode(self) -> str:
+        """How batches replay: "whole", "split" or "off" (see the class docstring)."""
+        return self._graph_mode
+
+    def network_ms(self, batch: int, iters: int) -> float:
+        """p50 of one network run at ``batch`` (graph replay where it has one) plus a stream
+        sync, host-timed, for benchmarks."""
+        net = self._network(batch)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            net.run()
+            self.stream.sync()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(times))
+
+    def nms_profile(self, batch: int, reps: int = 100) -> dict[str, Any]:
+        """The NMS kernels alone on the last network outputs at ``batch`` (CUDA events, ms per
+        run), and the select kernel's phase stamps (us, mean over images; the last phase is
+        rows + walk), written only while this runs (``nms_debug``)."""
+        net = self._network(batch)
+        opts = self._core.EventOptions(timing_enabled=True)
+        a, b = (self.device.create_event(options=opts) for _ in range(2))
+        self._launch_nms(net)
+        self.stream.record(a)
+        for _ in range(reps):
+            self._launch_nms(net)
+        self.stream.record(b)
+        b.sync()
+        stamps = np.zeros(net.batch * 16, np.int64)
+        debug = self.device.allocate(stamps.nbytes, stream=self.stream)
+        try:
+            with self.nms_debug(int(debug.handle)):
+                for _ in range(3):
+                    self._launch_nms(net)
+                self.stream.sync()
+                _check(_DRIVER.cuMemcpyDtoH(stamps.ctypes.data, int(debug.handle), stamps.nbytes),
+                       "cuMemcpyDtoH")  # fmt: skip
+        finally:
+            self.stream.sync()
+            debug.close(self.stream)
+        t = stamps.reshape(net.batch, 16)[:, :8]
+        return {
+            "nms_ms": float(b - a) / reps,
+            "select_phases_us": (np.diff(t, axis=1).mean(0) / 1e3).round(2).tolist(),
+        }
+
+    @contextmanager
+    def nms_debug(self, pointer: int) -> Iterator[None]:
+        """Within: the NMS kernels write 16 int64 phase stamps per image to device memory at
+        ``pointer`` (launches of NMS alone, as nms_profile does)."""
+        self._nms_debug = pointer
+        try:
+            yield
+        finally:
+            self._nms_debug = 0
 
     def warm_up(self, max_batch: int | None = None) -> None:
         """Build the networks (and graphs) of the batch sizes that batches of up to
@@ -690,15 +746,15 @@ class GpuFastPath:
         n, k = handle.count, self.spec.nms.max_total
         words = slot.download.array[: n * self._record_words * 4].view(np.int32)
         rec = words.reshape(n, self._record_words)
-        handle._result = {
-            "num_detections": rec[:, :1].copy(),
-            "detection_boxes": rec[:, 1 : 1 + 4 * k].view(np.float32).reshape(n, k, 4).copy(),
-            "detection_scores": rec[:, 1 + 4 * k : 1 + 5 * k].view(np.float32).copy(),
-            "detection_classes": rec[:, 1 + 5 * k :].copy(),
-        }
+        handle._result = DetectionBatch(
+            num_detections=rec[:, :1].copy(),
+            detection_boxes=rec[:, 1 : 1 + 4 * k].view(np.float32).reshape(n, k, 4).copy(),
+            detection_scores=rec[:, 1 + 4 * k : 1 + 5 * k].view(np.float32).copy(),
+            detection_classes=rec[:, 1 + 5 * k :].copy(),
+        )
         if self._timing:
             handle._stage_ms = {name: float(ev[i + 1] - ev[i]) for i, name in enumerate(STAGES)} | {
-                "total": float(ev[-1] - ev[0])
+                TOTAL: float(ev[-1] - ev[0])
             }
         slot.handle = None
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from ssd_trt.errors import SsdTrtError, require
+from ssd_trt.errors import SsdTrtError, first_line, require
 
 BLOCK_NMS = 1024  # threads per NMS block; also the largest candidate cap (one bit per lane word)
 MAX_CANDIDATES = 1024
@@ -94,7 +94,7 @@ def compile_cubin(arch: str | int) -> object:
     except SsdTrtError:
         raise
     except Exception as exc:
-        raise SsdTrtError(f"NVRTC failed on the fast-path kernels: {_first_line(exc)}") from exc
+        raise SsdTrtError(f"NVRTC failed on the fast-path kernels: {first_line(exc)}") from exc
 
 
 def compile_ptx(arch: str | int) -> str:
@@ -130,11 +130,6 @@ def compile_ptx(arch: str | int) -> str:
 def _check_nvrtc(nvrtc: object, err: object, what: str) -> None:
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:  # type: ignore[attr-defined]
         raise SsdTrtError(f"{what} failed: {err}")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ...errors import SsdTrtError, require
+from ...errors import SsdTrtError, first_line, require
 from ...nms import NmsSettings
 from ...preprocess import PreprocessConfig
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)
