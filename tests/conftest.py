@@ -93,6 +93,8 @@ def test_images(coco_mini: Path, bikes_video: Path) -> list:
 
 
 LABELS = {"ssdlite_mobilenet_v2_coco": "coco", "ssdlite_mobilenet_v2_person": "person"}
+COCO = "ssdlite_mobilenet_v2_coco"
+PERSON = "ssdlite_mobilenet_v2_person"
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +117,12 @@ def exported(registry_graphs, tmp_path_factory):
         return done[name, nms]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def coco_onnx(exported) -> Path:
+    """The COCO model exported with NMS in the graph (modules may define their own)."""
+    return exported(COCO)
 
 
 def iou(a, b) -> float:
