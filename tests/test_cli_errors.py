@@ -60,11 +60,13 @@ def test_bad_input_is_one_line_and_exit_2(args, message, bikes_video, tmp_path):
     assert not (tmp_path / "cache" / "models").exists()
 
 
+@pytest.mark.fast
 def test_webcam_help_has_no_file_options():
     proc = run_cli("webcam", "--help")
     assert proc.returncode == 0 and "--realtime" not in proc.stdout and "--loop" not in proc.stdout
 
 
+@pytest.mark.fast
 def test_empty_pb_is_rejected_before_importing_tensorflow(tmp_path):
     empty = tmp_path / "frozen_inference_graph.pb"
     empty.write_bytes(b"")

@@ -9,6 +9,8 @@ import subprocess
 import pytest
 from conftest import REPO
 
+pytestmark = pytest.mark.fast
+
 
 def test_gitignore_covers_the_readme_outputs():
     if not (REPO / ".git").exists() or not shutil.which("git"):

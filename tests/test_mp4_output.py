@@ -10,10 +10,11 @@ import subprocess
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import optional, run_cli
+
+cv2 = optional("cv2", "video")
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import cv2
 import pytest
-from conftest import read_frames
+from conftest import optional, read_frames
 
 from ssd_trt.detector import Detector
 from ssd_trt.video.overlay import banner_rect, banner_text, draw_frame, place_label
 
+cv2 = optional("cv2", "video")
 
+
+@pytest.mark.fast
 def test_place_label_stays_inside_and_clear_of_the_banner():
     image = (640, 272)
     banner = (0, 250, 300, 272)

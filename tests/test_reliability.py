@@ -16,12 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import error_line, run_cli
+from conftest import error_line, optional, run_cli
 
 from ssd_trt.video.serve import MjpegServer
+
+cv2 = optional("cv2", "video")
 
 
 def lines_of(path: Path) -> list[dict]:
@@ -50,6 +51,7 @@ def _vanish(port: int) -> None:
     sock.close()
 
 
+@pytest.mark.fast
 def test_stuck_and_vanishing_clients_neither_stall_nor_grow_the_server():
     rng = np.random.default_rng(0)
     jpeg = cv2.imencode(".jpg", rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))[1].tobytes()
@@ -211,6 +213,7 @@ def test_video_damaged_in_the_middle_is_read_up_to_the_damage(
     assert re.search(r"could not be decoded|unreadable skipped", proc.stderr), proc.stderr
 
 
+@pytest.mark.fast
 def test_errno_names_are_what_the_user_reads():
     from ssd_trt.video.outputs import write_failed
 
