@@ -1,9 +1,47 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+# ------------------------------------------------------------------- optional extras, fast tier
+# `pytest -m fast` runs after `pip install -e '.[ort,dev]'`: a test that needs an extra that is
+# not installed is skipped, naming the extra, never failed. Test modules import optional
+# packages through optional(), so that the module itself still imports; a test that reaches one
+# only through ssd_trt says so with @pytest.mark.needs(module, extra).
+
+
+class _Optional:
+    """An optional package, imported on first use: where its extra is missing, the test that
+    uses it is skipped (pytest.importorskip) and the module's other tests still run."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self._module, self._extra = module, extra
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # pytest's own probing (fixture markers) imports nothing
+            raise AttributeError(name)
+        reason = f"{self._module} is missing: needs pip install 'ssd-trt[{self._extra}]'"
+        return getattr(pytest.importorskip(self._module, reason=reason), name)
+
+
+def optional(module: str, extra: str) -> Any:
+    """``cv2 = optional("cv2", "video")`` instead of ``import cv2`` in a test module."""
+    return _Optional(module, extra)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.needs("trackers", "track")``: skipped, naming the extra, where the module
+    is not installed (for tests that reach it only through ssd_trt)."""
+    for item in items:
+        for mark in item.iter_markers("needs"):
+            module, extra = mark.args
+            if importlib.util.find_spec(module) is None:
+                reason = f"{module} is missing: needs pip install 'ssd-trt[{extra}]'"
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +131,8 @@ def test_images(coco_mini: Path, bikes_video: Path) -> list:
 
 
 LABELS = {"ssdlite_mobilenet_v2_coco": "coco", "ssdlite_mobilenet_v2_person": "person"}
+COCO = "ssdlite_mobilenet_v2_coco"
+PERSON = "ssdlite_mobilenet_v2_person"
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +155,12 @@ def exported(registry_graphs, tmp_path_factory):
         return done[name, nms]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def coco_onnx(exported) -> Path:
+    """The COCO model exported with NMS in the graph (modules may define their own)."""
+    return exported(COCO)
 
 
 def iou(a, b) -> float:

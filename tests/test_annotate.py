@@ -10,10 +10,9 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import error_line, run_cli
+from conftest import error_line, optional, run_cli
 
 import ssd_trt
 from ssd_trt import Detections, Detector, SsdTrtError
@@ -23,6 +22,8 @@ from ssd_trt.sources import Frame, open_source
 from ssd_trt.video.outputs import FrameResult, ImageOutput, VideoOutput, letterbox
 from ssd_trt.video.overlay import banner_rect, banner_text, draw_detections, draw_frame
 from ssd_trt.video.pipeline import Pipeline
+
+cv2 = optional("cv2", "video")
 
 COCO = "ssdlite_mobilenet_v2_coco"
 LANDSCAPE = "000000005802.jpg"  # 640x479
@@ -63,6 +64,8 @@ def black_run(row: np.ndarray) -> int:
 # ------------------------------------------------------------------- 12. overlays that scale
 
 
+@pytest.mark.fast
+@pytest.mark.needs("cv2", "video")
 def test_label_text_and_lines_scale_with_the_image():
     """A label was 14 px of text on any image: about 1% of a 2560x1440 photo's height."""
     heights, lines = {}, {}
@@ -82,6 +85,8 @@ def test_label_text_and_lines_scale_with_the_image():
     assert lines[2560] >= 3 * lines[640], lines
 
 
+@pytest.mark.fast
+@pytest.mark.needs("cv2", "video")
 @pytest.mark.parametrize("width, height", [(160, 120), (120, 160)])
 def test_labels_at_the_right_edge_of_small_frames_are_whole(width, height):
     """Every COCO label, and a long custom one (export --labels), for a box at the right edge:
@@ -99,6 +104,8 @@ def test_labels_at_the_right_edge_of_small_frames_are_whole(width, height):
         assert image[y1:y2, x2 - 1].max(axis=1).min() >= 60, (label, rect)
 
 
+@pytest.mark.fast
+@pytest.mark.needs("cv2", "video")
 def test_banner_on_160x120_is_small_and_whole():
     """The banner covered a fifth of a 160x120 frame (a third with the backend) and its text
     ran off the right edge."""
@@ -115,6 +122,8 @@ def test_banner_on_160x120_is_small_and_whole():
     assert text.any() and np.flatnonzero(text.any(axis=0))[-1] < cols[-1]
 
 
+@pytest.mark.fast
+@pytest.mark.needs("cv2", "video")
 def test_banner_scales_on_a_large_frame():
     small = np.full((360, 640, 3), 128, np.uint8)
     large = np.full((1440, 2560, 3), 128, np.uint8)
@@ -259,6 +268,7 @@ def test_photo_folder_video_is_letterboxed_not_stretched(coco_mini, tmp_path, ca
     assert err_fit < 8 and err_stretch > 3 * err_fit, (err_fit, err_stretch)
 
 
+@pytest.mark.fast
 def test_letterbox_keeps_the_aspect_ratio():
     tall = np.full((300, 100, 3), 255, np.uint8)
     boxed = letterbox(cv2, tall, (640, 480))

@@ -175,6 +175,7 @@ def _dets(boxes, scores, classes) -> Detections:
     )
 
 
+@pytest.mark.fast
 def test_matching_is_greedy_by_score_within_class():
     ref = _dets([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60]], [0.9, 0.8, 0.7], [1, 1, 2])
     # One candidate for the two overlapping class-1 boxes: the higher-scoring one takes it.

@@ -8,10 +8,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import error_line
+from conftest import error_line, optional
 from conftest import run_cli as cli
 
 from ssd_trt import Detector
@@ -21,6 +20,8 @@ from ssd_trt.errors import SsdTrtError
 from ssd_trt.nms import NmsChange, NmsSettings, batched_nms
 from ssd_trt.postprocess import to_detections
 from ssd_trt.store import ArtifactStore
+
+cv2 = optional("cv2", "video")
 
 COCO = "ssdlite_mobilenet_v2_coco"
 
@@ -179,6 +180,7 @@ def test_detect_after_close_is_one_clear_error(graph_onnx, photos):
 # ---------------------------------------------------------------------- NMS at detect time
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -291,6 +293,7 @@ def test_settings_equal_to_the_graphs_are_accepted(graph_onnx):
         assert d.nms_settings == d.info.nms_settings
 
 
+@pytest.mark.fast
 def test_which_changes_need_nms_again():
     s = NmsSettings(iou_threshold=0.6, max_per_class=100, max_total=100)
     assert NmsChange(max_total=5).not_exact_after(s) == []

@@ -12,10 +12,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from conftest import error_line
+from conftest import error_line, optional
 from conftest import run_cli as cli
 
 from ssd_trt.contract import DETECTION_OUTPUTS
@@ -23,6 +22,8 @@ from ssd_trt.model.export import ExportOptions, export
 from ssd_trt.model.tfgraph import load_graph_def
 from ssd_trt.nms import NmsSettings, batched_nms
 from ssd_trt.preprocess import PreprocessConfig, preprocess
+
+onnx = optional("onnx", "export")
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 CONFIG = PreprocessConfig()

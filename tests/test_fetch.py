@@ -157,6 +157,7 @@ def one_line(err: pytest.ExceptionInfo[SsdTrtError]) -> str:
 # --- cache dir and hashing -----------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_default_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SSD_TRT_CACHE", str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -170,6 +171,7 @@ def test_default_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "ssd_trt"
 
 
+@pytest.mark.fast
 def test_sha256_file(tmp_path: Path) -> None:
     p = tmp_path / "f"
     p.write_bytes(b"abc" * 1_000_000)
@@ -180,6 +182,7 @@ def test_sha256_file(tmp_path: Path) -> None:
 # --- download_url --------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_download_url_verifies_and_returns_hash(server: Server, tmp_path: Path) -> None:
     src = zoo_tarball(server.root / "a.tar.gz")
     dest = tmp_path / "out" / "a.tar.gz"
@@ -189,6 +192,7 @@ def test_download_url_verifies_and_returns_hash(server: Server, tmp_path: Path) 
     assert tree(dest.parent) == ["a.tar.gz"]
 
 
+@pytest.mark.fast
 def test_download_url_checksum_mismatch(server: Server, tmp_path: Path) -> None:
     zoo_tarball(server.root / "a.tar.gz")
     dest = tmp_path / "out" / "a.tar.gz"
@@ -199,6 +203,7 @@ def test_download_url_checksum_mismatch(server: Server, tmp_path: Path) -> None:
     assert tree(dest.parent) == []
 
 
+@pytest.mark.fast
 def test_download_url_404_is_one_line(server: Server, tmp_path: Path) -> None:
     url = f"{server.url}/missing.tar.gz"
     with pytest.raises(SsdTrtError) as err:
@@ -219,6 +224,7 @@ def test_download_url_unreachable_host(tmp_path: Path) -> None:
     assert tree(tmp_path) == []
 
 
+@pytest.mark.fast
 def test_download_url_truncated_body_leaves_nothing(server: Server, tmp_path: Path) -> None:
     url = f"{server.url}/truncated.tar.gz"
     with pytest.raises(SsdTrtError) as err:
@@ -230,6 +236,7 @@ def test_download_url_truncated_body_leaves_nothing(server: Server, tmp_path: Pa
 # --- fetch_model over HTTP -----------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_fetch_url_model_then_noop(server: Server, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="ssd_trt")
     tarball = zoo_tarball(server.root / f"{ZOO}.tar.gz")
@@ -263,6 +270,7 @@ def test_fetch_url_model_then_noop(server: Server, tmp_path: Path, caplog) -> No
     assert os.listdir(cache / "models") == [ZOO]
 
 
+@pytest.mark.fast
 def test_fetch_url_model_without_published_checksum(server: Server, tmp_path: Path, caplog) -> None:
     tarball = zoo_tarball(server.root / f"{ZOO}.tar.gz")
     spec = dataclasses.replace(MODELS[ZOO], sha256=None)
@@ -283,6 +291,7 @@ def test_fetch_url_model_without_published_checksum(server: Server, tmp_path: Pa
     assert (cache / "models" / ZOO / spec.graph).read_bytes() == GRAPH_BYTES
 
 
+@pytest.mark.fast
 def test_fetch_checksum_mismatch_leaves_nothing(server: Server, tmp_path: Path) -> None:
     zoo_tarball(server.root / f"{ZOO}.tar.gz")
     spec = dataclasses.replace(MODELS[ZOO], sha256="f" * 64)
@@ -294,6 +303,7 @@ def test_fetch_checksum_mismatch_leaves_nothing(server: Server, tmp_path: Path) 
     assert tree(cache / "models") == []
 
 
+@pytest.mark.fast
 def test_fetch_404_leaves_nothing(server: Server, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     with pytest.raises(SsdTrtError) as err:
@@ -302,6 +312,7 @@ def test_fetch_404_leaves_nothing(server: Server, tmp_path: Path) -> None:
     assert tree(cache / "models") == []
 
 
+@pytest.mark.fast
 def test_fetch_archive_without_graph(server: Server, tmp_path: Path) -> None:
     tarball = zoo_tarball(server.root / "other.tar.gz", name="something_else")
     spec = dataclasses.replace(MODELS[ZOO], sha256=sha256(tarball))
@@ -312,6 +323,7 @@ def test_fetch_archive_without_graph(server: Server, tmp_path: Path) -> None:
     assert tree(cache / "models") == []
 
 
+@pytest.mark.fast
 def test_fetch_malicious_tarball_leaves_nothing(server: Server, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -330,6 +342,7 @@ def test_fetch_malicious_tarball_leaves_nothing(server: Server, tmp_path: Path) 
     assert tree(cache / "models") == [] and tree(outside) == []
 
 
+@pytest.mark.fast
 def test_fetch_from_local_path(tmp_path: Path) -> None:
     tarball = zoo_tarball(tmp_path / f"{ZOO}.tar.gz")
     spec = dataclasses.replace(MODELS[ZOO], sha256=sha256(tarball))
@@ -338,6 +351,7 @@ def test_fetch_from_local_path(tmp_path: Path) -> None:
     assert json.loads((graph.parents[1] / "source.json").read_text())["source"] == "file"
 
 
+@pytest.mark.fast
 def test_fetch_interrupted_leaves_nothing(server: Server, tmp_path: Path) -> None:
     """Ctrl-C in the middle of a download removes the temp folder and the partial file."""
 
@@ -360,6 +374,7 @@ def test_fetch_interrupted_leaves_nothing(server: Server, tmp_path: Path) -> Non
 # --- safe_extract --------------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_safe_extract_tar_variants_and_zip(tmp_path: Path) -> None:
     members = [
         (_dir("pkg"), None),
@@ -383,6 +398,7 @@ def test_safe_extract_tar_variants_and_zip(tmp_path: Path) -> None:
         assert (target / "pkg/graph.pb").read_bytes() == b"g" * 10_000
 
 
+@pytest.mark.fast
 def test_safe_extract_rejects_non_archive(tmp_path: Path) -> None:
     p = tmp_path / "x.tar.gz"
     p.write_bytes(b"<html>not found</html>")
@@ -405,6 +421,7 @@ def _evil_tar_cases(outside: Path) -> dict[str, tuple[tarfile.TarInfo, bytes | N
     }
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("case", list(_evil_tar_cases(Path("/x"))))
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
 def test_safe_extract_rejects_evil_tar(tmp_path: Path, case: str, suffix: str) -> None:
@@ -432,6 +449,7 @@ def _zip_symlink(zf: zipfile.ZipFile, name: str, to: str) -> None:
     zf.writestr(info, to)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("case", ["parent", "absolute", "symlink"])
 def test_safe_extract_rejects_evil_zip(tmp_path: Path, case: str) -> None:
     outside = tmp_path / "outside"
@@ -463,6 +481,7 @@ def test_safe_extract_rejects_evil_zip(tmp_path: Path, case: str) -> None:
 # --- npm / pip helpers ---------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_npm_pack_without_npm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(SsdTrtError) as err:

@@ -9,10 +9,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import error_line, run_cli
+from conftest import error_line, optional, run_cli
 from test_sources import _free_port, rtsp_server  # noqa: F401 - the RTSP server fixture
 
 from ssd_trt.detections import Detections
@@ -31,9 +30,12 @@ from ssd_trt.video.multi import (
 )
 from ssd_trt.video.outputs import Output
 
+cv2 = optional("cv2", "video")
+
 MODEL = "ssdlite_mobilenet_v2_coco"
 
 
+@pytest.mark.fast
 def test_source_names_are_unique_and_file_safe(tmp_path: Path) -> None:
     specs = [
         "/data/cams/front door.mp4",
@@ -287,6 +289,7 @@ class _Record(Output):
         self.rows.append((result.frame.index, float(result.detections.scores[0])))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("overlap", [True, False])
 def test_two_batches_in_flight_keep_each_source_in_order_and_complete(overlap: bool) -> None:
     n_sources, frames = 5, 60
@@ -331,12 +334,14 @@ def test_detector_submit_collect_equals_detect(exported, bikes_video) -> None:
         assert a.to_dicts() == b.to_dicts()
 
 
+@pytest.mark.fast
 def test_decoder_threads_are_shared_out() -> None:
     assert decode_threads_for(1, cores=16) == 16
     assert decode_threads_for(4, cores=16) == 4
     assert decode_threads_for(32, cores=16) == 1
 
 
+@pytest.mark.fast
 def test_default_batch_is_larger_where_the_detector_queues_gpu_work() -> None:
     """32 frames per batch on the GPU fast path (it sustains 32 cameras that way), 8 elsewhere."""
     from ssd_trt.video.multi import DEFAULT_MAX_BATCH, GPU_MAX_BATCH

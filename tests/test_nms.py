@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+from conftest import optional
 from test_export import CONFIG, assert_same_detections, run_onnx
 
 from ssd_trt.model.export import ExportOptions, export
 from ssd_trt.nms import NmsSettings, batched_nms, top_candidates
 from ssd_trt.preprocess import preprocess
+
+onnx = optional("onnx", "export")
 
 COCO = "ssdlite_mobilenet_v2_coco"
 
@@ -41,6 +43,7 @@ def export_coco(registry_graphs, tmp_path_factory):
     return get
 
 
+@pytest.mark.fast
 def test_top_candidates_keeps_best_and_breaks_ties_by_lower_index():
     flat = np.array([0.5, 0.9, 0.0, 0.5, 0.7, 0.5, 1e-9], np.float32)
     # Threshold is strict: 0.0 and 1e-9 are never candidates.

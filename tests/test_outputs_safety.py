@@ -162,6 +162,7 @@ def test_a_symlink_is_followed_and_kept(coco_onnx, bikes_video, tmp_path):
     assert others(tmp_path / "real") == ["d.jsonl"]
 
 
+@pytest.mark.fast
 def test_what_must_not_be_written_is_refused(tmp_path):
     from ssd_trt.errors import SsdTrtError
     from ssd_trt.fsutil import atomic_write
@@ -244,6 +245,7 @@ def test_a_killed_fetch_leaves_nothing_for_long(model_cache, tmp_path):
     assert not dead.exists() and running.exists()
 
 
+@pytest.mark.fast
 def test_ray_model_files_are_written_once_per_model(tmp_path, monkeypatch):
     from ssd_trt.scale.cluster import ModelFiles
 

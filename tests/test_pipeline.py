@@ -107,6 +107,7 @@ def test_bench_verb_writes_every_section(coco_onnx, bikes_video, tmp_path):
     assert report["backend"] == "cpu" and report["machine"]["cores"] >= 1
 
 
+@pytest.mark.fast
 def test_bench_rejects_bad_batch_sizes():
     proc = cli("bench", "--batch-sizes", "0,x")
     assert proc.returncode == 2 and "--batch-sizes" in proc.stderr

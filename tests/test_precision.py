@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
-import onnx
 import pytest
-from conftest import iou
+from conftest import iou, optional
 from conftest import run_cli as cli
 
 from ssd_trt import Detector, SsdTrtError
@@ -19,6 +17,9 @@ from ssd_trt.precision.quantize import CalibrationCache, calibration_key, prepar
 from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
 from ssd_trt.runtime.cuda_graph import GraphPolicy
 from ssd_trt.runtime.tensorrt import TensorSpec, check_batch, plan_buffers
+
+cv2 = optional("cv2", "video")
+onnx = optional("onnx", "export")
 
 MODELS = ("ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_person")
 
@@ -249,6 +250,7 @@ def test_rtx_refuses_graph_with_nms(exported, tmp_path):
 # --------------------------------------------------------- TensorRT runtime: the testable parts
 
 
+@pytest.mark.fast
 def test_plan_buffers_sizes_for_the_profile_max_batch():
     # Shapes as the execution context resolves them with the input at the profile's max (8).
     specs = [
@@ -267,6 +269,7 @@ def test_plan_buffers_sizes_for_the_profile_max_batch():
         plan_buffers([TensorSpec("images", True, np.dtype(np.float32), (4, 3, -1, -1))])
 
 
+@pytest.mark.fast
 def test_check_batch_against_profile():
     profile = ((1, 3, 300, 300), (4, 3, 300, 300), (8, 3, 300, 300))
     check_batch((8, 3, 300, 300), profile)
@@ -276,6 +279,7 @@ def test_check_batch_against_profile():
         check_batch((1, 3, 320, 320), profile)
 
 
+@pytest.mark.fast
 def test_graph_policy_captures_replays_and_falls_back():
     calls: list[str] = []
     fail = {"capture": False}

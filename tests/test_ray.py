@@ -23,12 +23,12 @@ import urllib.request  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import read_frames  # noqa: E402
+from conftest import optional, read_frames  # noqa: E402
 from test_sources import _free_port  # noqa: E402
 
+cv2 = optional("cv2", "video")
 ray = pytest.importorskip("ray", reason="Ray is in the [ray] extra")
 psutil = pytest.importorskip(
     "psutil", reason="psutil is in the [ray] extra (the loopback socket check)"

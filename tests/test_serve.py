@@ -23,13 +23,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import read_frames
+from conftest import optional, read_frames
 
 from ssd_trt.errors import SsdTrtError
 from ssd_trt.video.serve import MjpegServer
+
+cv2 = optional("cv2", "video")
 
 FPS = 15.0
 FRAME_W, FRAME_H = 640, 272
@@ -329,6 +330,7 @@ def test_routes_stream_and_close(frames: list[np.ndarray]) -> None:
             get(server.url)
 
 
+@pytest.mark.fast
 def test_no_frame_yet() -> None:
     with MjpegServer(port=0) as server:
         with pytest.raises(urllib.error.HTTPError) as info:
@@ -337,6 +339,7 @@ def test_no_frame_yet() -> None:
         assert json.loads(get(server.url + "stats.json")[2]) == {}
 
 
+@pytest.mark.fast
 def test_close_ends_waiting_streams() -> None:
     """Streams waiting for a frame that never comes end on close(), and their threads with them."""
     threads_before = threading.active_count()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import read_frames
+from conftest import optional, read_frames
 
 from ssd_trt.errors import SsdTrtError
 from ssd_trt.sources import Frame, open_source
 
-cv2 = pytest.importorskip("cv2")
+cv2 = optional("cv2", "video")
 
 
 # ----------------------------------------------------------------------------- files and images

@@ -15,9 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from conftest import optional
+
+cv2 = optional("cv2", "video")
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
 W, H, FRAMES, FPS = 640, 480, 80, 30.0
@@ -290,6 +292,7 @@ def test_every_tracker_counts_its_own_ids_from_1(clip, clip_detections):
     assert streams["cam-a"] is not streams["cam-b"] and streams.keys() == ["cam-a", "cam-b"]
 
 
+@pytest.mark.fast
 def test_tracking_state_is_not_global():
     """ssd_trt.tracking keeps no tracks at module level: besides classes, functions and modules
     it holds only names (strings), the tracker table and its logger."""
@@ -312,6 +315,8 @@ def test_tracking_state_is_not_global():
 # ----------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.fast
+@pytest.mark.needs("trackers", "track")  # options are checked against the library's
 @pytest.mark.parametrize(
     "kind, options, says",
     [
@@ -344,6 +349,8 @@ def test_bad_tracker_input_says_what_is_valid(kind, options, says):
         assert "lost_track_buffer, track_activation_threshold" in message
 
 
+@pytest.mark.fast
+@pytest.mark.needs("trackers", "track")
 def test_options_are_parsed_and_passed_to_the_library():
     from ssd_trt.tracking import Tracker, TrackerConfig, parse_value
 

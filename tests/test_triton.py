@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import pytest
-from conftest import error_line, run_cli
+from conftest import error_line, optional, run_cli
 from google.protobuf import text_format
 
 from ssd_trt.contract import read_onnx_metadata
+
+onnx = optional("onnx", "export")
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="tritonclient is in the [triton] extra"

@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import error_line, iou
+from conftest import error_line, iou, optional
 from conftest import run_cli as cli
 
 from ssd_trt import Detections, Detector, SsdTrtError
@@ -23,6 +22,8 @@ from ssd_trt.precision.trt_compat import local_gpu
 from ssd_trt.runtime.ort import available_providers
 from ssd_trt.runtime.select import BACKENDS
 from ssd_trt.video.overlay import class_color
+
+cv2 = optional("cv2", "video")
 
 COCO = "ssdlite_mobilenet_v2_coco"
 
@@ -319,6 +320,7 @@ def test_missing_camera_is_a_clear_error(coco_onnx):
     assert "camera" in error_line(proc)
 
 
+@pytest.mark.fast
 def test_help_on_every_verb():
     verbs = ("models", "fetch", "export", "detect", "webcam", "build", "compare", "eval", "bench")
     verbs += ("serve", "triton-repo")
@@ -332,6 +334,7 @@ def test_help_on_every_verb():
         )
 
 
+@pytest.mark.fast
 def test_global_options_before_and_after_the_verb(tmp_path):
     for args in (("-q", "models"), ("models", "-q"), ("--cache-dir", str(tmp_path), "models")):
         proc = cli(*args)

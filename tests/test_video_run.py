@@ -24,11 +24,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import error_line, read_frames
+from conftest import error_line, optional, read_frames
 from conftest import run_cli as cli
+
+cv2 = optional("cv2", "video")
 
 COCO = "ssdlite_mobilenet_v2_coco"
 TOKEN = "s3cret/+&token"  # characters a URL must quote
@@ -87,6 +88,7 @@ def lines(text: str) -> list[str]:
 # ------------------------------------------------------------------------------ FPS (item 4)
 
 
+@pytest.mark.fast
 def test_fps_meter_counts_frames_over_elapsed_time() -> None:
     """Batches of 8 frames, emitted microseconds apart, 5 times a second: 40 FPS, not the
     thousands that averaging 1/dt between frames gives."""
@@ -151,6 +153,7 @@ def test_reported_fps_is_the_rate_frames_come_out(coco_onnx, bikes_video, tmp_pa
 # ------------------------------------------------------------------- the page's token (item 3)
 
 
+@pytest.mark.fast
 def test_bind_warning_is_for_reachable_hosts_without_a_token() -> None:
     from ssd_trt.video.serve import bind_warning, is_loopback
 

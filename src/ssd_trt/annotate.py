@@ -29,12 +29,20 @@ FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX, without importing cv2 at import time
 
 
 class Boxed(Protocol):
-    """One detection as drawn: a Detections yields these (ssd_trt.Detection)."""
+    """One detection as drawn: a Detections yields these (ssd_trt.Detection, a NamedTuple, so
+    the members are read-only properties here)."""
 
-    box: Any  # x1, y1, x2, y2 in pixels
-    score: float
-    class_id: int
-    label: str
+    @property
+    def box(self) -> Any: ...  # x1, y1, x2, y2 in pixels
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def class_id(self) -> int: ...
+
+    @property
+    def label(self) -> str: ...
 
 
 @dataclass(frozen=True)

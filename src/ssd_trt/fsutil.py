@@ -383,7 +383,7 @@ def is_stale(path: Path, pid: int, lock: Path | None = None) -> bool:
 def remove_stale(folder: Path, pattern: str, lock_name: str | None = None) -> list[Path]:
     """Remove entries of ``folder`` whose whole name matches ``pattern`` (its first group: the
     writer's pid) and that are stale (``is_stale``; a folder's lock is its ``lock_name``)."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

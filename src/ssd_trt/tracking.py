@@ -42,7 +42,7 @@ DEFAULT_TRACKER = "bytetrack"
 _OBJECT_PARAMS = {"self", "frame_rate", "state_estimator_class", "iou"}  # not settable as text
 
 
-def tracker_class(kind: str) -> type:
+def tracker_class(kind: str) -> type[Any]:
     """The trackers package's class for ``kind`` (imports trackers)."""
     if kind not in TRACKERS:
         raise SsdTrtError(

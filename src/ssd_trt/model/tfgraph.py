@@ -251,7 +251,9 @@ def _graph_nms(graph_def: Any) -> dict[str, float]:
             continue
         leaf = node.name.rsplit("/", 1)[-1]
         if leaf in ("iou_threshold", "score_threshold"):
-            out[leaf] = float(f"{float(_const(graph_def, node.name)):.6g}")  # float32 noise
+            value = _const(graph_def, node.name)
+            if value is not None:  # always: it is this Const node
+                out[leaf] = float(f"{float(value):.6g}")  # float32 noise
     return out
 
 
@@ -260,14 +262,16 @@ def _scale_factors_from_graph(graph_def: Any) -> tuple[float, ...] | None:
     direct = [
         _const(graph_def, f"Postprocessor/Decode/truediv{s}/y") for s in ("", "_1", "_2", "_3")
     ]
-    if all(v is not None for v in direct):
-        return tuple(float(v) for v in direct)
+    found = [float(v) for v in direct if v is not None]
+    if len(found) == len(direct):
+        return tuple(found)
     recip = [
         _const(graph_def, f"ConstantFolding/Postprocessor/Decode/div{s}_recip")
         for s in ("", "_1", "_2", "_3")
     ]
-    if all(v is not None and float(v) != 0 for v in recip):
-        return tuple(round(1.0 / float(v), 6) for v in recip)
+    found = [float(v) for v in recip if v is not None]
+    if len(found) == len(recip) and all(v != 0 for v in found):
+        return tuple(round(1.0 / v, 6) for v in found)
     return None
 
 
@@ -339,13 +343,14 @@ def analyze(graph_def: Any, pipeline_config: Path | None = None, where: str = "m
         )
 
     cut = _cut(graph_def, size)
+    y_scale, x_scale, h_scale, w_scale = (float(f) for f in factors)
     return SsdGraph(
         graph_def=cut,
         input_size=(int(size[0]), int(size[1])),
         input_scale=input_scale,
         input_offset=input_offset,
         anchors=anchors,
-        scale_factors=tuple(float(f) for f in factors),
+        scale_factors=(y_scale, x_scale, h_scale, w_scale),
         num_classes=int(scores.shape[2]) - 1,
         nms=nms,
     )

@@ -246,7 +246,7 @@ def _make_monitor(
     it is stored and answered by cancelling (step_complete -> False), then re-raised after
     build_serialized_network returns, instead of escaping into C++.
     """
-    trt = api.trt
+    trt: Any = api.trt  # annotated: mypy takes trt.IProgressMonitor as a base then
 
     class _Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:

@@ -232,7 +232,7 @@ def calibration_images(spec: str, count: int) -> list[np.ndarray]:
     with open_source(spec) as source:
         total = source.frame_count
         step = max(1, total // count) if total else 1
-        images = []
+        images: list[np.ndarray] = []
         for i, frame in enumerate(source):
             if len(images) >= count:
                 break  # also ends sources of unknown length (streams, cameras)

@@ -172,7 +172,7 @@ class TrtApi:
         Errors are kept in ``.errors`` rather than logged unless verbose: callers turn the last
         one into the one-line SsdTrtError the user sees.
         """
-        trt = self.trt
+        trt: Any = self.trt  # annotated: mypy takes trt.ILogger as a base then
         show = int(trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.WARNING)
         error = int(trt.ILogger.Severity.ERROR)
         warning = int(trt.ILogger.Severity.WARNING)

@@ -191,11 +191,11 @@ def evaluate(
     batch: int = 8,
 ) -> EvalReport:
     """COCO mAP of ``model`` for each precision (an engine: its own precision only)."""
-    if "int8" in precisions and not calib_images:
-        raise SsdTrtError(
-            "int8 needs --calib-images DIR (real photos or a video, not the evaluated images)"
-        )
     if "int8" in precisions:
+        if not calib_images:
+            raise SsdTrtError(
+                "int8 needs --calib-images DIR (real photos or a video, not the evaluated images)"
+            )
         check_calibration_source(calib_images)  # before the other precisions' runs
     engine = is_engine(Path(model))
     if engine and list(precisions) != ["fp32"]:

@@ -107,6 +107,7 @@ class ModelFiles:
         if self._holds(folder):
             return folder / self.main
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+        keep = False  # this replica's own copy, when the shared folder cannot be used
         try:
             for name, data in self.files.items():
                 (tmp / name).write_bytes(data)
@@ -117,11 +118,11 @@ class ModelFiles:
             except OSError:  # another replica was first, or a stranger's folder is there
                 if not self._holds(folder):
                     log.warning("%s is not usable; this replica keeps a copy of its own", folder)
-                    kept, tmp = tmp, None
-                    return kept / self.main
+                    keep = True
+                    return tmp / self.main
             return folder / self.main
         finally:
-            if tmp is not None:
+            if not keep:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _holds(self, folder: Path) -> bool:

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,11 @@ class ServeConfig:
     def check(self) -> None:
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise SsdTrtError("autoscaling needs both --min-replicas and --max-replicas")
-        if self.min_replicas is not None and not 0 <= self.min_replicas <= self.max_replicas:
+        if (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and not 0 <= self.min_replicas <= self.max_replicas
+        ):
             raise SsdTrtError("--min-replicas must be between 0 and --max-replicas")
         if self.token is not None and not self.token.strip():
             raise SsdTrtError("--token is empty; pass a secret string")
@@ -96,6 +101,10 @@ class DetectorReplica:
     A plain class; :func:`build_app` wraps it with ``serve.deployment`` (so this module imports
     without Ray until an app is built).
     """
+
+    # One image in, its record out, through Ray Serve's @serve.batch: build_app's subclass
+    # defines it, with the batch size and wait the config gives.
+    _batched: Callable[[np.ndarray], Awaitable[dict[str, Any]]]
 
     def __init__(self, model: ModelFiles, config: ServeConfig) -> None:
         self.config = config
