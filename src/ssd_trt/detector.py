@@ -18,7 +18,7 @@ from typing import Any, overload
 import numpy as np
 
 from .batching import check_max_batch
-from .contract import ModelInfo, check_precision, is_engine
+from .contract import ModelInfo, check_precision
 from .detection_batch import DetectionBatch
 from .detections import Detections
 from .errors import SsdTrtError
@@ -102,7 +102,7 @@ class Detector:
         self.threads = threads
         request = OpenRequest(
             model,
-            precision if is_engine(Path(model)) else check_precision(precision or "fp32"),
+            check_precision(precision or "fp32"),  # an engine runs in its own (checked on open)
             self.store,
             self.calibration,
             self.nms_change,

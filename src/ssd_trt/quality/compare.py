@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import INPUT_NAME, ModelInfo, parse_precisions, read_onnx_metadata
+from ..detection_batch import DetectionBatch
 from ..detections import Detections
 from ..detector import Detector
 from ..errors import SsdTrtError, require
@@ -317,9 +318,9 @@ def _detections(
     result: list[Detections] = []
     for n, outputs in enumerate(iterations):
         chunk = sizes[n * batch : (n + 1) * batch]
-        out = dict(outputs)
+        out: DetectionBatch | dict[str, np.ndarray] = dict(outputs)
         if info.raw_outputs:
-            out = batched_nms(out["boxes"], out["scores"], info.nms_settings)
+            out = batched_nms(outputs["boxes"], outputs["scores"], info.nms_settings)
         result += to_detections(out, chunk, info.labels, min_score=score_threshold)
     return result
 

@@ -141,7 +141,7 @@ class _PinnedBuffer:
             size = max(size, 1 << 20)
             self.buffer = self._mr.allocate(size, stream=None)
             raw = (ctypes.c_uint8 * size).from_address(int(self.buffer.handle))
-            self.array = np.frombuffer(raw, np.uint8)
+            self.array = np.frombuffer(memoryview(raw), np.uint8)
         return self.array
 
     @property
@@ -306,7 +306,7 @@ class GpuFastPath:
         largest = self.batch_sizes[-1]
         if len(frames) <= largest:
             return self.collect(self.submit(frames, bgr=bgr))
-        handles = []
+        handles: list[FastPathHandle] = []
         parts: list[DetectionBatch] = []
         for start in range(0, len(frames), largest):
             if len(handles) == len(self._slots):

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from ssd_trt.errors import SsdTrtError, first_line, require
 
@@ -73,7 +74,7 @@ def arch_of(arch: str | int) -> str:
     return text
 
 
-def _program(arch: str) -> object:
+def _program(arch: str | int) -> Any:
     core = require("cuda.core", "cuda")
     options = core.ProgramOptions(
         arch=f"sm_{arch_of(arch)}",
@@ -84,7 +85,7 @@ def _program(arch: str) -> object:
     return core.Program(source(), code_type="c++", options=options)
 
 
-def compile_cubin(arch: str | int) -> object:
+def compile_cubin(arch: str | int) -> Any:
     """Compile every kernel for ``arch`` with NVRTC through cuda.core -> ObjectCode (cubin).
 
     Needs no GPU: NVRTC alone builds the cubin. Load kernels with ``.get_kernel(name)``.
@@ -136,7 +137,7 @@ def _check_nvrtc(nvrtc: object, err: object, what: str) -> None:
 class Kernels:
     """The loaded kernels for one device."""
 
-    preprocess: dict[str, object]  # by output dtype name: "f32", "f16"
+    preprocess: dict[str, Any]  # by output dtype name: "f32", "f16"
     nms_hist: dict[str, object]  # NMS stage 1, by scores dtype
     nms_compact: dict[str, object]  # NMS stage 2, by scores dtype
     select_nms: dict[tuple[str, str], object]  # NMS stage 3, by (boxes dtype, scores dtype)
