@@ -22,6 +22,7 @@ FLOORS = [
         "detections",
         "contract",
         "sources",
+        "source_names",
         "annotate",
         "tracking",
         "batching",

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..batching import FILE_WAIT_MS, GPU_MAX_BATCH, HOST_MAX_BATCH, LIVE_WAIT_MS
 from ..contract import NMS_MODES, PRECISIONS
 from ..detector import DEFAULT_MODEL
 from ..precision.trt_compat import FLAVOURS
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
-from ..video.multi import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, GPU_MAX_BATCH
 
 
 def positive_int(text: str) -> int:
@@ -213,14 +213,14 @@ def many_sources_group(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-batch",
         type=positive_int,
-        help=f"frames of all sources per inference call (default: {GPU_MAX_BATCH} on the GPU "
-        f"fast path, else {DEFAULT_MAX_BATCH})",
+        help="frames per inference call, of all sources together (default: "
+        f"{GPU_MAX_BATCH} on the GPU fast path, else {HOST_MAX_BATCH})",
     )
     g.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=DEFAULT_MAX_WAIT_MS,
-        help="close a batch this long after its first frame (default: %(default)g)",
+        help="close a batch this long after its first frame (default: "
+        f"{LIVE_WAIT_MS:g} with a live source, else {FILE_WAIT_MS:g})",
     )
     g.add_argument(
         "--ray",

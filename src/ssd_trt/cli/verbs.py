@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from ..batching import HOST_MAX_BATCH
 from ..contract import ONNX_SUFFIX, PRECISIONS, is_engine, parse_precisions
 from ..detector import Detector
 from ..errors import SsdTrtError
@@ -30,9 +31,9 @@ from ..runtime.select import canonical_backend
 from ..scale.batch import RayBatchJob, run_ray_batch
 from ..scale.serving import ServeConfig, serve_until_interrupted
 from ..scale.triton import write_repository
+from ..source_names import read_source_list
 from ..store import ArtifactStore, Calibration
-from ..video.app import FoundSummary, VideoJob, parse_hostport, run_video
-from ..video.multi import DEFAULT_MAX_BATCH, MultiJob, read_source_list, run_multi
+from ..video.app import FoundSummary, MultiJob, VideoJob, parse_hostport, run_multi, run_video
 from ..video.outputs import FrameResult
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         loop=getattr(args, "loop", False),
         max_frames=args.max_frames,
         save_dir=Path(args.save_dir) if getattr(args, "save_dir", None) else None,
+        max_batch=getattr(args, "max_batch", None),
+        max_wait_ms=getattr(args, "batch_wait_ms", None),
     )
     found = FoundSummary()
 
@@ -198,7 +201,7 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
                 backend=args.backend,
                 score_threshold=args.score_threshold,
                 max_frames=args.max_frames,
-                max_batch=args.max_batch or DEFAULT_MAX_BATCH,
+                max_batch=args.max_batch or HOST_MAX_BATCH,
             )
         )
     else:
