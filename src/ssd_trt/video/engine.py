@@ -133,7 +133,7 @@ class Engine:
         self._threads: list[threading.Thread] = []
         self._next = 0  # round-robin start
         self.lanes: list[Lane] = []
-        file_frames = max(file_depth or 4, math.ceil(max_batch / len(sources)))
+        file_frames = max(file_depth or 4, share)  # room for the next batch while one runs
         for i, (source, name, outs) in enumerate(zip(sources, names, outputs, strict=True)):
             stats = SourceStats(name, source.description)
             self.stats.sources[name] = stats
