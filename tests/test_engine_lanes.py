@@ -300,3 +300,17 @@ def test_the_ray_writer_writes_json_lines_as_one_host_does(tmp_path: Path) -> No
     with pytest.raises(OutputWriteError, match="stopped after 0 frames: .*free some space"):
         full.write(0, line, b"")
     full.close(True)
+
+
+def test_max_frames_bounds_every_mode() -> None:
+    for sync in (True, False):
+        out = _Record()
+        stats = Pipeline(
+            _QueuedDetector(0.0),  # type: ignore[arg-type]
+            _ArraySource(0, 50),
+            [out],
+            sync=sync,
+            max_frames=12,
+        ).run()
+        assert [f for f, _ in out.rows] == list(range(12)), sync
+        assert stats.stopped_by == "--max-frames"

@@ -354,6 +354,7 @@ class Engine:
                 return
             frame, captured = read
             lane.in_flight += 1
+            lane.taken += 1
             pending = self.detector.submit([frame.image])
             ((_, item),) = self._collect([(lane, frame, captured)], pending)
             self._write(lane, item, fps)
