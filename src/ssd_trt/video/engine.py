@@ -110,7 +110,7 @@ class Engine:
         live = any(s.live for s in sources)
         max_batch = check_max_batch(max_batch) or default_max_batch(on_gpu(detector))
         max_wait_ms = default_wait_ms(live) if max_wait_ms is None else max_wait_ms
-        if max_wait_ms < 0:
+        if not max_wait_ms >= 0:  # NaN too
             raise SsdTrtError(f"the batch deadline must be >= 0 ms, not {max_wait_ms:g}")
         self.detector = detector
         self.max_batch = max_batch
