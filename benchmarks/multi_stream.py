@@ -12,7 +12,7 @@ piped to it raw. Make it once, where GStreamer is, and carry the file to the GPU
 
 Each run opens N streams of that file, each played at 30 FPS like a camera (``PacedSource``:
 its own decoder, stale frames dropped when inference falls behind), through
-``video.multi.MultiPipeline`` (frames of all streams batched, up to --max-batch per call). A
+``video.engine.Engine`` (frames of all streams batched, up to --max-batch per call). A
 stream count is sustained when every stream had >= 99% of the frames it read detected (stale
 frames dropped at most 1%) and the p99 capture-to-output latency is <= 100 ms. The sweep stops
 at the first count that is not sustained (``--keep-going``: runs every count). Drawing and file
@@ -55,7 +55,8 @@ from ssd_trt.detector import Detector
 from ssd_trt.quality.bench import machine_info
 from ssd_trt.sources import Frame, PacedSource, Source, open_source
 from ssd_trt.store import ArtifactStore
-from ssd_trt.video.multi import MultiPipeline, decode_threads_for
+from ssd_trt.video.app import decode_threads_for
+from ssd_trt.video.engine import Engine
 from ssd_trt.video.outputs import Output
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -260,7 +261,7 @@ def run(
     ]
     sources = [PacedSource(t, fps) for t in timed]
     outs = [_Latencies() for _ in range(streams)]
-    pipeline = MultiPipeline(
+    pipeline = Engine(
         detector,
         sources,
         [[o] for o in outs],

@@ -9,7 +9,7 @@ Measures, on the 720p H.264 test video of benchmarks/multi_stream.py:
   memory);
 * whether each of those releases the GIL: the same work in 2 threads at once, against 1 thread
   (a speed-up near the core count means it runs outside the GIL);
-* ``MultiPipeline``'s own per-frame Python work (lanes, batcher, emitters) with a trivial
+* ``Engine``'s own per-frame Python work (lanes, batcher, emitters) with a trivial
   detector and in-memory sources, sync and with two batches in flight.
 
     python benchmarks/multi_stream_host.py [--video V] [--out results/....json]
@@ -35,7 +35,7 @@ from ssd_trt.detections import Detections
 from ssd_trt.quality.bench import machine_info
 from ssd_trt.sources import Frame, Source
 from ssd_trt.store import ArtifactStore
-from ssd_trt.video.multi import MultiPipeline
+from ssd_trt.video.engine import Engine
 from ssd_trt.video.outputs import Output
 
 
@@ -141,7 +141,7 @@ def gil_check(name: str, make_work: Callable[[], Callable[[], None]], reps: int)
     }
 
 
-# ------------------------------------------------------------------ MultiPipeline bookkeeping
+# ------------------------------------------------------------------------- Engine bookkeeping
 
 
 class _MemorySource(Source):
@@ -190,7 +190,7 @@ class _Count(Output):
 
 def bookkeeping(detector: Any, streams: int, frames: int, image: np.ndarray) -> dict[str, Any]:
     sources = [_MemorySource(image, frames) for _ in range(streams)]
-    pipeline = MultiPipeline(
+    pipeline = Engine(
         detector,
         sources,
         [[_Count()] for _ in range(streams)],

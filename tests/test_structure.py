@@ -26,6 +26,7 @@ FLOORS = [
         "detections",
         "contract",
         "sources",
+        "source_names",
         "annotate",
         "tracking",
         "batching",

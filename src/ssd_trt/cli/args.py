@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..batching import GPU_MAX_BATCH, HOST_MAX_BATCH
+from ..batching import FILE_WAIT_MS, GPU_MAX_BATCH, HOST_MAX_BATCH, LIVE_WAIT_MS
 from ..contract import NMS_MODES, PRECISIONS
 from ..detector import DEFAULT_MODEL
 from ..precision.trt_compat import FLAVOURS
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
-from ..video.multi import DEFAULT_MAX_WAIT_MS
 
 
 def positive_int(text: str) -> int:
@@ -221,8 +220,8 @@ def many_sources_group(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=DEFAULT_MAX_WAIT_MS,
-        help="close a batch this long after its first frame (default: %(default)g)",
+        help="close a batch this long after its first frame (default: "
+        f"{LIVE_WAIT_MS:g} with a live source, else {FILE_WAIT_MS:g})",
     )
     g.add_argument(
         "--ray",

@@ -28,13 +28,14 @@ from ..quality.compare import compare, load_images, parse_per_key
 from ..quality.evaluate import evaluate, load_annotations
 from ..quality.report import write_json
 from ..runtime.registry import canonical_backend
-from ..scale.batch import RayBatchJob, run_ray_batch
+from ..scale.batch import BatchStats, RayBatchJob, run_ray_batch
 from ..scale.serving import ServeConfig, serve_until_interrupted
 from ..scale.triton import write_repository
+from ..source_names import read_source_list
 from ..store import ArtifactStore, Calibration
-from ..video.app import FoundSummary, VideoJob, parse_hostport, run_video
-from ..video.multi import MultiJob, read_source_list, run_multi
+from ..video.app import FoundSummary, MultiJob, VideoJob, parse_hostport, run_multi, run_video
 from ..video.outputs import FrameResult
+from ..video.stats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,8 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         loop=getattr(args, "loop", False),
         max_frames=args.max_frames,
         save_dir=Path(args.save_dir) if getattr(args, "save_dir", None) else None,
+        max_batch=getattr(args, "max_batch", None),
+        max_wait_ms=getattr(args, "batch_wait_ms", None),
     )
     found = FoundSummary()
 
@@ -184,6 +187,7 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
             "--save-dir is for one source (a folder of images is one); with --output-dir each "
             "source gets DIR/NAME.mp4"
         )
+    stats: BatchStats | RunStats
     if args.ray:
         if (args.iou, args.max_det, args.max_per_class) != (None, None, None):
             raise SsdTrtError(

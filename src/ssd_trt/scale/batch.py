@@ -29,11 +29,19 @@ import numpy as np
 from .. import progress
 from ..detector import Detector
 from ..errors import SsdTrtError, require
-from ..fsutil import PartialFile
+from ..source_names import unique_names
 from ..sources import Frame, ImageSource, open_source
-from ..video.multi import SourceStats, unique_names
-from ..video.outputs import FrameResult, VideoOutput
+from ..video.outputs import (
+    FrameResult,
+    JsonLinesOutput,
+    Output,
+    OutputWriteError,
+    VideoOutput,
+    finalize,
+    frame_record,
+)
 from ..video.overlay import draw_detections
+from ..video.stats import SourceStats
 from .cluster import ModelFiles, connect
 
 log = logging.getLogger(__name__)
@@ -170,14 +178,7 @@ class ChunkDetector:
                 dets = self.detector.detect([f.image for f in part])
                 ms = (time.perf_counter() - t0) * 1000 / len(part)
                 for frame, d in zip(part, dets, strict=True):
-                    record = {
-                        "frame": frame.index,
-                        "timestamp": round(frame.timestamp, 4),
-                        "inference_ms": round(ms, 2),
-                        "detections": d.to_dicts(),
-                    }
-                    if frame.name:
-                        record["name"] = frame.name
+                    record = frame_record(frame, d, ms, len(part))
                     jpeg = b""
                     if self.job.video:
                         drawn = frame.image.copy()
@@ -197,14 +198,22 @@ class ChunkDetector:
 
 
 class _SourceWriter:
-    """DIR/NAME.mp4 and DIR/NAME.jsonl of one input; checks frames arrive once, in order."""
+    """DIR/NAME.mp4 and DIR/NAME.jsonl of one input, written by the same outputs as one host
+    (temp file renamed at the end, cut back to the last good frame when the disk fills);
+    checks frames arrive once, in order."""
 
     def __init__(self, job: RayBatchJob, name: str, fps: float | None) -> None:
-        self.name, self.next_frame = name, None
-        self.video = VideoOutput(job.output_dir / f"{name}.mp4", fps) if job.video else None
-        self.jsonl_path = job.output_dir / f"{name}.jsonl"
-        self.partial = PartialFile(self.jsonl_path) if job.json else None
-        self.jsonl = self.partial.open() if self.partial is not None else None
+        self.name = name
+        self.video: VideoOutput | None = None
+        self.jsonl: JsonLinesOutput | None = None
+        try:
+            if job.video:
+                self.video = VideoOutput(job.output_dir / f"{name}.mp4", fps)
+            if job.json:
+                self.jsonl = JsonLinesOutput(job.output_dir / f"{name}.jsonl")
+        except BaseException:
+            self.close(ok=False)
+            raise
         self.cv2 = require("cv2", "video")
         self.last = -1
 
@@ -213,17 +222,14 @@ class _SourceWriter:
             raise SsdTrtError(f"{self.name}: frame {frame} arrived twice or out of order")
         self.last = frame
         if self.jsonl is not None:
-            self.jsonl.write((record + "\n").encode())
+            self.jsonl.write_line(record)
         if self.video is not None:
             image = self.cv2.imdecode(np.frombuffer(jpeg, np.uint8), self.cv2.IMREAD_COLOR)
             self.video.write(FrameResult(Frame(frame, 0.0, image), None, 0, 0, 0), image)  # type: ignore[arg-type]
 
     def close(self, ok: bool) -> None:
-        if self.jsonl is not None and self.partial is not None:
-            self.jsonl.close()
-            self.partial.commit() if ok else self.partial.discard()
-        if self.video is not None:
-            self.video.close() if ok else self.video.abort()
+        outputs: list[Output] = [o for o in (self.jsonl, self.video) if o is not None]
+        finalize(outputs, failed=not ok)
 
 
 def detection_rows(ds: Any, model: ModelFiles, job: RayBatchJob, actors: int) -> Any:
@@ -290,6 +296,9 @@ def run_ray_batch(
                 if on_frame is not None:
                     on_frame(names[int(src)], int(frame))
         ok = True
+    except OutputWriteError:
+        ok = True  # disk full: keep what was written up to the last good frame, as on one host
+        raise
     finally:
         bar.close()
         for w in writers:

@@ -1,28 +1,37 @@
-"""The live-video job behind ``ssd-trt detect`` and ``ssd-trt webcam``: a source, a detector
-and the outputs asked for, run through the pipeline, with everything closed on every exit."""
+"""The jobs behind ``ssd-trt detect`` and ``ssd-trt webcam``: one source with the outputs asked
+for (``run_video``), or many sources with per-source files in a folder (``run_multi``); both
+run through the engine (video/engine.py), with everything closed on every exit."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .. import progress
+from ..batching import check_max_batch
 from ..detections import Detections
 from ..detector import Detector
 from ..errors import SsdTrtError
+from ..source_names import unique_names
 from ..sources import Frame, PacedSource, Source, open_source
 from .display import display_problem
+from .engine import Engine
+from .grid import GridView
 from .outputs import (
     FrameResult,
     JsonLinesOutput,
     Output,
     ServeOutput,
+    VideoOutput,
     WindowOutput,
     annotated_outputs,
 )
-from .pipeline import Pipeline, RunStats
+from .stats import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +49,8 @@ class VideoJob:
     max_frames: int | None = None
     loop: bool = False  # replay a file from the start when it ends (demos, soak runs)
     save_dir: Path | None = None  # one annotated image per input image, at its own size
+    max_batch: int | None = None  # frames per detector call; None: batching's default
+    max_wait_ms: float | None = None  # the batch deadline; None: batching's default
 
 
 class LoopSource(Source):
@@ -131,13 +142,20 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def check_batching(max_batch: int | None, max_wait_ms: float | None) -> None:
+    """Bad batch settings fail before any source or model work."""
+    check_max_batch(max_batch)
+    if max_wait_ms is not None and not max_wait_ms >= 0:
+        raise SsdTrtError(f"--batch-wait-ms {max_wait_ms:g} must be >= 0")
+
+
 def run_video(
     job: VideoJob,
     make_detector: Callable[[], Detector],
     on_result: Callable[[FrameResult], None] | None = None,
 ) -> RunStats:
     """Open the source first (a bad one fails before any model work), then the detector and
-    the outputs; the pipeline owns and finalizes the outputs once it starts."""
+    the outputs; the engine owns and finalizes the outputs once it starts."""
     # A window asked for where none can open: say so now. OpenCV's Qt would abort the process
     # (SIGABRT) at the first frame, after the model loaded, leaving a temp video behind.
     problem = None if job.show is False else display_problem()
@@ -147,6 +165,7 @@ def run_video(
             "127.0.0.1:8080 to watch in a browser)"
         )
     window = job.show is not False and problem is None  # by default: where one can open
+    check_batching(job.max_batch, job.max_wait_ms)
     outputs: list[Output] = []
     detector = source = None
     bar = None
@@ -173,17 +192,25 @@ def run_video(
             if on_result is not None:
                 on_result(result)
 
-        pipeline = Pipeline(
-            detector, source, outputs, sync=job.sync, max_frames=job.max_frames, on_frame=on_frame
+        engine = Engine(
+            detector,
+            [source],
+            [outputs],
+            sync=job.sync,
+            max_batch=job.max_batch,
+            max_wait_ms=job.max_wait_ms,
+            max_frames=job.max_frames,
+            draw=any(o.shows_image for o in outputs),
+            on_frame=lambda _, result, __: on_frame(result),
         )
-        outputs = []  # the pipeline owns them now and finalizes them
+        outputs = []  # the engine owns them now and finalizes them
         try:
-            return pipeline.run()
+            return engine.run()
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM is a normal way to end a live run: say what it did before the
             # exit, on a line of its own (the bar goes first).
             bar.close()
-            log.info("%s", pipeline.stats.summary())
+            log.info("%s", engine.stats.summary())
             raise
     finally:
         if bar is not None:
@@ -191,6 +218,140 @@ def run_video(
         for out in outputs:  # only those created before a failure
             out.abort()
         if source is not None:
+            source.close()
+        if detector is not None:
+            detector.close()
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How network streams reconnect (see ``sources.open_source``)."""
+
+    reconnect_attempts: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class MultiJob:
+    sources: tuple[str | int, ...]
+    output_dir: Path
+    video: bool = True  # DIR/<name>.mp4
+    json: bool = False  # DIR/<name>.jsonl
+    serve: tuple[str, int] | None = None
+    token: str | None = None  # the live page answers only requests that carry it
+    realtime: bool = False
+    max_frames: int | None = None
+    max_batch: int | None = None  # frames per detector call; None: batching's default
+    max_wait_ms: float | None = None  # the batch deadline; None: batching's default
+    streams: StreamSettings = StreamSettings()
+    decode_threads: int | None = None  # FFmpeg threads per source; None: decode_threads_for()
+
+
+def decode_threads_for(sources: int, cores: int | None = None) -> int:
+    """FFmpeg decoder threads per source: the cores shared out, at least one each. Many streams
+    already keep every core busy, one decoder each; FFmpeg's default (a thread per core for
+    every stream) only adds threads that fight for the same cores."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, sources))
+
+
+def open_sources(
+    specs: Sequence[str | int],
+    realtime: bool = False,
+    streams: StreamSettings = StreamSettings(),
+    decode_threads: int | None = None,
+) -> list[Source]:
+    """Open every source (bad ones fail before any model work, all named in one error); close
+    all on a failure. ``decode_threads``: FFmpeg threads per file or stream (None:
+    :func:`decode_threads_for`)."""
+    threads = decode_threads or decode_threads_for(len(specs))
+    opened: list[Source] = []
+    bad: list[str] = []
+    try:
+        for spec in specs:
+            try:
+                source = open_source(spec, **asdict(streams), decode_threads=threads)
+            except SsdTrtError as exc:
+                bad.append(str(exc))  # try the rest, so one run names every bad source
+                continue
+            if realtime and not source.live:
+                source = PacedSource(source, source.fps or 25.0)
+            opened.append(source)
+        if len(bad) == 1:
+            raise SsdTrtError(bad[0])
+        if bad:
+            head = f"{len(bad)} of {len(specs)} sources cannot be opened: "
+            raise SsdTrtError(head + " | ".join(bad))
+    except BaseException:
+        for s in opened:
+            s.close()
+        raise
+    return opened
+
+
+def run_multi(
+    job: MultiJob,
+    make_detector: Callable[[], Detector],
+    on_frame: Callable[[int, FrameResult, np.ndarray], None] | None = None,
+) -> RunStats:
+    """Open the sources, then the detector and each source's outputs in ``job.output_dir``."""
+    if not job.sources:
+        raise SsdTrtError("no sources given; pass one or more files, folders, URLs or cameras")
+    check_batching(job.max_batch, job.max_wait_ms)
+    out_dir = Path(job.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SsdTrtError(f"--output-dir {out_dir} is a file; pass a folder")
+    names = unique_names(job.sources)
+    sources: list[Source] = []
+    outputs: list[list[Output]] = []
+    detector = grid = None
+    try:
+        sources = open_sources(job.sources, job.realtime, job.streams, job.decode_threads)
+        detector = make_detector()
+        log.info("backend: %s; %d sources", detector.backend_name, len(sources))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, source in zip(names, sources, strict=True):
+            outs: list[Output] = []
+            outputs.append(outs)
+            if job.video:
+                outs.append(VideoOutput(out_dir / f"{name}.mp4", source.fps))
+            if job.json:
+                outs.append(JsonLinesOutput(out_dir / f"{name}.jsonl"))
+        if job.serve:
+            grid = GridView(names, *job.serve, token=job.token)  # it logs where to look
+            log.info("the live page shows the %d streams as a grid", len(names))
+
+        def frame_done(index: int, result: FrameResult, annotated: np.ndarray) -> None:
+            if grid is not None:
+                grid.update(index, result, annotated)
+            if on_frame is not None:
+                on_frame(index, result, annotated)
+
+        engine = Engine(
+            detector,
+            sources,
+            outputs,
+            names,
+            max_batch=job.max_batch,
+            max_wait_ms=job.max_wait_ms,
+            max_frames=job.max_frames,
+            on_frame=frame_done,
+        )
+        outputs = []  # the engine finalizes them now
+        try:
+            return engine.run()
+        except KeyboardInterrupt:
+            log.info("%s", engine.stats.summary())  # what the run did, before the exit
+            raise
+    finally:
+        for outs in outputs:  # only those created before a failure
+            for out in outs:
+                out.abort()
+        if grid is not None:
+            grid.close()
+        for source in sources:
             source.close()
         if detector is not None:
             detector.close()

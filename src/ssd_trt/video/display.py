@@ -13,7 +13,7 @@ import sys
 _DIAL_S = 1.0  # a local socket answers at once; a forwarded one (ssh -X) within a second
 
 
-def _dials(family: int, address: str | tuple[str, int]) -> bool:
+def _dials(family: int, address: str | tuple[str | int | bytes, ...]) -> bool:
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.settimeout(_DIAL_S)
