@@ -163,6 +163,26 @@ def coco_onnx(exported) -> Path:
     return exported(COCO)
 
 
+@pytest.fixture(scope="session")
+def store(model_cache: Path):
+    """The test cache's ArtifactStore: registry models fetched and exported once."""
+    from ssd_trt.store import ArtifactStore
+
+    return ArtifactStore(model_cache)
+
+
+@pytest.fixture(scope="session")
+def graph_onnx(store) -> Path:
+    """The COCO export with NMS in the graph, as a user's .onnx file."""
+    return store.onnx(COCO)
+
+
+@pytest.fixture(scope="session")
+def raw_onnx(store) -> Path:
+    """The COCO export that ends at boxes and scores (``--nms none``)."""
+    return store.onnx(COCO, nms="none")
+
+
 def iou(a, b) -> float:
     x1, y1 = max(a[0], b[0]), max(a[1], b[1])
     x2, y2 = min(a[2], b[2]), min(a[3], b[3])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import error_line, optional
+from conftest import COCO, error_line, optional
 from conftest import run_cli as cli
 
 from ssd_trt import Detector
@@ -19,28 +19,8 @@ from ssd_trt.detections import Detections
 from ssd_trt.errors import SsdTrtError
 from ssd_trt.nms import NmsChange, NmsSettings, batched_nms
 from ssd_trt.postprocess import to_detections
-from ssd_trt.store import ArtifactStore
 
 cv2 = optional("cv2", "video")
-
-COCO = "ssdlite_mobilenet_v2_coco"
-
-
-@pytest.fixture(scope="module")
-def store(model_cache) -> ArtifactStore:
-    return ArtifactStore(model_cache)
-
-
-@pytest.fixture(scope="module")
-def graph_onnx(store) -> Path:
-    """The COCO export with NMS in the graph, as a user's .onnx file."""
-    return store.onnx(COCO)
-
-
-@pytest.fixture(scope="module")
-def raw_onnx(store) -> Path:
-    """The COCO export that ends at boxes and scores (``--nms none``)."""
-    return store.onnx(COCO, nms="none")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ real ONNX Runtime, real photos and video."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -23,24 +22,6 @@ from ssd_trt.nms import NmsSettings, batched_nms
 from ssd_trt.quality import bench
 from ssd_trt.runtime.host import HostStages
 from ssd_trt.runtime.ort import OnnxRuntimeBackend
-from ssd_trt.store import ArtifactStore
-
-COCO = "ssdlite_mobilenet_v2_coco"
-
-
-@pytest.fixture(scope="module")
-def store(model_cache) -> ArtifactStore:
-    return ArtifactStore(model_cache)
-
-
-@pytest.fixture(scope="module")
-def graph_onnx(store) -> Path:
-    return store.onnx(COCO)
-
-
-@pytest.fixture(scope="module")
-def raw_onnx(store) -> Path:
-    return store.onnx(COCO, nms="none")
 
 
 @pytest.fixture(scope="module")
