@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from .. import progress
 from ..errors import SsdTrtError, Terminated, first_line
 from .args import build_parser
-from .verbs import EXIT_FAILURE, EXIT_INTERRUPTED, VERBS
+from .console import EXIT_FAILURE, EXIT_INTERRUPTED
+from .verbs import VERBS
 
 __all__ = ["main"]
 
