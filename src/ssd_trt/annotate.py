@@ -168,14 +168,17 @@ def draw_labels(
     detections: Iterable[Boxed],
     avoid: Sequence[Rect] = (),
     style: Style | None = None,
+    ids: Sequence[int] | None = None,
 ) -> list[Rect]:
-    """Labels clear of ``avoid`` and of each other; returns their rectangles in order."""
+    """Labels clear of ``avoid`` and of each other; returns their rectangles in order.
+    ``ids``: each detection's track ID, drawn first (``#3 person 0.87``) where > 0."""
     cv2 = require("cv2", "video")
     style = _style(image, style)
     height, width = image.shape[:2]
     taken, placed = list(avoid), []
-    for det in detections:
-        block = text_block(f"{det.label} {det.score:.2f}", style, (width, height))
+    for i, det in enumerate(detections):
+        tag = f"#{ids[i]} " if ids is not None and ids[i] > 0 else ""
+        block = text_block(f"{tag}{det.label} {det.score:.2f}", style, (width, height))
         rect = place_label(_pixel_box(det), block.size, (width, height), taken)
         cv2.rectangle(image, rect[:2], (rect[2] - 1, rect[3] - 1), class_color(det.class_id), -1)
         put_text(image, block, rect, (0, 0, 0))

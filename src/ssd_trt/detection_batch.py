@@ -7,7 +7,7 @@ one, and postprocessing turns it into ``Detections``. Nothing else spells the fo
 ``STAGES`` is the one vocabulary of stage times, in pipeline order: a backend reports the stages
 it has (host backends: preprocess, inference, nms; the GPU fast path: upload, preprocess,
 inference, nms, download from CUDA events, plus ``TOTAL``, its whole GPU span), the Detector adds
-postprocess, the video engine decode, draw and output.
+postprocess, the video engine decode, track (with ``--track``), draw and output.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ STAGES = (
     "nms",
     "download",
     "postprocess",
+    "track",
     "draw",
     "output",
 )

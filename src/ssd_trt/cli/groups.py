@@ -9,6 +9,7 @@ from ..batching import FILE_WAIT_MS, GPU_MAX_BATCH, HOST_MAX_BATCH, LIVE_WAIT_MS
 from ..contract import PRECISIONS
 from ..detector import DEFAULT_MODEL
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
+from ..tracking import DEFAULT_TRACKER, TRACKERS
 
 
 def positive_int(text: str) -> int:
@@ -182,6 +183,26 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
         help="open a window (default: when a display is available)",
     )
     shown.add_argument("--no-show", dest="show", action="store_false", help="no window")
+    track = p.add_argument_group(
+        "tracking (pip install 'ssd-trt[track]'; one tracker per source, IDs from 1 per source)"
+    )
+    track.add_argument(
+        "--track",
+        nargs="?",
+        const=DEFAULT_TRACKER,
+        metavar="KIND",
+        help=f"give detections track IDs (JSON track_id, #ID in labels, trails, tracks per "
+        f"class in the summary) with {', '.join(TRACKERS)} (no KIND: {DEFAULT_TRACKER}); "
+        "put it after the source",
+    )
+    track.add_argument(
+        "--track-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tracker setting, e.g. lost_track_buffer=60 or frame_rate=25 (default: the "
+        "tracker's own, at the source's frame rate; repeatable)",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--sync", action="store_true", help="plain capture/infer/draw loop instead of async"

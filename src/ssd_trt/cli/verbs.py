@@ -28,6 +28,7 @@ from ..store import ArtifactStore, Calibration
 from ..video.app import FoundSummary, MultiJob, VideoJob, parse_hostport, run_multi, run_video
 from ..video.outputs import FrameResult
 from ..video.stats import RunStats
+from ..video.tracks import TrackSettings
 from .console import (
     EXIT_OK,
     human_stream,
@@ -96,7 +97,17 @@ def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
     )
 
 
+def _track_settings(args: argparse.Namespace) -> TrackSettings | None:
+    """--track and --track-option, checked before any source or model work."""
+    if args.track is None:
+        if args.track_option:
+            raise SsdTrtError("--track-option needs --track (e.g. --track bytetrack)")
+        return None
+    return TrackSettings(args.track, tuple(args.track_option))
+
+
 def _video(args: argparse.Namespace, source: str | int) -> int:
+    track = _track_settings(args)
     if args.json == "":  # --json without FILE is for --output-dir
         raise SsdTrtError("--json needs a FILE for one source (or pass --output-dir DIR)")
     job = VideoJob(
@@ -113,6 +124,7 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         save_dir=Path(args.save_dir) if getattr(args, "save_dir", None) else None,
         max_batch=getattr(args, "max_batch", None),
         max_wait_ms=getattr(args, "batch_wait_ms", None),
+        track=track,
     )
     found = FoundSummary()
 
@@ -130,13 +142,14 @@ def _video(args: argparse.Namespace, source: str | int) -> int:
         )  # what it found up to Ctrl-C or SIGTERM (run_video logged the rest)
         raise
     log.info("%s", stats.summary())
-    _print_found(found, human)
+    log.info("%s", stats.stages_line())
+    _print_found(found, human, stats.tracks)
     return EXIT_OK
 
 
-def _print_found(found: FoundSummary, human: TextIO) -> None:
+def _print_found(found: FoundSummary, human: TextIO, tracks: dict[str, int] | None = None) -> None:
     if found.frames > 1:  # a video or several images: the totals too
-        print("\n".join(found.lines()), file=human, flush=True)
+        print("\n".join(found.lines(tracks)), file=human, flush=True)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -150,6 +163,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def _many(args: argparse.Namespace, specs: list[str]) -> int:
     """Several sources: per-source outputs in --output-dir, frames batched across sources
     (video/multi.py), or spread over a Ray cluster with --ray (scale/batch.py)."""
+    track = _track_settings(args)
     if not specs:
         raise SsdTrtError("no sources given; pass files, folders, URLs or cameras, or --sources")
     if not args.output_dir:
@@ -167,6 +181,11 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
             "source gets DIR/NAME.mp4"
         )
     stats: BatchStats | RunStats
+    if args.ray and track is not None:
+        raise SsdTrtError(
+            "--track cannot run with --ray: a video's chunks go to several Ray actors, out of "
+            "frame order; drop --ray to track (one host batches many sources), or drop --track"
+        )
     if args.ray:
         if (args.iou, args.max_det, args.max_per_class) != (None, None, None):
             raise SsdTrtError(
@@ -198,10 +217,13 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
                 max_frames=args.max_frames,
                 max_batch=args.max_batch,
                 max_wait_ms=args.batch_wait_ms,
+                track=track,
             ),
             _detector_factory(args),
         )
     log.info("%s", stats.summary())
+    if isinstance(stats, RunStats):
+        log.info("%s", stats.stages_line())
     return EXIT_OK
 
 

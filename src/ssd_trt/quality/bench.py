@@ -396,7 +396,7 @@ def decode_limit(detector: Detector, video: str, max_frames: int | None) -> dict
     decode_fps = decode_only_fps(video, max_frames)
     stats = video_run(detector, video, False, max_frames).stats
     decode = stats.mean_ms("decode")
-    detected = [s for s in STAGES if s not in ("decode", "draw", "output")]
+    detected = [s for s in STAGES if s not in ("decode", "track", "draw", "output")]
     detect = sum(stats.mean_ms(s) for s in detected if s in stats.stage_count)
     return {
         "backend": detector.backend_name,

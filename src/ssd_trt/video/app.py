@@ -31,7 +31,8 @@ from .outputs import (
     WindowOutput,
     annotated_outputs,
 )
-from .stats import RunStats
+from .stats import RunStats, track_count
+from .tracks import LaneTracking, TrackSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class VideoJob:
     save_dir: Path | None = None  # one annotated image per input image, at its own size
     max_batch: int | None = None  # frames per detector call; None: batching's default
     max_wait_ms: float | None = None  # the batch deadline; None: batching's default
+    track: TrackSettings | None = None  # one tracker for the source (video/tracks.py)
 
 
 class LoopSource(Source):
@@ -175,7 +177,9 @@ def run_video(
             if source.live:
                 raise SsdTrtError("--realtime is for files and images; live sources already are")
             source = PacedSource(source, source.fps or 25.0)
-        # Outputs before the model: an unwritable path or a taken port fails in a second.
+        # A tracker (time-ordered sources only) and outputs before the model: a folder of
+        # images with --track, an unwritable path or a taken port fails in a second.
+        tracking = [LaneTracking.for_source(job.track, source, "")] if job.track else None
         outputs.extend(annotated_outputs(source, job.output or None, job.save_dir))
         if job.json:
             outputs.append(JsonLinesOutput(job.json))
@@ -202,6 +206,7 @@ def run_video(
             max_frames=job.max_frames,
             draw=any(o.shows_image for o in outputs),
             on_frame=lambda _, result, __: on_frame(result),
+            tracking=tracking,
         )
         outputs = []  # the engine owns them now and finalizes them
         try:
@@ -247,6 +252,7 @@ class MultiJob:
     max_wait_ms: float | None = None  # the batch deadline; None: batching's default
     streams: StreamSettings = StreamSettings()
     decode_threads: int | None = None  # FFmpeg threads per source; None: decode_threads_for()
+    track: TrackSettings | None = None  # one tracker per source, each with its own IDs
 
 
 def decode_threads_for(sources: int, cores: int | None = None) -> int:
@@ -309,6 +315,11 @@ def run_multi(
     detector = grid = None
     try:
         sources = open_sources(job.sources, job.realtime, job.streams, job.decode_threads)
+        tracking = (
+            [LaneTracking.for_source(job.track, s, n) for s, n in zip(sources, names, strict=True)]
+            if job.track
+            else None
+        )
         detector = make_detector()
         log.info("backend: %s; %d sources", detector.backend_name, len(sources))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,6 +349,7 @@ def run_multi(
             max_wait_ms=job.max_wait_ms,
             max_frames=job.max_frames,
             on_frame=frame_done,
+            tracking=tracking,
         )
         outputs = []  # the engine finalizes them now
         try:
@@ -377,13 +389,15 @@ class FoundSummary:
             return None
         return f"{result.frame.name}: {describe(result.detections)}"
 
-    def lines(self) -> list[str]:
-        """The end-of-run summary: each class, in how many frames, best score."""
+    def lines(self, tracks: dict[str, int] | None = None) -> list[str]:
+        """The end-of-run summary: each class, in how many frames, best score; with
+        ``tracks`` (--track) also its distinct tracks (``person: 14 tracks``)."""
         if not self.per_class:
             return [f"found nothing in {self.frames} frames above the score threshold"]
         ranked = sorted(self.per_class.items(), key=lambda kv: (-kv[1][0], kv[0]))
         return [
             f"{label}: in {seen} of {self.frames} frames (best {top:.2f})"
+            + (f", {track_count(tracks.get(label, 0))}" if tracks is not None else "")
             for label, (seen, top) in ranked
         ]
 

@@ -20,8 +20,8 @@ Data flow::
 * **Two batches in flight** wherever the detector queues work (``Detector.supports_submit``),
   also for one source: while batch k runs on the GPU the batcher submits batch k+1 when that
   one is ready, and otherwise hands batch k's results out first, so overlap never costs latency.
-* **Emitters** draw and write each lane's results in frame order. Lane 0's emitter runs on the
-  calling thread (GUI toolkits want the main thread), the others on their own threads.
+* **Emitters** track (``--track``), draw and write each lane's results in frame order. Lane 0's
+  emitter runs on the calling thread (GUI toolkits want the main thread), the others on theirs.
 * **Stopping.** The first Ctrl-C or SIGTERM stops at a frame boundary: no new batch starts,
   the batches in flight are written, and every output of a source holds the same whole frames;
   a second one interrupts at once. A source that fails ends only its own lane (the others go
@@ -54,18 +54,13 @@ from .lanes import POLL_S, Lane, signals_stop
 from .outputs import FrameResult, Output, OutputWriteError, StopPipeline, finalize
 from .overlay import draw_frame
 from .stats import FpsMeter, RunStats, SourceStats, fold_stages, stopped_by
+from .tracks import LaneTracking
 
 log = logging.getLogger(__name__)
 
 _END = object()  # end of a lane's results
 # One frame between stages: (frame, detections, its share of the call's ms, captured at, batch).
 _Item = tuple[Frame, Any, float, float, int]
-
-
-def on_gpu(detector: Detector) -> bool:
-    """Whether the detector runs on the GPU fast path, which picks the larger default batch.
-    Derived from the public API: today only the fast path queues work."""
-    return bool(detector.supports_submit)
 
 
 _Batch = list[tuple[Lane, Frame, float]]
@@ -81,7 +76,8 @@ class Engine:
     (None: enough for a lane's share of the batches in flight) bound each lane. ``draw=None``
     draws when an output shows pictures or ``on_frame`` is given. ``on_frame(i, result,
     annotated)`` is called after source i's outputs got a frame. ``max_frames`` bounds each
-    source. ``overlap=False`` keeps one batch in flight; ``sync=True``: see the module doc.
+    source. ``overlap=False`` keeps one batch in flight; ``sync=True``: see the module doc;
+    ``tracking[i]`` (video/tracks.py) tracks source i in its emitter, before drawing.
     """
 
     def __init__(
@@ -101,6 +97,7 @@ class Engine:
         overlap: bool = True,
         sync: bool = False,
         on_frame: Callable[[int, FrameResult, np.ndarray], None] | None = None,
+        tracking: Sequence[LaneTracking | None] | None = None,
     ) -> None:
         names = list(names) if names is not None else unique_names([s.description for s in sources])
         if not (len(sources) == len(outputs) == len(names)) or not sources:
@@ -108,7 +105,8 @@ class Engine:
         if sync and len(sources) > 1:
             raise ValueError("the plain synchronous loop runs one source")
         live = any(s.live for s in sources)
-        max_batch = check_max_batch(max_batch) or default_max_batch(on_gpu(detector))
+        # Only the GPU fast path queues work (supports_submit); it picks the larger batch.
+        max_batch = check_max_batch(max_batch) or default_max_batch(detector.supports_submit)
         max_wait_ms = default_wait_ms(live) if max_wait_ms is None else max_wait_ms
         if not max_wait_ms >= 0:  # NaN too
             raise SsdTrtError(f"the batch deadline must be >= 0 ms, not {max_wait_ms:g}")
@@ -138,7 +136,8 @@ class Engine:
             stats = SourceStats(name, source.description)
             self.stats.sources[name] = stats
             depth = live_depth if source.live else file_frames
-            self.lanes.append(Lane(i, source, list(outs), stats, depth))
+            track = tracking[i] if tracking else None
+            self.lanes.append(Lane(i, source, list(outs), stats, depth, track))
 
     # ---------------------------------------------------------------------------- capture
 
@@ -299,12 +298,14 @@ class Engine:
     def _write(self, lane: Lane, item: _Item, fps: FpsMeter) -> None:
         """Draw one frame and write it to every output of its lane (a frame boundary)."""
         frame, dets, infer_ms, captured, batch = item
-        t0 = time.perf_counter()
-        image = frame.image
+        track, t0 = lane.tracking, time.perf_counter()
+        dets = dets if track is None else track.update(frame, dets)
+        tt, image = time.perf_counter(), frame.image
         if self.draw:
             image = image.copy()
             rate = None if frame.name else fps.value  # a still image has no frame rate
-            draw_frame(image, dets, rate, infer_ms, self.detector.backend_name)
+            trails = () if track is None else track.trails()
+            draw_frame(image, dets, rate, infer_ms, self.detector.backend_name, trails)
         t1 = time.perf_counter()
         result = FrameResult(
             frame=frame,
@@ -320,7 +321,9 @@ class Engine:
         with self._cond:
             lane.stats.frames += 1
             lane.in_flight -= 1
-            self.stats.add("draw", (t1 - t0) * 1000)
+            if track is not None:
+                self.stats.add("track", (tt - t0) * 1000)
+            self.stats.add("draw", (t1 - tt) * 1000)
             self.stats.add("output", (t2 - t1) * 1000)
             self._cond.notify_all()
         if self.on_frame is not None:
@@ -441,8 +444,6 @@ class Engine:
                 log.warning("threads still running: %s", alive)
             self.stats.seconds = time.perf_counter() - start
             for lane in self.lanes:
-                lane.stats.skipped = lane.source.frames_skipped
-                lane.stats.skipped_names = list(lane.source.skipped_names)
-                lane.stats.reconnects = lane.source.reconnects
+                lane.record_end()
             finalize((out for lane in self.lanes for out in lane.outputs), failed)
         return self.stats

@@ -15,6 +15,7 @@ from typing import Any
 from ..sources import Frame, Source
 from .outputs import Output
 from .stats import SourceStats
+from .tracks import LaneTracking
 
 POLL_S = 0.1  # how often blocked threads re-check the stop flag
 
@@ -26,7 +27,13 @@ class Lane:
     """
 
     def __init__(
-        self, index: int, source: Source, outputs: list[Output], stats: SourceStats, depth: int
+        self,
+        index: int,
+        source: Source,
+        outputs: list[Output],
+        stats: SourceStats,
+        depth: int,
+        tracking: LaneTracking | None = None,
     ) -> None:
         self.index, self.source, self.outputs, self.stats = index, source, outputs, stats
         self.live = source.live
@@ -38,6 +45,15 @@ class Lane:
         self.in_flight = 0  # taken by the batcher, not yet written by the emitter
         self.taken = 0  # frames the batcher took, for max_frames
         self.results: queue.Queue[Any] = queue.Queue()
+        self.tracking = tracking  # with --track; used by the lane's emitter only
+
+    def record_end(self) -> None:
+        """The source's own counts (and the tracks seen) into its stats, at the run's end."""
+        s, source = self.stats, self.source
+        s.skipped, s.skipped_names = source.frames_skipped, list(source.skipped_names)
+        s.reconnects = source.reconnects
+        if self.tracking is not None:
+            s.tracks = self.tracking.tracks_per_class()
 
     def push(
         self, item: tuple[Frame, float], cond: threading.Condition, stop: threading.Event

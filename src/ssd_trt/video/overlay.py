@@ -1,6 +1,9 @@
 """Drawing stage: boxes, labels and scores (ssd_trt.annotate), plus an FPS / inference-time
 banner.
 
+With tracking, each label starts with its track ID (``#3 person 0.87``) and each recent track
+has a short trail of its box's bottom-centre (where it stood) in its class colour.
+
 The banner sits in the bottom-left corner, and every label is placed where it is whole and
 visible: above its box, else inside the box's top, else below the box, never under the banner
 or another label where a free spot exists, and always inside the image. Text and lines scale
@@ -8,6 +11,8 @@ with the image; still images (named frames) get no FPS, which means nothing for 
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,6 +41,7 @@ __all__ = [
     "draw_detections",
     "draw_frame",
     "draw_labels",
+    "draw_trails",
     "place_label",
 ]
 
@@ -93,16 +99,33 @@ def draw_banner(
     return rect
 
 
+def draw_trails(
+    image: np.ndarray, trails: Sequence[tuple[int, np.ndarray]], style: Style | None = None
+) -> None:
+    """Polylines through each track's recent points ((class id, [P, 2] int points))."""
+    cv2 = require("cv2", "video")
+    style = style or Style.for_image(image.shape[1], image.shape[0])
+    for class_id, points in trails:
+        cv2.polylines(
+            image, [points.reshape(-1, 1, 2)], False, class_color(class_id),
+            max(1, style.box_thickness), cv2.LINE_AA,
+        )  # fmt: skip
+
+
 def draw_frame(
     image: np.ndarray,
     detections: Detections,
     fps: float | None,
     inference_ms: float,
     backend: str = "",
+    trails: Sequence[tuple[int, np.ndarray]] = (),
 ) -> list[Rect]:
-    """Boxes, the banner over them, then labels around the banner: every label stays whole.
-    ``fps`` None (a still image) leaves the FPS out of the banner."""
+    """Trails, boxes, the banner over them, then labels around the banner: every label stays
+    whole. ``fps`` None (a still image) leaves the FPS out of the banner. Tracked detections
+    (``tracker_id``) get their ID in the label."""
     style = Style.for_image(image.shape[1], image.shape[0])
+    draw_trails(image, trails, style)
     draw_boxes(image, detections, style)
     banner = draw_banner(image, fps, inference_ms, backend)
-    return draw_labels(image, detections, avoid=[banner], style=style)
+    ids = None if detections.tracker_id is None else detections.tracker_id.tolist()
+    return draw_labels(image, detections, avoid=[banner], style=style, ids=ids)
