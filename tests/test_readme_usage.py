@@ -62,6 +62,12 @@ def _video_outputs(proc, cwd: Path) -> None:
     assert (cwd / "out.mp4").stat().st_size > 100_000
 
 
+def _tracked(proc, cwd: Path) -> None:
+    dets = [d for r in _lines(cwd / "out.jsonl") for d in r["detections"]]
+    assert dets and all("track_id" in d for d in dets)
+    assert any(d["track_id"] > 0 for d in dets) and " tracks" in proc.stdout
+
+
 def _photo(proc, cwd: Path) -> None:
     assert proc.stdout.startswith("photo.jpg: "), proc.stdout
 
@@ -103,6 +109,7 @@ EXPECTED: dict[str, Expect] = {
     ),
     "ssd-trt detect photo.jpg": Expect(check=_photo),
     "ssd-trt detect video.mp4 --iou 0.4 --max-det 20": Expect(),
+    "ssd-trt detect video.mp4 --track --json out.jsonl": Expect(check=_tracked),
     "ssd-trt detect photo.jpg --output annotated.jpg": Expect(check=_same_size("annotated.jpg")),
     "ssd-trt detect photos/ --save-dir out/": Expect(check=_saved_photos),
     "ssd-trt webcam": Expect(codes=(2,), why="no camera (and no display) on this machine"),

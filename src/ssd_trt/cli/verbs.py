@@ -153,6 +153,7 @@ def _print_found(found: FoundSummary, human: TextIO, tracks: dict[str, int] | No
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    _track_settings(args)  # bad tracking input fails first, before a sample video download
     specs = list(args.source) + (read_source_list(Path(args.sources)) if args.sources else [])
     if args.ray or args.output_dir or len(specs) > 1:
         return _many(args, specs)
