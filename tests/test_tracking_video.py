@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import error_line, optional, run_cli
+from test_sources import rtsp_server  # noqa: F401 - the RTSP server fixture
 
 from ssd_trt.detection_batch import STAGES
 from ssd_trt.detections import Detections
@@ -242,3 +243,57 @@ def test_four_sources_each_count_ids_from_one(
     assert any(t > 0 for frame in ids["vtest"] for t in frame)
     assert "vtest: 60 frames; person: " in proc.stderr
     assert "track " in proc.stderr.split("per frame:")[1].splitlines()[0]
+
+
+def test_a_killed_rtsp_source_keeps_its_tracker_and_leaves_the_others_ids_alone(
+    bikes_video: Path,
+    graph_onnx: Path,
+    rtsp_server,  # noqa: F811 - GStreamer's RTSP server, killed and restarted mid-run
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two copies of bikes.mp4 and a live RTSP stream, tracked together; the stream's server is
+    killed after its 10th frame and restarted a second later. The files' IDs start at 1 and stay
+    equal to each other (each source's tracker sees only its own frames), and the reconnected
+    stream keeps its tracker and says so."""
+    import threading
+    import time
+
+    from ssd_trt.detector import Detector
+    from ssd_trt.source_names import unique_names
+    from ssd_trt.video.app import MultiJob, StreamSettings, run_multi
+
+    shutil.copy(bikes_video, tmp_path / "again.mp4")
+    specs = (str(bikes_video), str(tmp_path / "again.mp4"), rtsp_server.url)
+    rtsp, events = 2, {}
+    counted = [0, 0, 0]
+
+    def on_frame(index: int, result, annotated) -> None:
+        counted[index] += 1
+        if index == rtsp and counted[rtsp] == 10 and "killed" not in events:
+            events["killed"] = time.monotonic()
+            rtsp_server.kill()
+            threading.Timer(1.0, rtsp_server.start).start()
+
+    streams = StreamSettings(reconnect_attempts=12, backoff_s=0.2, max_backoff_s=0.5, timeout_s=3)
+    job = MultiJob(
+        sources=specs,
+        output_dir=tmp_path / "out",
+        json=True,
+        max_frames=60,
+        streams=streams,
+        track=TrackSettings(),
+    )
+    with caplog.at_level(logging.INFO, logger="ssd_trt.video.tracks"):
+        stats = run_multi(job, lambda: Detector(graph_onnx, "cpu"), on_frame=on_frame)
+    live = stats.sources[unique_names(specs)[rtsp]]
+    assert live.reconnects >= 1, live
+    assert any("tracker is kept" in r.getMessage() for r in caplog.records), caplog.text
+    ids = {}
+    for name in ("bikes", "again"):
+        records = _jsonl(tmp_path / "out" / f"{name}.jsonl")
+        assert len(records) == 60
+        ids[name] = [[d["track_id"] for d in r["detections"]] for r in records]
+        seen = sorted({t for frame in ids[name] for t in frame if t > 0})
+        assert seen and seen == list(range(1, len(seen) + 1)), (name, seen)
+    assert ids["bikes"] == ids["again"]
