@@ -31,6 +31,7 @@ FLOORS = [
         "tracking",
         "batching",
         "detection_batch",
+        "colour",
     },
     {"postprocess"},
     {"model"},

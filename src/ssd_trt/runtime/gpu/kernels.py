@@ -5,6 +5,9 @@ Kernels, instantiated for the tensor dtypes a network may have:
 - ``preprocess_<out>``: bilinear resize of packed uint8 HWC frames of any size (sampling as
   cv2.resize INTER_LINEAR does, with its 11-bit fixed-point weights), BGR->RGB, scale/offset,
   NCHW float32 or float16 out. One thread per output pixel; grid.y is the image.
+- ``preprocess_nv12_<out>``: the same from NV12 decoder surfaces named by device pointers in a
+  header (``NV12_META`` int64 per image), YUV->RGB with ``ssd_trt.colour``'s coefficient table
+  (one home for the numbers) in the same pass. Not launched by the fast path yet.
 - NMS in five kernels: ``nms_hist_<scores>`` and ``nms_compact_<scores>`` (several blocks per
   image: coarse score histogram, list of candidates at or above the cut bucket);
   ``select_nms_<boxes>_<scores>`` (one 1024-thread block per image: exact radix cut of the top
@@ -26,6 +29,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from ssd_trt.colour import COEFFICIENT_FIELDS
 from ssd_trt.errors import SsdTrtError, first_line, require
 
 BLOCK_NMS = 1024  # threads per NMS block; also the largest candidate cap (one bit per lane word)
@@ -35,19 +39,22 @@ MAX_CLASSES = NBINS  # class counters reuse the radix histogram
 BLOCK_PREPROCESS = 256
 ROW_WARPS = 8  # warps (candidates) per block of the NMS row kernel
 CAND_WORDS = 4 + 9 * MAX_CANDIDATES + 12  # int32 words of one image's candidate record
+NV12_META = 8  # int64 per image of the NV12 header (see cuda/preprocess.cu)
 
 # Tensor element types the kernels read or write, by their name in kernel names.
 DTYPES = {"f32": "float", "f16": "unsigned short"}  # f16 travels as raw bits, see h2f/f2h
 
 SOURCE_FILES = ("common.cuh", "preprocess.cu", "nms.cu")  # compiled as one program, in order
 
-# The kernels' compile-time sizes, by their macro names in cuda/nms.cu.
+# The kernels' compile-time sizes, by their macro names in cuda/*.cu.
 MACROS = {
     "NT": BLOCK_NMS,
     "MAXCAND": MAX_CANDIDATES,
     "NBINS": NBINS,
     "ROW_WARPS": ROW_WARPS,
     "CAND_WORDS": CAND_WORDS,
+    "NV12_META": NV12_META,
+    "COEF_FIELDS": COEFFICIENT_FIELDS,
 }
 
 
@@ -60,6 +67,7 @@ def source() -> str:
 
 KERNEL_NAMES = tuple(
     [f"preprocess_{o}" for o in DTYPES]
+    + [f"preprocess_nv12_{o}" for o in DTYPES]
     + [f"nms_{stage}_{s}" for stage in ("hist", "compact") for s in DTYPES]
     + [f"select_nms_{b}_{s}" for b in DTYPES for s in DTYPES]
     + ["nms_rows", "nms_walk"]
@@ -138,6 +146,7 @@ class Kernels:
     """The loaded kernels for one device."""
 
     preprocess: dict[str, Any]  # by output dtype name: "f32", "f16"
+    preprocess_nv12: dict[str, Any]  # from NV12 surfaces, by output dtype name
     nms_hist: dict[str, object]  # NMS stage 1, by scores dtype
     nms_compact: dict[str, object]  # NMS stage 2, by scores dtype
     select_nms: dict[tuple[str, str], object]  # NMS stage 3, by (boxes dtype, scores dtype)
@@ -149,6 +158,7 @@ class Kernels:
         code = compile_cubin(arch)
         return cls(
             preprocess={d: code.get_kernel(f"preprocess_{d}") for d in DTYPES},
+            preprocess_nv12={d: code.get_kernel(f"preprocess_nv12_{d}") for d in DTYPES},
             nms_hist={d: code.get_kernel(f"nms_hist_{d}") for d in DTYPES},
             nms_compact={d: code.get_kernel(f"nms_compact_{d}") for d in DTYPES},
             select_nms={
