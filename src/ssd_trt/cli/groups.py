@@ -10,6 +10,7 @@ from ..contract import PRECISIONS
 from ..detector import DEFAULT_MODEL
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
 from ..tracking import DEFAULT_TRACKER, TRACKERS
+from ..video.decode import DECODERS
 
 
 def positive_int(text: str) -> int:
@@ -204,6 +205,14 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
         "tracker's own, at the source's frame rate; repeatable)",
     )
     run = p.add_argument_group("run")
+    run.add_argument(
+        "--decode",
+        choices=DECODERS,
+        default="auto",
+        help="who decodes video: cpu (OpenCV/FFmpeg), nvdec (the GPU's decoder, for files and "
+        "RTSP on the GPU fast path; not available yet) or auto (nvdec where it can run, else "
+        "cpu; the choice and why are logged) (default: auto)",
+    )
     run.add_argument(
         "--sync", action="store_true", help="plain capture/infer/draw loop instead of async"
     )

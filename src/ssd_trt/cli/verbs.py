@@ -26,6 +26,7 @@ from ..scale.triton import write_repository
 from ..source_names import read_source_list
 from ..store import ArtifactStore, Calibration
 from ..video.app import FoundSummary, MultiJob, VideoJob, parse_hostport, run_multi, run_video
+from ..video.decode import choose_for_sources
 from ..video.outputs import FrameResult
 from ..video.stats import RunStats
 from ..video.tracks import TrackSettings
@@ -155,6 +156,7 @@ def _print_found(found: FoundSummary, human: TextIO, tracks: dict[str, int] | No
 def cmd_detect(args: argparse.Namespace) -> int:
     _track_settings(args)  # bad tracking input fails first, before a sample video download
     specs = list(args.source) + (read_source_list(Path(args.sources)) if args.sources else [])
+    choose_for_sources(args.decode, args.backend, specs or [None])  # None: the sample video
     if args.ray or args.output_dir or len(specs) > 1:
         return _many(args, specs)
     source = specs[0] if specs else str(ArtifactStore(args.cache_dir).sample_video())
@@ -234,6 +236,7 @@ def cmd_webcam(args: argparse.Namespace) -> int:
             f"webcam takes a camera index such as 0, not {args.camera!r}; for a file or stream "
             f"use: ssd-trt detect {args.camera}"
         )
+    choose_for_sources(args.decode, args.backend, [int(args.camera)])
     return _video(args, int(args.camera))
 
 

@@ -1,0 +1,143 @@
+"""Which decoder reads a source: ``--decode auto|cpu|nvdec``.
+
+``cpu`` is OpenCV/FFmpeg on the CPU (sources.py). ``nvdec`` is the GPU's hardware decoder
+through PyNvVideoCodec, handing NV12 surfaces to the fast path's ``preprocess_nv12`` kernel;
+it needs the GPU fast path (backend ``cuda`` or ``tensorrt`` with cuda.core) and a video file
+or RTSP stream (a camera or images decode on the CPU). ``auto`` picks ``nvdec`` where all of
+that holds, else ``cpu``, and says why.
+
+The NVDEC source itself is not written yet (``NVDEC_BUILT``): ``auto`` picks ``cpu`` and says
+so, and ``--decode nvdec`` is refused in one line once everything else is in place. Adding the
+source is: write it, set ``NVDEC_BUILT``, open it where the choice is ``nvdec``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..errors import SsdTrtError, first_line
+from ..runtime.registry import candidates, has_module
+from ..sources import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+DECODERS = ("auto", "cpu", "nvdec")
+GPU_BACKENDS = ("cuda", "tensorrt")  # the backends that run on the GPU fast path
+NVDEC_MODULE = "PyNvVideoCodec"  # PyPI: pynvvideocodec, in the [gpu] extra
+NVDEC_BUILT = False  # the NVDEC source is not written yet
+INSTALL = "pip install 'ssd-trt[gpu]'"
+NVDEC_STREAMS = ("rtsp://", "rtsps://")
+
+
+@dataclass(frozen=True)
+class DecodeChoice:
+    kind: Literal["cpu", "nvdec"]
+    reason: str
+
+
+def backend_on_gpu(backend: str) -> bool:
+    """Whether ``backend`` (or ``auto``'s first choice) runs on the GPU fast path here. Cheap:
+    no model is loaded; a backend that cannot run here is not on the GPU."""
+    try:
+        first = candidates(backend)[0]
+    except SsdTrtError:
+        return False
+    return first in GPU_BACKENDS and has_module("cuda.core")
+
+
+def nvdec_missing() -> str | None:
+    """Why PyNvVideoCodec cannot be used here, or None. Imported for real: a wheel without its
+    driver libraries fails here, not at the first frame."""
+    if not has_module(NVDEC_MODULE):
+        return f"{NVDEC_MODULE} is not installed"
+    try:
+        importlib.import_module(NVDEC_MODULE)
+    except Exception as exc:  # ImportError, or OSError from missing NVIDIA libraries
+        return f"{NVDEC_MODULE} does not load ({first_line(exc)})"
+    return None
+
+
+def source_not_nvdec(spec: str | int | None) -> str | None:
+    """Why NVDEC cannot read ``spec``, or None for a video file or RTSP URL (None: the sample
+    video, a file)."""
+    if spec is None:
+        return None
+    text = str(spec)
+    if isinstance(spec, int) or (text.isascii() and text.isdigit()):
+        return f"camera {text} is read through OpenCV on the CPU"
+    if text.lower().startswith(NVDEC_STREAMS):
+        return None
+    if "://" in text:
+        return f"{text.split('://')[0]} streams are decoded on the CPU (NVDEC takes RTSP)"
+    path = Path(text).expanduser()
+    if path.is_dir() or any(c in text for c in "*?[") or path.suffix.lower() in IMAGE_SUFFIXES:
+        return f"{text} holds images, decoded on the CPU"
+    return None
+
+
+def choose_decode(
+    asked: str, on_gpu: bool | Callable[[], bool], spec: str | int | None
+) -> DecodeChoice:
+    """The decoder for one source. ``on_gpu``: whether the backend runs on the GPU fast path
+    (a callable is asked only when needed: resolving ``auto``'s backend imports TensorRT).
+    ``--decode nvdec`` where it cannot run raises a one-line SsdTrtError."""
+    if asked not in DECODERS:
+        raise SsdTrtError(f"unknown decoder {asked!r}; use one of {', '.join(DECODERS)}")
+    if asked == "cpu":
+        return DecodeChoice("cpu", "asked for (--decode cpu)")
+    why = source_not_nvdec(spec)
+    if why is None:  # the package before the backend: finding a module is the cheaper check
+        why = nvdec_missing()
+        why = None if why is None else f"{why} ({INSTALL})"
+    if why is None and not (on_gpu() if callable(on_gpu) else on_gpu):
+        why = "the backend does not run on the GPU fast path (backend cuda or tensorrt)"
+    if why is None and not NVDEC_BUILT:
+        why = "NVDEC decoding is not built yet"
+    if why is None:
+        return DecodeChoice("nvdec", "the backend runs on the GPU and NVDEC can take the source")
+    if asked == "nvdec":
+        raise SsdTrtError(_refusal(why, spec))
+    return DecodeChoice("cpu", why)
+
+
+def _refusal(why: str, spec: str | int | None) -> str:
+    if why.startswith("NVDEC decoding is not built"):
+        return (
+            "--decode nvdec: NVDEC sources are not available in this version of ssd-trt; "
+            "use --decode cpu (or auto)"
+        )
+    if source_not_nvdec(spec) is not None:
+        return f"--decode nvdec reads video files and RTSP streams: {why}; use --decode cpu"
+    if why.startswith(NVDEC_MODULE):
+        return f"--decode nvdec needs PyNvVideoCodec: {why}"
+    return (
+        "--decode nvdec needs the GPU fast path (--backend cuda or tensorrt on an NVIDIA GPU) "
+        f"and PyNvVideoCodec: {INSTALL}"
+    )
+
+
+def choose_for_sources(
+    asked: str, backend: str, specs: Sequence[str | int | None]
+) -> list[DecodeChoice]:
+    """``choose_decode`` for each source, each choice logged with its reason; checked before
+    any model work, so a refused ``--decode nvdec`` fails in a second."""
+    on_gpu: bool | None = None
+
+    def gpu() -> bool:
+        nonlocal on_gpu
+        if on_gpu is None:
+            on_gpu = backend_on_gpu(backend)
+        return on_gpu
+
+    choices = []
+    for spec in specs:
+        choice = choose_decode(asked, gpu, spec)
+        name = "the sample video" if spec is None else str(spec)
+        log.info("decode %s: %s (%s)", name, choice.kind, choice.reason)
+        choices.append(choice)
+    return choices
