@@ -138,6 +138,10 @@ def choose_for_sources(
     for spec in specs:
         choice = choose_decode(asked, gpu, spec)
         name = "the sample video" if spec is None else str(spec)
-        log.info("decode %s: %s (%s)", name, choice.kind, choice.reason)
+        # Where the NVDEC package is not even installed, auto's CPU choice is the only one
+        # there is: said with -v, so errors and results are not preceded by a line per source.
+        quiet = asked == "auto" and choice.kind == "cpu" and not has_module(NVDEC_MODULE)
+        level = logging.DEBUG if quiet else logging.INFO
+        log.log(level, "decode %s: %s (%s)", name, choice.kind, choice.reason)
         choices.append(choice)
     return choices
