@@ -63,6 +63,10 @@ class Source:
     def read(self) -> Frame | None:
         raise NotImplementedError
 
+    def wrapped(self) -> Source | None:
+        """The source this one reads from (pacing, looping), or None for a real source."""
+        return None
+
     def close(self) -> None:
         """Release the device or file; safe to call twice."""
 
@@ -324,6 +328,12 @@ class ImageSource(Source):
         return None
 
 
+def innermost(source: Source) -> Source:
+    """The real source under pacing or looping wrappers."""
+    inner = source.wrapped()
+    return source if inner is None else innermost(inner)
+
+
 class PacedSource(Source):
     """Plays another source at a fixed rate, as a camera would deliver it.
 
@@ -339,6 +349,9 @@ class PacedSource(Source):
         self.inner, self.interval = inner, 1.0 / fps
         self.fps, self.frame_count = fps, inner.frame_count
         self._due: float | None = None
+
+    def wrapped(self) -> Source:
+        return self.inner
 
     def read(self) -> Frame | None:
         now = time.monotonic()

@@ -78,6 +78,9 @@ class LoopSource(Source):
         self._names_before: list[str] = []
         self._pass_frames = 0
 
+    def wrapped(self) -> Source | None:
+        return self._inner
+
     def read(self) -> Frame | None:
         for _ in range(2):  # this pass, else one fresh pass
             if self._inner is None:

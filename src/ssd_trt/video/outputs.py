@@ -16,7 +16,7 @@ from .. import fsutil
 from ..detections import Detections
 from ..errors import SsdTrtError, require
 from ..fsutil import atomic_write
-from ..sources import IMAGE_SUFFIXES, Frame, ImageSource, Source
+from ..sources import IMAGE_SUFFIXES, Frame, ImageSource, Source, innermost
 from .display import has_display as has_display  # re-exported: its old home
 from .output_base import (
     FrameResult,
@@ -174,14 +174,8 @@ class ImageOutput(Output):
 
 def _image_paths(source: Source) -> list[Path] | None:
     """The files of an image source (also looped or paced); None for videos, streams, cameras."""
-    node: Source | None = source
-    for _ in range(4):  # wrappers (paced, looped) hold the source they read
-        if node is None:
-            break
-        if isinstance(node, ImageSource):
-            return node.paths
-        node = getattr(node, "inner", None) or getattr(node, "_inner", None)
-    return None
+    inner = innermost(source)
+    return inner.paths if isinstance(inner, ImageSource) else None
 
 
 def annotated_outputs(

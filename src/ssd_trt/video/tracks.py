@@ -18,7 +18,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import SsdTrtError
-from ..sources import Frame, ImageSource, Source
+from ..sources import Frame, ImageSource, Source, innermost
 from ..tracking import DEFAULT_TRACKER, TRACKERS, Tracker, TrackerConfig
 
 log = logging.getLogger(__name__)
@@ -50,18 +50,9 @@ class TrackSettings:
         return TrackerConfig.parse(self.kind, self.options, fps or DEFAULT_FRAME_RATE)
 
 
-def _innermost(source: Source) -> Source:
-    """The source under looping or pacing wrappers."""
-    for attr in ("inner", "_inner"):
-        inner = getattr(source, attr, None)
-        if isinstance(inner, Source):
-            return _innermost(inner)
-    return source
-
-
 def check_time_ordered(source: Source) -> None:
     """Tracking follows objects from frame to frame; a set of images has no such order."""
-    if isinstance(_innermost(source), ImageSource):
+    if isinstance(innermost(source), ImageSource):
         raise SsdTrtError(
             f"--track needs frames in time order (a video, stream or camera), but "
             f"{source.description} is a set of images; drop --track for images"
