@@ -28,9 +28,17 @@ late a 1 ms sleep wakes up (p50/p99: a GIL-contention gauge, the waker must take
 ``--no-overlap`` and ``--decode-threads 0`` give the behaviour before two batches in flight
 and shared-out decoder threads, for comparison.
 
+``--track [KIND]`` / ``--track-option KEY=VALUE`` (as on ``ssd-trt detect``; no KIND:
+ByteTrack) give every stream its own tracker in its emitter, as ``detect --track`` does;
+``--compare-track`` runs each stream count twice in the same process, without and then with
+tracking, and prints and saves both side by side (sustained, worst stream's delivered share, p99
+latency, CPU cores busy, the track stage's ms per frame). The sweep then stops at the first
+count where neither is sustained.
+
     python benchmarks/multi_stream.py --backend cuda --streams 8,16,24,32,40,48   # GPU machine
     VIDEO_720P=... MODEL_ONNX=... bash benchmarks/multi_stream_gpu.sh OUTDIR   # all of issue 12
     python benchmarks/multi_stream.py --backend cpu --streams 1,2 --fps 5 --seconds 8   # CPU
+    python benchmarks/multi_stream.py --backend cuda --streams 16,32,48 --compare-track
 
 Results (JSON, with machine details) go to benchmarks/results/multi-stream-DATE.json.
 """
@@ -51,13 +59,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ssd_trt.cli.groups import track_group, track_settings
 from ssd_trt.detector import Detector
+from ssd_trt.errors import SsdTrtError
 from ssd_trt.quality.bench import machine_info
 from ssd_trt.sources import Frame, PacedSource, Source, open_source
 from ssd_trt.store import ArtifactStore
 from ssd_trt.video.app import decode_threads_for
 from ssd_trt.video.engine import Engine
 from ssd_trt.video.outputs import Output
+from ssd_trt.video.stats import STAGES, RunStats
+from ssd_trt.video.tracks import LaneTracking, TrackSettings
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 SIZE = (1280, 720)
@@ -250,9 +262,10 @@ def run(
     overlap: bool = True,
     decode_threads: int | None = None,
     max_wait_ms: float = 10.0,
+    track: TrackSettings | None = None,
 ) -> dict[str, object]:
     """``decode_threads``: FFmpeg threads per stream; None: decode_threads_for(streams), 0:
-    FFmpeg's default (one per core)."""
+    FFmpeg's default (one per core). ``track``: a tracker per stream, as ``detect --track``."""
     frames = int(fps * seconds)
     threads = decode_threads_for(streams) if decode_threads is None else decode_threads
     timed = [
@@ -261,16 +274,24 @@ def run(
     ]
     sources = [PacedSource(t, fps) for t in timed]
     outs = [_Latencies() for _ in range(streams)]
+    names = [f"cam{i}" for i in range(streams)]
+    # As video.app.run_multi builds it for detect --track: one tracker per source, its rate.
+    tracking = (
+        [LaneTracking.for_source(track, s, n) for s, n in zip(sources, names, strict=True)]
+        if track
+        else None
+    )
     pipeline = Engine(
         detector,
         sources,
         [[o] for o in outs],
-        [f"cam{i}" for i in range(streams)],
+        names,
         max_batch=batch,
         max_wait_ms=max_wait_ms,
         max_frames=frames,
         draw=False,
         overlap=overlap,
+        tracking=tracking,
     )
     try:
         with ThreadCpu() as cpu:
@@ -310,17 +331,87 @@ def run(
         "stage_ms_per_batch": {
             k: round(v / max(1, stats.batches), 3) for k, v in sorted(stats.stage_ms.items())
         },
+        **track_fields(stats, track),
         "batcher_share": {k: round(v / stats.seconds, 3) for k, v in stats.batcher_s.items()},
         "host": cpu.report(),
     }
 
 
+def track_fields(stats: RunStats, track: TrackSettings | None) -> dict[str, object]:
+    """A run's tracker, its mean ms per frame of every pipeline stage that ran (the track stage
+    is the emitters' tracker updates) and the distinct tracks it saw over all streams."""
+    tracks = stats.tracks
+    return {
+        "track": track.kind if track else None,
+        "track_options": list(track.options) if track else [],
+        # Not decode: a paced source's read waits for the frame's due time (decode_ms_per_frame
+        # is the decode alone).
+        "stage_ms_per_frame": {
+            s: round(stats.mean_ms(s), 3) for s in STAGES if stats.stage_count[s] and s != "decode"
+        },
+        "track_ms_per_frame": round(stats.mean_ms("track"), 3) if track else None,
+        "tracks": sum(tracks.values()) if tracks is not None else None,
+    }
+
+
+def best_sustained(rows: list[dict], tracked: bool) -> int:
+    """The most streams sustained by the rows run with (``tracked``) or without a tracker."""
+    return max(
+        (r["streams"] for r in rows if r["sustained"] and (r["track"] is not None) == tracked),
+        default=0,
+    )
+
+
+def side_by_side(rows: list[dict]) -> list[dict[str, object]]:
+    """Per stream count, the run without tracking and the one with it (--compare-track)."""
+    keys = ("sustained", "delivered_min", "latency_ms_p99", "track_ms_per_frame", "tracks")
+    by_count: dict[int, dict[str, object]] = {}
+    for r in rows:
+        side = "track" if r["track"] is not None else "detect"
+        cell = {k: r[k] for k in keys} | {"cores_busy": r["host"]["cores_busy"]}
+        by_count.setdefault(r["streams"], {"streams": r["streams"]})[side] = cell
+    return [by_count[n] for n in sorted(by_count)]
+
+
+def table(pairs: list[dict[str, object]]) -> str:
+    """The side-by-side rows as text, one line per stream count."""
+    head = (
+        f"{'streams':>7} | {'detect: ok':>10} {'worst%':>7} {'p99 ms':>7} {'cores':>5} | "
+        f"{'+track: ok':>10} {'worst%':>7} {'p99 ms':>7} {'cores':>5} {'track ms':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for pair in pairs:
+        cells = []
+        for side in ("detect", "track"):
+            c = pair.get(side)
+            if c is None:
+                cells.append(f"{'-':>10} {'':>7} {'':>7} {'':>5}")
+                continue
+            cells.append(
+                f"{'yes' if c['sustained'] else 'NO':>10} {c['delivered_min'] * 100:7.2f} "
+                f"{c['latency_ms_p99']:7.1f} {c['cores_busy']:5.2f}"
+            )
+        ms = (pair.get("track") or {}).get("track_ms_per_frame")
+        lines.append(
+            f"{pair['streams']:>7} | {cells[0]} | {cells[1]} {'' if ms is None else f'{ms:8.3f}'}"
+        )
+    return "\n".join(lines)
+
+
 def save(
     out: Path, args: argparse.Namespace, options: dict, backend: str, main: str, rows: list
 ) -> int:
-    """Write the results so far; returns the most streams the main sweep sustained."""
+    """Write the results so far; returns the most streams the main sweep sustained (without
+    tracking where --compare-track ran both)."""
     main_rows = [r for r in rows if r["config"] == main]
     best = max((r["streams"] for r in main_rows if r["sustained"]), default=0)
+    compare: dict[str, object] = {}
+    if args.compare_track:
+        best = best_sustained(main_rows, tracked=False)
+        compare = {
+            "max_sustained_streams_track": best_sustained(main_rows, tracked=True),
+            "side_by_side": side_by_side(main_rows),
+        }
     result = {
         "benchmark": "multi_stream",
         "video": str(args.video or test_video()),
@@ -330,6 +421,7 @@ def save(
         "model": args.model,
         "criterion": ">= 99% of frames delivered per stream, p99 latency <= 100 ms",
         "max_sustained_streams": best,
+        **compare,
         "runs": rows,
         "machine": machine_info(),
     }
@@ -366,7 +458,20 @@ def main() -> int:
         "before:16,24,32:0:0 is the pipeline before two batches in flight",
     )
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/...)")
+    track_group(parser)
+    parser.add_argument(
+        "--compare-track",
+        action="store_true",
+        help="run each stream count of the sweep without and with tracking (--track's KIND, "
+        "default bytetrack) and report both side by side",
+    )
     args = parser.parse_args()
+    try:  # bad tracking input: one line, exit 2, before any model or video work
+        track = track_settings(args)
+    except SsdTrtError as exc:
+        parser.error(str(exc))
+    if args.compare_track and track is None:
+        track = TrackSettings()
     if args.make_video:
         print(make_video())
         return 0
@@ -389,26 +494,48 @@ def main() -> int:
             "overlap": not args.no_overlap,
             "decode_threads": args.decode_threads,
             "max_wait_ms": args.max_wait_ms,
+            # --compare-track: the sweep's second run of each count; the variants run plain
+            "track": None if args.compare_track else track,
         }
-        run(detector, video, 1, args.fps, 2.0, args.max_batch, **options)
+        run(detector, video, 1, args.fps, 2.0, args.max_batch, **dict(options, track=track))
         plan = [(args.label or "main", args.streams, options, args.keep_going)]
         for spec in args.variant:
             name, counts, overlap, threads = spec.split(":")
             variant = dict(options, overlap=overlap == "1")
             variant["decode_threads"] = None if threads == "auto" else int(threads)
             plan.append((name, counts, variant, True))
+        saved = dict(options, track=track.kind if track else None)
+        saved["track_options"] = list(track.options) if track else []
+        saved["compare_track"] = args.compare_track
         for name, counts, opts, keep_going in plan:
+            both = args.compare_track and name == plan[0][0]
             for n in [int(c) for c in counts.split(",")]:
-                print(f"measuring {name}: {n} streams", file=sys.stderr, flush=True)
-                row = run(detector, video, n, args.fps, args.seconds, args.max_batch, **opts)
-                row = {"config": name, **row}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                # Written after every row: a run cut short by a time limit keeps what it has.
-                save(out, args, options, detector.backend_name, plan[0][0], rows)
-                if not row["sustained"] and not keep_going:
+                held = False
+                for tracked in (None, track) if both else (opts["track"],):
+                    what = f" with {tracked.kind}" if tracked else ""
+                    print(f"measuring {name}: {n} streams{what}", file=sys.stderr, flush=True)
+                    row = run(
+                        detector,
+                        video,
+                        n,
+                        args.fps,
+                        args.seconds,
+                        args.max_batch,
+                        **dict(opts, track=tracked),
+                    )
+                    row = {"config": name, **row}
+                    rows.append(row)
+                    held = held or row["sustained"]
+                    print(json.dumps(row), flush=True)
+                    # Written after every row: a run cut short by a time limit keeps what it has.
+                    save(out, args, saved, detector.backend_name, plan[0][0], rows)
+                if not held and not keep_going:
                     break
-        best = save(out, args, options, detector.backend_name, plan[0][0], rows)
+        best = save(out, args, saved, detector.backend_name, plan[0][0], rows)
+    if args.compare_track:
+        main_rows = [r for r in rows if r["config"] == plan[0][0]]
+        print(table(side_by_side(main_rows)))
+        print(f"with {track.kind}: {best_sustained(main_rows, tracked=True)} streams sustained")
     print(f"{best} streams of 720p at {args.fps:g} FPS sustained; wrote {out}")
     return 0
 

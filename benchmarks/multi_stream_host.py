@@ -13,6 +13,18 @@ Measures, on the 720p H.264 test video of benchmarks/multi_stream.py:
   detector and in-memory sources, sync and with two batches in flight.
 
     python benchmarks/multi_stream_host.py [--video V] [--out results/....json]
+
+``--streams 1,8,16,32`` instead measures the host's capacity: how many streams of ``--video``
+played at ``--fps`` like cameras (``benchmarks/multi_stream.py``'s ``run``: paced decode,
+batching, emitters, the same criterion: >= 99% of frames delivered per stream, p99 latency <=
+100 ms) the host sustains when the model costs nothing. The detector is a replay: the real
+model's detections of each frame, computed once on the CPU before the clock starts, handed out by
+a fingerprint of the frame's pixels, so a tracker sees real boxes. ``--track [KIND]`` /
+``--track-option`` / ``--compare-track`` as in ``multi_stream.py``: the host side (decode +
+batch + emit + tracking) is where tracking runs.
+
+    python benchmarks/multi_stream_host.py --video vtest.avi --streams 1,8,16,32 --fps 10 \
+        --seconds 6 --compare-track
 """
 
 from __future__ import annotations
@@ -31,12 +43,19 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ssd_trt.cli.groups import track_group, track_settings
 from ssd_trt.detections import Detections
+from ssd_trt.errors import SsdTrtError
 from ssd_trt.quality.bench import machine_info
 from ssd_trt.sources import Frame, Source
 from ssd_trt.store import ArtifactStore
 from ssd_trt.video.engine import Engine
 from ssd_trt.video.outputs import Output
+from ssd_trt.video.tracks import TrackSettings
+
+# multi_stream.py's run() and reporting, also when this file is loaded by path (the tests).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import multi_stream  # noqa: E402
 
 
 def _threads() -> int:
@@ -211,6 +230,140 @@ def bookkeeping(detector: Any, streams: int, frames: int, image: np.ndarray) -> 
     }
 
 
+# ------------------------------------------------------------------------- capacity (--streams)
+
+
+def fingerprint(image: np.ndarray) -> int:
+    """A frame's identity from a sparse grid of its pixels (~11 kB of a 720p frame, ~10 us):
+    every decoder of one file yields the same pixels for the same frame."""
+    return hash(image[::16, ::16].tobytes())
+
+
+class ReplayDetector:
+    """Detector stand-in that costs the host almost nothing but hands out real detections: each
+    frame's, recorded beforehand by the real model, looked up by ``fingerprint``. ``misses``:
+    frames it had no record of (they get no detections)."""
+
+    backend_name = "replay"
+    supports_submit = False
+
+    def __init__(self, table: dict[int, Detections]) -> None:
+        self.table = table
+        self.misses = 0
+
+    def warm_up(self, max_batch: int) -> None:
+        """Nothing to build: the pipeline calls this before its clock starts."""
+
+    def submit(self, images):
+        found = [self.table.get(fingerprint(im)) for im in images]
+        self.misses += sum(d is None for d in found)
+        return [_EMPTY if d is None else d for d in found]
+
+    def collect(self, handle):
+        return handle, {"inference": 0.0}
+
+
+def record(video: Path, frames: int, model: str) -> tuple[dict[int, Detections], dict[str, Any]]:
+    """The real model's detections (ONNX Runtime on the CPU, score >= 0.5 as ``detect``'s
+    default) of the first ``frames`` frames of ``video``, by fingerprint."""
+    from ssd_trt.detector import Detector
+
+    cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    images = []
+    while len(images) < frames:
+        ok, image = cap.read()
+        if not ok:
+            break
+        images.append(image)
+    cap.release()
+    t0 = time.perf_counter()
+    with Detector(model, "cpu") as detector:
+        found = [d for i in range(0, len(images), 8) for d in detector.detect(images[i : i + 8])]
+    table = {fingerprint(im): d for im, d in zip(images, found, strict=True)}
+    boxes = [len(d) for d in found]
+    return table, {
+        "model": model,
+        "frames_recorded": len(images),
+        "distinct_fingerprints": len(table),
+        "detections_per_frame_mean": round(float(np.mean(boxes)), 2) if boxes else 0.0,
+        "record_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def capacity(args: argparse.Namespace, video: Path, track: TrackSettings | None) -> int:
+    """The host capacity sweep; writes its JSON and prints the side-by-side table."""
+    counts = [int(c) for c in args.streams.split(",")]
+    # Frames a stream may read: its own plus what a lagging live stream drops (+50%).
+    table, recorded = record(video, int(args.fps * args.seconds * 1.5) + 16, args.replay_model)
+    print("recorded", recorded, flush=True)
+    detector = ReplayDetector(table)
+    multi_stream.run(detector, video, 1, args.fps, 1.0, args.max_batch, track=track)  # warm-up
+    sides = (None, track) if args.compare_track else (track,)
+    rows: list[dict[str, Any]] = []
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
+    out = Path(
+        args.out or Path(__file__).parent / "results" / f"multi-stream-host-capacity-{stamp}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for n in counts:
+        held = False
+        for tracked in sides:
+            what = f" with {tracked.kind}" if tracked else ""
+            print(f"measuring {n} streams{what}", file=sys.stderr, flush=True)
+            detector.misses = 0
+            row = multi_stream.run(
+                detector, video, n, args.fps, args.seconds, args.max_batch, track=tracked
+            )
+            row = {"config": "host", **row, "replay_misses": detector.misses}
+            rows.append(row)
+            held = held or row["sustained"]
+            print(json.dumps(row), flush=True)
+            _save_capacity(out, args, video, track, recorded, rows)
+        if not held and not args.keep_going:
+            break
+    _save_capacity(out, args, video, track, recorded, rows)
+    if args.compare_track:
+        print(multi_stream.table(multi_stream.side_by_side(rows)))
+    for tracked in sorted({r["track"] is not None for r in rows}):
+        best = multi_stream.best_sustained(rows, tracked)
+        what = f"with {track.kind}" if tracked and track else "without tracking"
+        print(f"{what}: {best} streams at {args.fps:g} FPS sustained by the host")
+    print(f"wrote {out}")
+    return 0
+
+
+def _save_capacity(
+    out: Path,
+    args: argparse.Namespace,
+    video: Path,
+    track: TrackSettings | None,
+    recorded: dict[str, Any],
+    rows: list[dict[str, Any]],
+) -> None:
+    result: dict[str, Any] = {
+        "benchmark": "multi_stream_host_capacity",
+        "video": video.name,
+        "fps": args.fps,
+        "seconds": args.seconds,
+        "max_batch": args.max_batch,
+        "detector": "replay of the real model's detections (no model cost)",
+        "recorded": recorded,
+        "track": track.kind if track else None,
+        "track_options": list(track.options) if track else [],
+        "compare_track": args.compare_track,
+        "criterion": ">= 99% of frames delivered per stream, p99 latency <= 100 ms",
+        "max_sustained_streams": multi_stream.best_sustained(rows, tracked=False),
+    }
+    if track is not None:
+        result["max_sustained_streams_track"] = multi_stream.best_sustained(rows, tracked=True)
+    if args.compare_track:
+        result["side_by_side"] = multi_stream.side_by_side(rows)
+    result |= {"runs": rows, "machine": machine_info()}
+    tmp = out.with_name(out.name + ".partial")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -218,10 +371,37 @@ def main() -> int:
     )
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--out")
+    cap = parser.add_argument_group("capacity (--streams: only this sweep)")
+    cap.add_argument("--streams", help="stream counts, e.g. 1,8,16,32")
+    cap.add_argument("--fps", type=float, default=30.0, help="each stream's frame rate")
+    cap.add_argument("--seconds", type=float, default=10.0, help="per stream count")
+    cap.add_argument("--max-batch", type=int, default=32)
+    cap.add_argument("--keep-going", action="store_true", help="run every stream count")
+    cap.add_argument(
+        "--replay-model",
+        default="ssdlite_mobilenet_v2_coco",
+        help="the model whose detections are replayed (run once on the CPU first)",
+    )
+    track_group(parser)
+    cap.add_argument(
+        "--compare-track",
+        action="store_true",
+        help="each stream count without and with tracking (--track's KIND, default bytetrack)",
+    )
     args = parser.parse_args()
+    try:  # bad tracking input: one line, exit 2, before any video or model work
+        track = track_settings(args)
+    except SsdTrtError as exc:
+        parser.error(str(exc))
+    if args.compare_track and track is None:
+        track = TrackSettings()
+    if (track or args.compare_track) and not args.streams:
+        parser.error("--track and --compare-track belong to the capacity sweep: add --streams")
     video = Path(args.video)
     if not video.is_file():
         sys.exit(f"{video} is missing; make it with benchmarks/multi_stream.py --make-video")
+    if args.streams:
+        return capacity(args, video, track)
     cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
     image = cap.read()[1]
     cap.release()

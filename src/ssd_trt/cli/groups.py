@@ -8,9 +8,11 @@ import os
 from ..batching import FILE_WAIT_MS, GPU_MAX_BATCH, HOST_MAX_BATCH, LIVE_WAIT_MS
 from ..contract import PRECISIONS
 from ..detector import DEFAULT_MODEL
+from ..errors import SsdTrtError
 from ..runtime.select import ALIASES, BACKEND_HELP, BACKENDS
 from ..tracking import DEFAULT_TRACKER, TRACKERS
 from ..video.decode import DECODERS
+from ..video.tracks import TrackSettings
 
 
 def positive_int(text: str) -> int:
@@ -184,26 +186,7 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
         help="open a window (default: when a display is available)",
     )
     shown.add_argument("--no-show", dest="show", action="store_false", help="no window")
-    track = p.add_argument_group(
-        "tracking (pip install 'ssd-trt[track]'; one tracker per source, IDs from 1 per source)"
-    )
-    track.add_argument(
-        "--track",
-        nargs="?",
-        const=DEFAULT_TRACKER,
-        metavar="KIND",
-        help=f"give detections track IDs (JSON track_id, #ID in labels, trails, tracks per "
-        f"class in the summary) with {', '.join(TRACKERS)} (no KIND: {DEFAULT_TRACKER}); "
-        "put it after the source",
-    )
-    track.add_argument(
-        "--track-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a tracker setting, e.g. lost_track_buffer=60 or frame_rate=25 (default: the "
-        "tracker's own, at the source's frame rate; repeatable)",
-    )
+    track_group(p)
     run = p.add_argument_group("run")
     run.add_argument(
         "--decode",
@@ -230,6 +213,39 @@ def video_parent(live: bool) -> argparse.ArgumentParser:
             "--max-frames); frame numbers go on counting",
         )
     return p
+
+
+def track_group(p: argparse.ArgumentParser) -> None:
+    """--track [KIND] and --track-option KEY=VALUE (the video verbs, the stream benchmarks)."""
+    track = p.add_argument_group(
+        "tracking (pip install 'ssd-trt[track]'; one tracker per source, IDs from 1 per source)"
+    )
+    track.add_argument(
+        "--track",
+        nargs="?",
+        const=DEFAULT_TRACKER,
+        metavar="KIND",
+        help=f"give detections track IDs (JSON track_id, #ID in labels, trails, tracks per "
+        f"class in the summary) with {', '.join(TRACKERS)} (no KIND: {DEFAULT_TRACKER}); "
+        "put it after the source",
+    )
+    track.add_argument(
+        "--track-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tracker setting, e.g. lost_track_buffer=60 or frame_rate=25 (default: the "
+        "tracker's own, at the source's frame rate; repeatable)",
+    )
+
+
+def track_settings(args: argparse.Namespace) -> TrackSettings | None:
+    """--track and --track-option, checked before any source or model work."""
+    if args.track is None:
+        if args.track_option:
+            raise SsdTrtError("--track-option needs --track (e.g. --track bytetrack)")
+        return None
+    return TrackSettings(args.track, tuple(args.track_option))
 
 
 def many_sources_group(p: argparse.ArgumentParser) -> None:

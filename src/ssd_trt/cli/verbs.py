@@ -29,11 +29,11 @@ from ..video.app import FoundSummary, MultiJob, VideoJob, parse_hostport, run_mu
 from ..video.decode import choose_for_sources
 from ..video.outputs import FrameResult
 from ..video.stats import RunStats
-from ..video.tracks import TrackSettings
 from .console import (
     EXIT_OK,
     human_stream,
 )
+from .groups import track_settings
 from .measure import cmd_bench, cmd_compare, cmd_eval
 
 log = logging.getLogger(__name__)
@@ -98,17 +98,8 @@ def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
     )
 
 
-def _track_settings(args: argparse.Namespace) -> TrackSettings | None:
-    """--track and --track-option, checked before any source or model work."""
-    if args.track is None:
-        if args.track_option:
-            raise SsdTrtError("--track-option needs --track (e.g. --track bytetrack)")
-        return None
-    return TrackSettings(args.track, tuple(args.track_option))
-
-
 def _video(args: argparse.Namespace, source: str | int) -> int:
-    track = _track_settings(args)
+    track = track_settings(args)
     if args.json == "":  # --json without FILE is for --output-dir
         raise SsdTrtError("--json needs a FILE for one source (or pass --output-dir DIR)")
     job = VideoJob(
@@ -154,7 +145,7 @@ def _print_found(found: FoundSummary, human: TextIO, tracks: dict[str, int] | No
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    _track_settings(args)  # bad tracking input fails first, before a sample video download
+    track_settings(args)  # bad tracking input fails first, before a sample video download
     specs = list(args.source) + (read_source_list(Path(args.sources)) if args.sources else [])
     choose_for_sources(args.decode, args.backend, specs or [None])  # None: the sample video
     if args.ray or args.output_dir or len(specs) > 1:
@@ -166,7 +157,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def _many(args: argparse.Namespace, specs: list[str]) -> int:
     """Several sources: per-source outputs in --output-dir, frames batched across sources
     (video/multi.py), or spread over a Ray cluster with --ray (scale/batch.py)."""
-    track = _track_settings(args)
+    track = track_settings(args)
     if not specs:
         raise SsdTrtError("no sources given; pass files, folders, URLs or cameras, or --sources")
     if not args.output_dir:
