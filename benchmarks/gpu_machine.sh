@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU machine's run, in one go: the GPU tests, the GPU paths side by side (ssd-trt bench
-# --backend cuda) and a detect run on the sample video with the fast path.
+# --backend cuda), a detect run on the sample video with the fast path, and the stream sweep
+# without and with tracking (issue 20: does --track reach the same stream count?).
 #
 #   SSD_TRT_CACHE=CACHE bash benchmarks/gpu_machine.sh OUTDIR
 #
@@ -8,7 +9,9 @@
 # cache that already holds the exports (CACHE/onnx/ssdlite_mobilenet_v2_coco.onnx and
 # .nms-none.onnx, the person model's .nms-none.onnx) and the sample video, since a GPU machine
 # without TensorFlow or the registries cannot make them: run `ssd-trt export` and
-# `ssd-trt detect --max-frames 1` with that cache elsewhere first.
+# `ssd-trt detect --max-frames 1` with that cache elsewhere first. The stream sweep reads
+# VIDEO_720P (default CACHE/media/vtest_720p30_h264.mp4, made by benchmarks/multi_stream.py
+# --make-video); without it, the sample video (bikes.mp4, 640x272: say so when you report it).
 set -uo pipefail
 out=${1:?usage: gpu_machine.sh OUTDIR}
 cache=${SSD_TRT_CACHE:?set SSD_TRT_CACHE}
@@ -28,3 +31,12 @@ python3 -m ssd_trt.cli bench --backend cuda --batch-sizes 1,8,32,64 \
   --json "$out/bench-gpu.json" 2>&1 | tee "$out/bench-gpu.log"
 python3 -m ssd_trt.cli detect --backend cuda --no-show --json "$out/detect-cuda.jsonl" 2>&1 |
   tail -5 | tee "$out/detect-cuda.log"
+
+# Streams sustained at 30 FPS, each count without and with ByteTrack in one process.
+video=${VIDEO_720P:-$cache/media/vtest_720p30_h264.mp4}
+[ -f "$video" ] || video=$data/bikes.mp4
+echo "stream sweep video: $video" | tee "$out/multi-stream-track.log"
+timeout 300 python3 benchmarks/multi_stream.py --backend cuda --model "$data/coco_none.onnx" \
+  --video "$video" --fps 30 --max-batch 32 --seconds 10 --streams "${TRACK_STREAMS:-16,32,48,64}" \
+  --compare-track --out "$out/multi-stream-track.json" 2>&1 | grep -v '^{' |
+  tee -a "$out/multi-stream-track.log"
