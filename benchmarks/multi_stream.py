@@ -32,8 +32,10 @@ and shared-out decoder threads, for comparison.
 ByteTrack) give every stream its own tracker in its emitter, as ``detect --track`` does;
 ``--compare-track`` runs each stream count twice in the same process, without and then with
 tracking, and prints and saves both side by side (sustained, worst stream's delivered share, p99
-latency, CPU cores busy, the track stage's ms per frame). The sweep then stops at the first
-count where neither is sustained.
+latency, CPU cores busy, the track stage's wall ms per frame from the stage times, and the
+emitter threads' CPU ms per frame: tracking's CPU cost is the difference). The sweep then stops at
+the first count where neither is sustained. Each run records the machine's 1-minute load
+average before and after it: on a shared machine, others' work shows there.
 
     python benchmarks/multi_stream.py --backend cuda --streams 8,16,24,32,40,48   # GPU machine
     VIDEO_720P=... MODEL_ONNX=... bash benchmarks/multi_stream_gpu.sh OUTDIR   # all of issue 12
@@ -293,12 +295,16 @@ def run(
         overlap=overlap,
         tracking=tracking,
     )
+    load = os.getloadavg()[0]  # the machine's load (others' work too) when the run began
     try:
         with ThreadCpu() as cpu:
             stats = pipeline.run()
     finally:
         for s in sources:
             s.close()
+    host = cpu.report()
+    # The emitters' CPU (lane 0's runs on the calling thread): tracking, plus the outputs.
+    emit_s = host["cpu_s_by_role"].get("emit", 0.0) + host["cpu_s_by_role"].get("main", 0.0)
     latencies = np.concatenate([o.values for o in outs]) if stats.frames else np.zeros(1)
     # Each stream runs until it has processed ``frames``: what a live stream lost on the way
     # shows as drops, so the share processed is frames / (frames + dropped).
@@ -332,8 +338,10 @@ def run(
             k: round(v / max(1, stats.batches), 3) for k, v in sorted(stats.stage_ms.items())
         },
         **track_fields(stats, track),
+        "emit_cpu_ms_per_frame": round(emit_s / max(1, stats.frames) * 1000, 3),
         "batcher_share": {k: round(v / stats.seconds, 3) for k, v in stats.batcher_s.items()},
-        "host": cpu.report(),
+        "host": host,
+        "load_avg_1m": [round(load, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -364,7 +372,14 @@ def best_sustained(rows: list[dict], tracked: bool) -> int:
 
 def side_by_side(rows: list[dict]) -> list[dict[str, object]]:
     """Per stream count, the run without tracking and the one with it (--compare-track)."""
-    keys = ("sustained", "delivered_min", "latency_ms_p99", "track_ms_per_frame", "tracks")
+    keys = (
+        "sustained",
+        "delivered_min",
+        "latency_ms_p99",
+        "track_ms_per_frame",
+        "emit_cpu_ms_per_frame",
+        "tracks",
+    )
     by_count: dict[int, dict[str, object]] = {}
     for r in rows:
         side = "track" if r["track"] is not None else "detect"
@@ -375,21 +390,20 @@ def side_by_side(rows: list[dict]) -> list[dict[str, object]]:
 
 def table(pairs: list[dict[str, object]]) -> str:
     """The side-by-side rows as text, one line per stream count."""
-    head = (
-        f"{'streams':>7} | {'detect: ok':>10} {'worst%':>7} {'p99 ms':>7} {'cores':>5} | "
-        f"{'+track: ok':>10} {'worst%':>7} {'p99 ms':>7} {'cores':>5} {'track ms':>8}"
-    )
+    cols = f"{'worst%':>7} {'p99 ms':>7} {'cores':>5} {'emit CPU ms':>11}"
+    head = f"{'streams':>7} | {'detect: ok':>10} {cols} | {'+track: ok':>10} {cols} {'track ms':>8}"
     lines = [head, "-" * len(head)]
     for pair in pairs:
         cells = []
         for side in ("detect", "track"):
             c = pair.get(side)
             if c is None:
-                cells.append(f"{'-':>10} {'':>7} {'':>7} {'':>5}")
+                cells.append(f"{'-':>10} {'':>7} {'':>7} {'':>5} {'':>11}")
                 continue
             cells.append(
                 f"{'yes' if c['sustained'] else 'NO':>10} {c['delivered_min'] * 100:7.2f} "
-                f"{c['latency_ms_p99']:7.1f} {c['cores_busy']:5.2f}"
+                f"{c['latency_ms_p99']:7.1f} {c['cores_busy']:5.2f} "
+                f"{c['emit_cpu_ms_per_frame']:11.3f}"
             )
         ms = (pair.get("track") or {}).get("track_ms_per_frame")
         lines.append(
@@ -409,6 +423,7 @@ def save(
     if args.compare_track:
         best = best_sustained(main_rows, tracked=False)
         compare = {
+            "compare_track": True,
             "max_sustained_streams_track": best_sustained(main_rows, tracked=True),
             "side_by_side": side_by_side(main_rows),
         }

@@ -1,9 +1,13 @@
 """Every benchmark script runs: at least ``--help``, and the host benchmark's bookkeeping part
-(which crashed when the pipeline began to call ``warm_up``) on a few frames."""
+(which crashed when the pipeline began to call ``warm_up``) on a few frames. The stream
+benchmarks' ``--compare-track`` runs for real on vtest.avi (a few seconds a stream count): each
+count without and with ByteTrack in one JSON, the track stage's time on the tracked side only."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Every script reads video through OpenCV.
-pytestmark = [pytest.mark.fast, pytest.mark.needs("cv2", "video")]
+# Every script reads video through OpenCV. The --help and bookkeeping tests are the fast tier;
+# the real --compare-track runs need the COCO model.
+pytestmark = [pytest.mark.needs("cv2", "video")]
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py"))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_benchmark_script_answers_help(script):
     proc = subprocess.run(
@@ -38,8 +44,99 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("queued", [False, True])
 def test_host_benchmark_bookkeeping_runs(queued):
     host = _load("multi_stream_host")
     row = host.bookkeeping(host._NullDetector(queued), 3, 20, np.zeros((8, 8, 3), np.uint8))
     assert row["streams"] == 3 and row["frames"] == 60
+
+
+def _bench(script: str, *args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **({"SSD_TRT_CACHE": str(cache)} if cache else {})}
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def _check_compare(result: dict, counts: list[int]) -> None:
+    """Both runs of every count, side by side; the track stage only where a tracker ran."""
+    assert result["compare_track"] is True and result["machine"]
+    pairs = result["side_by_side"]
+    assert [p["streams"] for p in pairs] == counts
+    for pair in pairs:
+        plain, tracked = pair["detect"], pair["track"]
+        assert plain["track_ms_per_frame"] is None and plain["tracks"] is None
+        assert tracked["track_ms_per_frame"] > 0 and tracked["tracks"] > 0
+        for side in (plain, tracked):
+            assert 0 < side["delivered_min"] <= 1 and side["latency_ms_p99"] > 0
+            assert side["cores_busy"] > 0
+    runs = result["runs"]
+    assert [(r["streams"], r["track"]) for r in runs] == [
+        (n, kind) for n in counts for kind in (None, "bytetrack")
+    ]
+    for r in runs:
+        stages = r["stage_ms_per_frame"]
+        assert ("track" in stages) == (r["track"] is not None)
+        if r["track"]:
+            assert stages["track"] == r["track_ms_per_frame"]
+            assert isinstance(r["tracks"], int) and r["tracks"] > 0
+
+
+@pytest.mark.needs("trackers", "track")
+def test_host_capacity_compare_track_runs(vtest_video, model_cache, tmp_path):
+    out = tmp_path / "host.json"
+    proc = _bench(
+        "multi_stream_host.py",
+        *("--video", str(vtest_video), "--streams", "1,2", "--fps", "10", "--seconds", "1.5"),
+        *("--compare-track", "--keep-going", "--out", str(out)),
+        cache=model_cache,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    _check_compare(result, [1, 2])
+    # The tracker saw the model's real boxes: every frame's detections were found.
+    assert result["recorded"]["detections_per_frame_mean"] > 1
+    assert all(r["replay_misses"] == 0 for r in result["runs"])
+    assert "+track: ok" in proc.stdout and "with bytetrack:" in proc.stdout
+
+
+@pytest.mark.needs("trackers", "track")
+@pytest.mark.needs("onnxruntime", "ort")
+def test_multi_stream_compare_track_runs_on_cpu(vtest_video, model_cache, tmp_path):
+    out = tmp_path / "ms.json"
+    proc = _bench(
+        "multi_stream.py",
+        *("--backend", "cpu", "--video", str(vtest_video), "--streams", "1", "--fps", "5"),
+        *("--seconds", "1.5", "--max-batch", "2", "--compare-track", "--keep-going"),
+        *("--out", str(out)),
+        cache=model_cache,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    _check_compare(result, [1])
+    assert result["options"]["track"] == "bytetrack"
+    assert {"max_sustained_streams", "max_sustained_streams_track"} <= set(result)
+
+
+@pytest.mark.fast
+@pytest.mark.needs("trackers", "track")
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("multi_stream.py", ["--track", "nope"], "--track 'nope': unknown tracker; choose one of"),
+        ("multi_stream_host.py", ["--track", "sort", "--track-option", "x"], "KEY=VALUE"),
+        ("multi_stream_host.py", ["--track-option", "lost_track_buffer=5"], "needs --track"),
+        ("multi_stream_host.py", ["--compare-track"], "add --streams"),
+    ],
+)
+def test_stream_benchmarks_refuse_bad_tracking_in_one_line(script, args, message, tmp_path):
+    """Checked with the CLI's own parsing before any video or model work (a missing video
+    would be the next error)."""
+    proc = _bench(script, *args, "--video", str(tmp_path / "missing.mp4"))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr.splitlines()[-1], proc.stderr
