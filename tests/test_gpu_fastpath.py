@@ -53,6 +53,29 @@ def test_bad_arch_is_one_line_error() -> None:
         kernels.arch_of("hopper")
 
 
+def test_fast_path_options_are_checked_before_any_gpu_work() -> None:
+    from ssd_trt.runtime.gpu.options import FastPathOptions
+
+    opts = FastPathOptions.of(None, batch_sizes=(8, 1, 8), fp16=True)  # the old keywords
+    assert opts.batch_sizes == (1, 8) and opts.fp16 and opts.graph_mode == "whole"
+    assert FastPathOptions(own_graphs="split").graph_mode == "split"
+    assert FastPathOptions(own_graphs=False).graph_mode == "off"
+    assert FastPathOptions(cuda_graphs=False, own_graphs="split").graph_mode == "off"
+    large = FastPathOptions(provider_options={"a": "1"}, large_batch_options={"b": "2"})
+    assert large.session_options(16) == {"a": "1", "b": "2"}
+    assert large.session_options(8) == {"a": "1"} and not FastPathOptions().is_large(64)
+    bad = [
+        ({"batch_sizes": (0, 4)}, "positive"),
+        ({"candidate_cap": 5000}, "candidate_cap"),
+        ({"n_slots": 0}, "n_slots"),
+        ({"own_graphs": "yes"}, "own_graphs"),
+        ({"bogus": 1}, "unknown fast path option"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(SsdTrtError, match=match):
+            FastPathOptions.of(None, **kwargs)
+
+
 def _gpu_ready() -> str | None:
     """None when a GPU fast path can run here, else why not."""
     try:

@@ -18,6 +18,7 @@ from ...nms import NmsSettings
 from ..base import FrameDetector
 from ..ort import provider_missing
 from .fastpath import FastPathHandle, GpuFastPath
+from .options import FastPathOptions
 
 
 def graph_sizes(max_batch: int) -> list[int]:
@@ -57,14 +58,8 @@ class FastPathBackend(FrameDetector):
             )
         self.max_batch = max_batch
         self.nms_settings = nms or self.info.nms_settings
-        self.fast = GpuFastPath(
-            model,
-            fp16=fp16,
-            batch_sizes=graph_sizes(max_batch),
-            engine=engine,
-            info=self.info,
-            nms=nms,
-        )
+        options = FastPathOptions(fp16=fp16, batch_sizes=tuple(graph_sizes(max_batch)), nms=nms)
+        self.fast = GpuFastPath(model, options, engine=engine, info=self.info)
         self._stage_ms: dict[str, float] = {}
 
     def submit(
