@@ -127,6 +127,37 @@ def record(event: Any, stream: Any, *, capturing: bool) -> None:
     call("cuEventRecordWithFlags", event.handle, stream_handle(stream), flag)
 
 
+def wait_event(stream: Any, event: int) -> None:
+    """``stream``'s later work waits for the raw CUevent ``event`` (e.g. a decoder's)."""
+    call("cuStreamWaitEvent", stream_handle(stream), event, 0)
+
+
+def wait_stream(stream: Any, producer: int, event: Any) -> None:
+    """``stream``'s later work waits for what is queued now on the raw stream ``producer``:
+    ``event`` (a cuda.core Event, reusable at once) is recorded there and waited on here."""
+    call("cuEventRecord", event.handle, producer)
+    call("cuStreamWaitEvent", stream_handle(stream), event.handle, 0)
+
+
+def copy_rows(dst: int, src: int, src_pitch: int, row_bytes: int, rows: int, stream: Any) -> None:
+    """Device-to-device copy of ``rows`` rows of ``row_bytes`` from a pitched source into a
+    packed destination, ordered on ``stream``."""
+    if src_pitch == row_bytes:
+        enqueue("cuMemcpyDtoDAsync", dst, src, row_bytes * rows, stream=stream)
+        return
+    drv = driver()
+    copy = drv.CUDA_MEMCPY2D()
+    copy.srcMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+    copy.srcDevice = src
+    copy.srcPitch = src_pitch
+    copy.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
+    copy.dstDevice = dst
+    copy.dstPitch = row_bytes
+    copy.WidthInBytes = row_bytes
+    copy.Height = rows
+    enqueue("cuMemcpy2DAsync", copy, stream=stream)
+
+
 # ------------------------------------------------------------------------------ graphs
 
 
@@ -144,6 +175,9 @@ def capture(stream: Any, work: Callable[[], None], *, sync_first: bool = False) 
         work()
     except Exception as exc:  # noqa: BLE001 - reported as the cause below
         cause = exc
+    except BaseException:  # Ctrl-C inside: end the capture, then let it through
+        _end_and_discard(drv, handle)
+        raise
     err, graph = drv.cuStreamEndCapture(handle)  # always end, or the stream stays capturing
     if cause is None and int(err) != 0:
         cause = CudaError(f"cuStreamEndCapture failed: {err}")
@@ -156,6 +190,13 @@ def capture(stream: Any, work: Callable[[], None], *, sync_first: bool = False) 
         return check_driver(drv.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
     finally:
         drv.cuGraphDestroy(graph)
+
+
+def _end_and_discard(drv: Any, handle: int) -> None:
+    err, graph = drv.cuStreamEndCapture(handle)
+    if graph is not None and int(graph):
+        drv.cuGraphDestroy(graph)
+    cudart().cudaGetLastError()
 
 
 def capture_graph(rt: Any, stream: Any, work: Callable[[], None]) -> Any:

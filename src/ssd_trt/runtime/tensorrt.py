@@ -123,7 +123,7 @@ class TensorRTBackend(Network):
         self.stream: Any = None
         try:
             self.rt = rt = cudart()
-            self.loaded = load_engine(engine_path, meta)
+            self.loaded = load_engine(engine_path, meta, self.api)
             self.trt_log, self.engine = self.loaded.log, self.loaded.engine
             self.context = self.loaded.context
             names = self.loaded.tensor_names

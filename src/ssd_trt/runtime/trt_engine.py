@@ -48,10 +48,13 @@ class LoadedEngine:
         self.engine = None
 
 
-def load_engine(path: Path, meta: EngineMetadata | None = None) -> LoadedEngine:
-    """Open ``path`` (an ``ssd-trt build`` engine) with the TensorRT flavour that built it."""
+def load_engine(
+    path: Path, meta: EngineMetadata | None = None, api: TrtApi | None = None
+) -> LoadedEngine:
+    """Open ``path`` (an ``ssd-trt build`` engine) with the TensorRT flavour that built it
+    (``api``: that flavour, where the caller has loaded it already)."""
     meta = meta or EngineMetadata.load(path)
-    api = load_trt(meta.trt_flavour)
+    api = api or load_trt(meta.trt_flavour)
     trt_log = api.logger()
     # Plugins (EfficientNMS_TRT) must be registered in this process before deserializing.
     api.init_plugins(trt_log)

@@ -13,6 +13,7 @@ import numpy as np
 
 from ...contract import ModelInfo
 from ...detection_batch import DetectionBatch
+from ...device_frames import DeviceFrame
 from ...errors import SsdTrtError
 from ...nms import NmsSettings
 from ..base import FrameDetector
@@ -63,8 +64,17 @@ class FastPathBackend(FrameDetector):
         self._stage_ms: dict[str, float] = {}
 
     def submit(
-        self, frames: Sequence[np.ndarray], bgr: bool
+        self, frames: Sequence[np.ndarray | DeviceFrame], bgr: bool
     ) -> FastPathHandle | tuple[DetectionBatch, dict[str, float]]:
+        is_nv12 = [isinstance(f, DeviceFrame) and f.layout == "nv12" for f in frames]
+        if 0 < sum(is_nv12) < len(frames):
+            # NV12 surfaces and other frames (sources decoded on the GPU and on the CPU in one
+            # engine) use different kernels: a batch each, now, rejoined in order.
+            nv12 = [i for i, yes in enumerate(is_nv12) if yes]
+            rest = [i for i, yes in enumerate(is_nv12) if not yes]
+            parts = [self.fast.run([frames[i] for i in part], bgr=bgr) for part in (nv12, rest)]
+            order = np.argsort(np.asarray(nv12 + rest))
+            return DetectionBatch.concat(parts).take(order), dict(self.fast.last_stage_ms)
         if len(frames) <= self.fast.batch_sizes[-1]:
             return self.fast.submit(frames, bgr=bgr)
         # More than one network batch: run them now (two in flight), handed over by collect.

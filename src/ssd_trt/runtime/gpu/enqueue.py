@@ -14,10 +14,12 @@ Three strategies, by graph mode and batch size:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ...colour import coefficient_table
 from ...errors import SsdTrtError, first_line
 from .. import cuda
 from . import kernels as gpu_kernels
@@ -54,17 +56,31 @@ class BatchEnqueuer:
         self._graphs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._graph_seen: dict[tuple[Any, ...], int] = {}
         self._prep_launches: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._coef: Any = None  # the NV12 kernel's colour coefficients, on the device
         self._capturing = False
 
     def enqueue(
         self, slot: Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool,
-        large: bool,
+        large: bool, kind: str = "packed", before: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
-        """Queue one packed batch (``total`` bytes of ``slot.upload`` to ``dev``, frames from
-        byte ``start``); ``large``: the network runs without graphs (options.is_large)."""
-        if self.graph_mode == "whole" and not large:
+        """Queue one batch: ``total`` bytes of ``slot.upload`` to ``dev`` (a header, then
+        frames from byte ``start``); ``large``: the network runs without graphs
+        (options.is_large). Frames already on the GPU: ``kind`` "nv12" (the header names
+        decoder surfaces) or "packed", and ``before`` issues what must run between the upload
+        and the preprocess kernel (producer waits, device copies); such batches are never
+        captured whole-layout ("split" graphs), since their pointers change every batch."""
+        if before is not None:
             self._upload(slot, n, dev, total)
-            self._whole(slot, net, dev, start, bgr)
+            before()
+            if self.graph_mode == "whole" and not large:
+                self._whole(slot, net, dev, start, bgr, kind)
+            else:
+                self._issue_preprocess(slot, net, dev, start, bgr, kind)
+                self.run_network(net)
+                self._issue_tail(slot, net)
+        elif self.graph_mode == "whole" and not large:
+            self._upload(slot, n, dev, total)
+            self._whole(slot, net, dev, start, bgr, kind)
         elif n >= OVERLAP_MIN_BATCH:
             self._upload(slot, n, dev, total)
             self._issue_preprocess(slot, net, dev, start, bgr)
@@ -99,14 +115,17 @@ class BatchEnqueuer:
         self.run_network(net)
         self._issue_tail(slot, net)
 
-    def _whole(self, slot: Slot, net: NetworkRunner, dev: int, start: int, bgr: bool) -> None:
+    def _whole(
+        self, slot: Slot, net: NetworkRunner, dev: int, start: int, bgr: bool, kind: str
+    ) -> None:
         """After the upload: one graph of ours, captured on first use."""
-        key = (slot.index, slot.download.ptr, dev, start, net.batch, bgr, self._nms.debug_ptr)
+        key = (slot.index, slot.download.ptr, dev, start, net.batch, bgr, self._nms.debug_ptr,
+               kind)  # fmt: skip
         graph = self._graphs.get(key)
         if graph is None:
 
             def body() -> None:
-                self._issue_preprocess(slot, net, dev, start, bgr)
+                self._issue_preprocess(slot, net, dev, start, bgr, kind)
                 self.run_network(net)
                 self._issue_tail(slot, net)
 
@@ -144,30 +163,48 @@ class BatchEnqueuer:
         self.record(ev[1], stream)
 
     def _issue_preprocess(
-        self, slot: Slot, net: NetworkRunner, dev: int, start: int, bgr: bool
-    ) -> None:
-        key = (net.batch, dev, start, bgr)
+        self, slot: Slot, net: NetworkRunner, dev: int, start: int, bgr: bool,
+        kind: str = "packed",
+    ) -> None:  # fmt: skip
+        """The resize kernel: from the packed frames after the header at ``dev`` ("packed"),
+        or from the NV12 surfaces the header at ``dev`` names ("nv12", which converts to BGR
+        first: its channel swap is always on)."""
+        key = (net.batch, dev, start, bgr, kind)
         launch = self._prep_launches.get(key)
         if launch is None:
             cfg = self._spec.preprocess
             plane = cfg.height * cfg.width
             block = gpu_kernels.BLOCK_PREPROCESS
+            out = dtype_name(net.dtypes["images"])
+            head = (
+                (self._kernels.preprocess_nv12[out], np.uint64(dev), self._coefficients())
+                if kind == "nv12"
+                else (self._kernels.preprocess[out], np.uint64(dev + start), np.uint64(dev))
+            )
             launch = self._prep_launches[key] = (
                 self._core.LaunchConfig(grid=(-(-plane // block), net.batch), block=block),
-                self._kernels.preprocess[dtype_name(net.dtypes["images"])],
-                np.uint64(dev + start),
-                np.uint64(dev),
+                *head,
                 np.uint64(net.ptr["images"]),
                 np.int32(cfg.height),
                 np.int32(cfg.width),
                 np.float32(cfg.scale),
                 np.float32(cfg.offset),
-                np.int32(1 if bgr else 0),
+                np.int32(1 if bgr or kind == "nv12" else 0),
             )
             if len(self._prep_launches) > 256:
                 del self._prep_launches[next(iter(self._prep_launches))]
         self._core.launch(self.stream, *launch)
         self.record(slot.events[2], self.stream)
+
+    def _coefficients(self) -> Any:
+        """The YUV->RGB coefficient table (colour.py) on the device, uploaded once."""
+        if self._coef is None:
+            table = np.ascontiguousarray(coefficient_table(), np.float32)
+            self._coef = self._device.allocate(table.nbytes, stream=self.stream)
+            cuda.enqueue("cuMemcpyHtoDAsync", int(self._coef.handle), table.ctypes.data,
+                         table.nbytes, stream=self.stream)  # fmt: skip
+            self.stream.sync()  # the table is a local array: wait before it goes
+        return self._coef
 
     def run_network(self, net: NetworkRunner) -> None:
         try:
@@ -233,16 +270,25 @@ class BatchEnqueuer:
     def record(self, event: Any, stream: Any) -> None:
         cuda.record(event, stream, capturing=self._capturing)
 
+    @property
+    def graph_count(self) -> int:
+        """Our instantiated CUDA graphs (batch layouts), for checks."""
+        return len(self._graphs)
+
     def drop_graphs(self) -> None:
         for parts in self._graphs.values():
             for exe in parts:
                 cuda.destroy_graph(exe)
         self._graphs.clear()
         self._graph_seen.clear()
+        self._prep_launches.clear()  # they name network input buffers that may be rebuilt
         self._nms.forget_launches()
 
     def close(self) -> None:
         self.drop_graphs()
+        if self._coef is not None:
+            self._coef.close(self.stream)
+            self._coef = None
         if self.upload_stream is not None:
             self.upload_stream.close()
             self.upload_stream = None

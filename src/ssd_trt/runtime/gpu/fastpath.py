@@ -30,18 +30,20 @@ import numpy as np
 
 from ssd_trt.contract import ModelInfo
 from ssd_trt.detection_batch import GPU_STAGES, TOTAL, DetectionBatch
+from ssd_trt.device_frames import DeviceFrame
 from ssd_trt.errors import SsdTrtError, first_line, require
 from ssd_trt.preprocess import check_image
 
 from .. import cuda
 from ..ort import provider_missing
 from . import kernels as gpu_kernels
+from .device_input import Input, ProducerWaits, batch_kind, device_copies, nv12_header, shapes_of
 from .enqueue import OVERLAP_MIN_BATCH, BatchEnqueuer
 from .gpu_nms import GpuNms
+from .networks import NetworkSet
 from .options import DEFAULT_BATCH_SIZES, FastPathOptions, batch_for
-from .ort_network import ModelSpec, NetworkRunner, OrtNetwork, fp16_model_bytes
+from .ort_network import ModelSpec, NetworkRunner, fp16_model_bytes
 from .staging import FastPathHandle, Layout, Slot, read_records
-from .trt_network import TensorRTNetwork
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +74,24 @@ class GpuFastPath:
         self.options = opts = FastPathOptions.of(options, **overrides)
         self._core = require("cuda.core", "gpu")
         cuda.driver()
-        self._ort = None if engine is not None else require("onnxruntime", "gpu")
+        ort = None if engine is not None else require("onnxruntime", "gpu")
         why = None if engine is not None else provider_missing("CUDAExecutionProvider", "cuda")
         if why is not None:
             raise SsdTrtError(why)
         self.batch_sizes = opts.batch_sizes
         self.candidate_cap = opts.candidate_cap
         self.last_stage_ms: dict[str, float] = {}
-        self._networks: dict[int, NetworkRunner] = {}
-        self._engine = engine  # a TensorRT engine of the --nms none network runs it instead
         self._slots: list[Slot] = []
         self._next_slot = 0
-        # Host-side launch work done once: network per frame count, upload layout per list of
-        # frame shapes (launch arguments and graphs: enqueue.py).
-        self._net_for: dict[int, NetworkRunner] = {}
-        self._layouts: dict[tuple[tuple[int, ...], ...], Layout] = {}
+        # Host-side work done once: the upload layout per list of frame shapes (networks per
+        # frame count: networks.py; launch arguments and graphs: enqueue.py).
+        self._layouts: dict[tuple[tuple[tuple[int, ...], ...], tuple[bool, ...]], Layout] = {}
         self._thread: int | None = None  # the thread whose CUDA context is current (submit)
         self._closed = False
         self._enq: BatchEnqueuer | None = None
         self._nms: GpuNms | None = None
+        self._waits: ProducerWaits | None = None
+        self._nets: NetworkSet | None = None
 
         path = Path(onnx_path)
         if not path.is_file():
@@ -98,7 +99,7 @@ class GpuFastPath:
         info = info or ModelInfo.from_onnx(path)
         self.spec = ModelSpec(info.preprocess, opts.nms or info.nms_settings)
         convert = opts.fp16 and engine is None  # an engine already has its precision
-        self._model: bytes | str = fp16_model_bytes(path) if convert else str(path)
+        model: bytes | str = fp16_model_bytes(path) if convert else str(path)
 
         try:
             self.device = self._core.Device(opts.device_id)
@@ -115,18 +116,21 @@ class GpuFastPath:
                                self._allocate, self.stream, self._sm_count())  # fmt: skip
             self._enq = BatchEnqueuer(self._core, self.device, self.stream, kernels, self.spec,
                                       self._nms, opts.graph_mode)  # fmt: skip
+            self._waits = ProducerWaits(self.device, self.stream)
+            self._nets = NetworkSet(model, engine, ort, self.spec, opts, self.device, self.stream,
+                                    self._enq, self._nms)  # fmt: skip
             for _ in range(opts.n_slots):
                 self._slots.append(self._new_slot())
             # The first network fixes anchors, classes and dtypes for the NMS buffers.
-            self._network(self.batch_sizes[0])
+            self._nets_.get(self.batch_sizes[0])
         except BaseException:
             self.close()
             raise
 
     # ------------------------------------------------------------------ public API
 
-    def run(self, frames: Sequence[np.ndarray], bgr: bool = True) -> DetectionBatch:
-        """uint8 HxWx3 frames (any sizes, any number) -> their detections."""
+    def run(self, frames: Sequence[Input], bgr: bool = True) -> DetectionBatch:
+        """uint8 HxWx3 frames or DeviceFrames (any sizes, any number) -> their detections."""
         largest = self.batch_sizes[-1]
         if len(frames) <= largest:
             return self.collect(self.submit(frames, bgr=bgr))
@@ -139,35 +143,62 @@ class GpuFastPath:
         parts += [self.collect(h) for h in handles]
         return DetectionBatch.concat(parts)
 
-    def submit(self, frames: Sequence[np.ndarray], bgr: bool = True) -> FastPathHandle:
-        """Queue one batch (at most the largest batch size) on the GPU; returns at once."""
+    def submit(self, frames: Sequence[Input], bgr: bool = True) -> FastPathHandle:
+        """Queue one batch (at most the largest batch size) on the GPU; returns at once.
+        Frames are uint8 HxWx3 numpy arrays or ``DeviceFrame``s (read in place on the GPU,
+        see device_input.py); NV12 frames are not mixed with others in one batch."""
         self._check_open()
         if self._thread != threading.get_ident():  # CUDA contexts are current per thread
             self.device.set_current()
             self._thread = threading.get_ident()
         n = len(frames)
-        net = self._net_for.get(n)
-        if net is None:
-            if n == 0 or n > self.batch_sizes[-1]:
-                raise SsdTrtError(f"a batch holds 1..{self.batch_sizes[-1]} frames, not {n}")
-            net = self._net_for[n] = self._network(batch_for(self.batch_sizes, n))
-        frames = [self._checked(i, f) for i, f in enumerate(frames)]
+        net = self._nets_.for_count(n)
+        kind = batch_kind(frames, bgr, self.options.device_id)
+        if kind == "nv12":
+            return self._submit_nv12([f for f in frames if isinstance(f, DeviceFrame)], net)
+        frames = [f if isinstance(f, DeviceFrame) else self._checked(i, f)
+                  for i, f in enumerate(frames)]  # fmt: skip
         slot = self._take_slot()
 
-        # Pack meta (offset, h, w, 0 per frame) and the frames into pinned memory; the layout
-        # of a list of frame shapes is computed once.
-        shapes = tuple(f.shape for f in frames)
-        layout = self._layouts.get(shapes)
+        # Pack meta (offset, h, w, 0 per frame) and the host frames into pinned memory; the
+        # layout of a list of frame shapes is computed once.
+        on_device = tuple(isinstance(f, DeviceFrame) for f in frames)
+        shapes = shapes_of(frames)
+        layout = self._layouts.get((shapes, on_device))
         if layout is None:
-            layout = self._layouts[shapes] = Layout.of(shapes, net.batch)
+            layout = self._layouts[(shapes, on_device)] = Layout.of(shapes, net.batch, on_device)
             if len(self._layouts) > 64:
                 del self._layouts[next(iter(self._layouts))]
-        layout.pack(slot.upload.reserve(layout.total), frames)
-        dev = self._frames_buffer(slot, layout.total)
+        host = [None if isinstance(f, DeviceFrame) else f for f in frames]
+        layout.pack(slot.upload.reserve(layout.upload), host)
+        dev = int(self._frames_buffer(slot, layout.total).handle)
         slot.download.reserve(net.batch * self._nms_.record_words * 4)
-        self._enq_.enqueue(slot, net, n, int(dev.handle), layout.total, layout.start, bgr,
-                           self.options.is_large(net.batch))  # fmt: skip
-        handle = FastPathHandle(count=n, _slot=slot)
+        before = None
+        if kind == "packed":
+            copies = device_copies(frames, layout, dev, self.stream)
+
+            def before() -> None:
+                self._waits_.before_reading(frames)
+                copies()
+
+        self._enq_.enqueue(slot, net, n, dev, layout.upload, layout.start, bgr,
+                           self.options.is_large(net.batch), before=before)  # fmt: skip
+        return self._handle(slot, n, frames if kind == "packed" else ())
+
+    def _submit_nv12(self, frames: Sequence[DeviceFrame], net: NetworkRunner) -> FastPathHandle:
+        """NV12 surfaces: only their header is uploaded; the kernel reads them in place."""
+        slot = self._take_slot()
+        header = nv12_header(frames, net.batch)
+        slot.upload.reserve(header.nbytes)[: header.nbytes] = header
+        dev = int(self._frames_buffer(slot, header.nbytes).handle)
+        slot.download.reserve(net.batch * self._nms_.record_words * 4)
+        self._enq_.enqueue(slot, net, len(frames), dev, header.nbytes, 0, True,
+                           self.options.is_large(net.batch), kind="nv12",
+                           before=lambda: self._waits_.before_reading(frames))  # fmt: skip
+        return self._handle(slot, len(frames), tuple(frames))
+
+    def _handle(self, slot: Slot, n: int, keep: Sequence[Any]) -> FastPathHandle:
+        handle = FastPathHandle(count=n, _slot=slot, _keep=tuple(keep))
         slot.handle = handle
         return handle
 
@@ -179,11 +210,11 @@ class GpuFastPath:
         assert handle._result is not None
         return handle._result
 
-    def preprocessed(self, frames: Sequence[np.ndarray], bgr: bool = True) -> np.ndarray:
+    def preprocessed(self, frames: Sequence[Input], bgr: bool = True) -> np.ndarray:
         """The network input the GPU makes of ``frames`` (float32 NCHW), for checks."""
         n = len(frames)
         self.collect(self.submit(frames, bgr=bgr))
-        net = self._network(batch_for(self.batch_sizes, n))
+        net = self._nets_.get(batch_for(self.batch_sizes, n))
         cfg = self.spec.preprocess
         host = np.empty((n, 3, cfg.height, cfg.width), net.dtypes["images"])
         cuda.enqueue("cuMemcpyDtoHAsync", host.ctypes.data, net.ptr["images"], host.nbytes,
@@ -195,7 +226,7 @@ class GpuFastPath:
         """Run only the GPU NMS on given boxes [N, A, 4] and scores [N, A, C], for checks."""
         self._check_open()
         n = boxes.shape[0]
-        net = self._network(batch_for(self.batch_sizes, n))
+        net = self._nets_.get(batch_for(self.batch_sizes, n))
         if scores.shape[1:] != (net.anchors, net.classes) or boxes.shape[1:] != (net.anchors, 4):
             raise SsdTrtError(f"nms needs boxes [N, {net.anchors}, 4], scores [N, {net.anchors}, "
                               f"{net.classes}]")  # fmt: skip
@@ -212,19 +243,22 @@ class GpuFastPath:
                      stream=self.stream)  # fmt: skip
         for ev in slot.events:
             self.stream.record(ev)
-        handle = FastPathHandle(count=n, _slot=slot)
-        slot.handle = handle
-        return self.collect(handle)
+        return self.collect(self._handle(slot, n, ()))
 
     @property
     def graph_mode(self) -> str:
         """How batches replay: "whole", "split" or "off" (see FastPathOptions)."""
         return self._enq_.graph_mode
 
+    @property
+    def graph_count(self) -> int:
+        """CUDA graphs of ours built so far (one per batch layout), for checks."""
+        return self._enq_.graph_count
+
     def network_ms(self, batch: int, iters: int) -> float:
         """p50 of one network run at ``batch`` (graph replay where it has one) plus a stream
         sync, host-timed, for benchmarks."""
-        net = self._network(batch)
+        net = self._nets_.get(batch)
         times = []
         for _ in range(iters):
             t0 = time.perf_counter()
@@ -235,7 +269,7 @@ class GpuFastPath:
 
     def nms_profile(self, batch: int, reps: int = 100) -> dict[str, Any]:
         """The NMS kernels alone on the last network outputs at ``batch`` (see GpuNms.profile)."""
-        return self._nms_.profile(self._network(batch), self.device, reps)
+        return self._nms_.profile(self._nets_.get(batch), self.device, reps)
 
     def nms_debug(self, pointer: int) -> AbstractContextManager[None]:
         """Within: the NMS kernels write 16 int64 phase stamps per image to device memory at
@@ -246,7 +280,7 @@ class GpuFastPath:
         """Build the networks (and graphs) of the batch sizes that batches of up to
         ``max_batch`` frames use (None: all) now rather than on first use."""
         for b in self.batch_sizes:
-            self._network(b)
+            self._nets_.get(b)
             if max_batch is not None and b >= max_batch:
                 break
 
@@ -257,9 +291,8 @@ class GpuFastPath:
         try:
             self.stream.sync()
         finally:
-            for net in self._networks.values():
-                net.close(self.stream)
-            self._networks.clear()
+            if self._nets is not None:
+                self._nets.close()
             if self._enq is not None:
                 self._enq.drop_graphs()
             if self._nms is not None:
@@ -271,6 +304,8 @@ class GpuFastPath:
             self.stream.sync()
             if self._enq is not None:
                 self._enq.close()
+            if self._waits is not None:
+                self._waits.close()
             for slot in self._slots:
                 slot.upload.close()
                 slot.download.close()
@@ -294,6 +329,16 @@ class GpuFastPath:
     def _nms_(self) -> GpuNms:
         assert self._nms is not None
         return self._nms
+
+    @property
+    def _nets_(self) -> NetworkSet:
+        assert self._nets is not None
+        return self._nets
+
+    @property
+    def _waits_(self) -> ProducerWaits:
+        assert self._waits is not None
+        return self._waits
 
     def _check_open(self) -> None:
         if self._closed:
@@ -335,6 +380,7 @@ class GpuFastPath:
             handle._stage_ms = {name: float(ev[i + 1] - ev[i]) for i, name in enumerate(STAGES)} | {
                 TOTAL: float(ev[-1] - ev[0])
             }
+        handle._keep = ()  # the batch is done: its device frames may be reused
         slot.handle = None
 
     def _frames_buffer(self, slot: Slot, size: int) -> Any:
@@ -363,72 +409,3 @@ class GpuFastPath:
             return int(self.device.properties.multiprocessor_count)
         except Exception:
             return 132
-
-    def _network(self, batch: int) -> NetworkRunner:
-        net = self._networks.get(batch)
-        if net is not None:
-            return net
-        runtime = "TensorRT" if self._engine else "ONNX Runtime CUDA EP"
-        log.info("building the batch-%d network (%s, CUDA graph)", batch, runtime)
-        too_big = f"a batch of {batch} does not fit in GPU memory; use smaller batches"
-        try:
-            net = self._new_network(batch)
-        except SsdTrtError:
-            raise
-        except Exception as exc:
-            if cuda.is_oom(exc):
-                raise SsdTrtError(too_big) from None
-            raise SsdTrtError(
-                f"cannot set up the batch-{batch} network: {first_line(exc)}"
-            ) from exc
-        # Padding images of a partial batch must be finite: zero the input once.
-        cfg = self.spec.preprocess
-        size = batch * 3 * cfg.height * cfg.width * net.dtypes["images"].itemsize
-        cuda.enqueue("cuMemsetD8Async", net.ptr["images"], 0, size, stream=self.stream)
-        try:
-            net.warm_up(self.stream)
-        except Exception as exc:
-            net.close(self.stream)
-            if cuda.is_oom(exc):
-                raise SsdTrtError(too_big) from None
-            raise SsdTrtError(f"the batch-{batch} network failed: {first_line(exc)}") from exc
-        if net.classes > gpu_kernels.MAX_CLASSES:
-            net.close(self.stream)
-            raise SsdTrtError(f"the fast path handles up to {gpu_kernels.MAX_CLASSES} classes")
-        enq = self._enq_
-        large = self.options.is_large(batch)
-        if enq.graph_mode == "whole" and not large and not enq.capturable(net):
-            # Its run does something a capture refuses: let the runtime replay its own graph.
-            log.info("the network's run cannot be captured; using its own CUDA graph instead")
-            net.close(self.stream)
-            for other in self._networks.values():
-                other.close(self.stream)
-            self._networks.clear()
-            self._net_for.clear()
-            enq.drop_graphs()
-            enq.graph_mode = "split"
-            return self._network(batch)
-        self._networks[batch] = net
-        if self._nms_.capacity < batch:
-            self.stream.sync()
-            enq.drop_graphs()  # they point at the NMS buffers replaced next
-            self._nms_.grow(batch)
-        return net
-
-    def _new_network(self, batch: int) -> NetworkRunner:
-        opts, whole = self.options, self._enq_.graph_mode == "whole"
-        if self._engine is not None:
-            graphs = opts.cuda_graphs and not whole
-            return TensorRTNetwork(self._engine, batch, self.spec.preprocess, self.device,
-                                   self.stream, cuda_graphs=graphs)  # fmt: skip
-        return OrtNetwork(
-            self._ort,
-            self._model,
-            batch,
-            self.spec,
-            self.device,
-            self.stream,
-            cuda_graphs=opts.cuda_graphs and not opts.is_large(batch) and not whole,
-            tf32=opts.tf32,
-            extra_provider_options=opts.session_options(batch),
-        )

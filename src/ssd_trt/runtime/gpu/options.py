@@ -63,6 +63,8 @@ class FastPathOptions:
             raise SsdTrtError(
                 f"own_graphs is True, False, 'whole' or 'split', not {self.own_graphs!r}"
             )
+        if not isinstance(self.own_graphs, str):  # 0/1 mean False/True
+            object.__setattr__(self, "own_graphs", bool(self.own_graphs))
         object.__setattr__(self, "provider_options", dict(self.provider_options or {}))
         if self.large_batch_options is not None:
             object.__setattr__(self, "large_batch_options", dict(self.large_batch_options))

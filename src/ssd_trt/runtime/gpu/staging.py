@@ -17,34 +17,46 @@ ALIGN = 256  # byte alignment of each frame in the packed upload
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the frames of one list of frame shapes go in the packed upload. The header has a
-    row per image of the network batch: padding rows repeat the last frame, so the kernels
-    always run the whole batch and one graph serves any frame count that pads to it."""
+    """Where the frames of one list of frame shapes go in the packed frame buffer. The header
+    has a row per image of the network batch: padding rows repeat the last frame, so the
+    kernels always run the whole batch and one graph serves any frame count that pads to it.
+    Host frames come first, so one upload of ``upload`` bytes carries the header and all of
+    them; frames already on the GPU (``on_device``) are copied in behind them on the device."""
 
     meta: np.ndarray  # uint8 bytes of the header: (offset, h, w, 0) int64 per frame
-    spans: tuple[tuple[int, int], ...]  # byte range of each frame in the upload
+    spans: tuple[tuple[int, int], ...]  # byte range of each frame in the buffer
     start: int  # first frame byte
-    total: int  # bytes to upload
+    total: int  # bytes of the buffer in use
+    upload: int  # bytes to upload: the header and the host frames
 
     @classmethod
-    def of(cls, shapes: Sequence[tuple[int, ...]], batch: int) -> Layout:
+    def of(
+        cls, shapes: Sequence[tuple[int, ...]], batch: int, on_device: Sequence[bool] = ()
+    ) -> Layout:
         header = 4 * 8 * batch
         start = -(-header // ALIGN) * ALIGN
         meta = np.zeros((batch, 4), np.int64)
-        spans, cursor = [], 0
-        for i, shape in enumerate(shapes):
-            nbytes = int(np.prod(shape))
-            meta[i] = (cursor, shape[0], shape[1], 0)
-            spans.append((start + cursor, start + cursor + nbytes))
+        spans: list[tuple[int, int]] = [(0, 0)] * len(shapes)
+        device = list(on_device) or [False] * len(shapes)
+        cursor, upload = 0, start
+        for i in sorted(range(len(shapes)), key=lambda i: device[i]):  # host frames first
+            nbytes = int(np.prod(shapes[i]))
+            meta[i] = (cursor, shapes[i][0], shapes[i][1], 0)
+            spans[i] = (start + cursor, start + cursor + nbytes)
+            upload = spans[i][1] if not device[i] else upload
             cursor += -(-nbytes // ALIGN) * ALIGN
         meta[len(shapes) :] = meta[len(shapes) - 1]
-        return cls(meta.view(np.uint8).reshape(-1), tuple(spans), start, start + cursor)
+        total = start + cursor
+        return cls(meta.view(np.uint8).reshape(-1), tuple(spans), start, total,
+                   total if not any(device) else upload)  # fmt: skip
 
-    def pack(self, host: np.ndarray, frames: Sequence[np.ndarray]) -> None:
-        """Header and frames into ``host`` (the pinned upload buffer, >= ``total`` bytes)."""
+    def pack(self, host: np.ndarray, frames: Sequence[np.ndarray | None]) -> None:
+        """Header and host frames into ``host`` (the pinned upload buffer, >= ``upload``
+        bytes); None marks a frame that is copied on the device instead."""
         host[: self.meta.nbytes] = self.meta
         for f, (lo, hi) in zip(frames, self.spans, strict=True):
-            host[lo:hi] = f.reshape(-1)
+            if f is not None:
+                host[lo:hi] = f.reshape(-1)
 
 
 @dataclass
@@ -67,6 +79,7 @@ class FastPathHandle:
     _slot: Slot
     _result: DetectionBatch | None = None
     _stage_ms: dict[str, float] = field(default_factory=dict)
+    _keep: tuple[Any, ...] = ()  # device frames read by the batch: alive until it is done
 
 
 def record_words(max_total: int) -> int:
