@@ -53,6 +53,30 @@ def test_bad_arch_is_one_line_error() -> None:
         kernels.arch_of("hopper")
 
 
+def test_fast_path_options_are_checked_before_any_gpu_work() -> None:
+    from ssd_trt.runtime.gpu.options import FastPathOptions
+
+    opts = FastPathOptions.of(None, batch_sizes=(8, 1, 8), fp16=True)  # the old keywords
+    assert opts.batch_sizes == (1, 8) and opts.fp16 and opts.graph_mode == "whole"
+    assert FastPathOptions(own_graphs="split").graph_mode == "split"
+    assert FastPathOptions(own_graphs=False).graph_mode == "off"
+    assert FastPathOptions(own_graphs=0).graph_mode == "off"  # 0/1 are False/True
+    assert FastPathOptions(cuda_graphs=False, own_graphs="split").graph_mode == "off"
+    large = FastPathOptions(provider_options={"a": "1"}, large_batch_options={"b": "2"})
+    assert large.session_options(16) == {"a": "1", "b": "2"}
+    assert large.session_options(8) == {"a": "1"} and not FastPathOptions().is_large(64)
+    bad = [
+        ({"batch_sizes": (0, 4)}, "positive"),
+        ({"candidate_cap": 5000}, "candidate_cap"),
+        ({"n_slots": 0}, "n_slots"),
+        ({"own_graphs": "yes"}, "own_graphs"),
+        ({"bogus": 1}, "unknown fast path option"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(SsdTrtError, match=match):
+            FastPathOptions.of(None, **kwargs)
+
+
 def _gpu_ready() -> str | None:
     """None when a GPU fast path can run here, else why not."""
     try:
@@ -296,7 +320,7 @@ def test_own_cuda_graphs_give_the_same_detections(data, fastpath32, video_frames
     reads the new frames, equals a run without graphs of ours, and still reports stage times."""
     from ssd_trt.runtime.gpu.fastpath import GpuFastPath
 
-    assert fastpath32._graph_mode == "whole", fastpath32._graph_mode
+    assert fastpath32.graph_mode == "whole", fastpath32.graph_mode
     with GpuFastPath(data / "coco_none.onnx", batch_sizes=(1, 4), own_graphs=False) as plain:
         for n in (1, 3):
             batches = [video_frames[n : 2 * n], video_frames[5 * n : 6 * n]]
@@ -311,11 +335,11 @@ def test_own_cuda_graphs_give_the_same_detections(data, fastpath32, video_frames
                 assert set(fastpath32.last_stage_ms) == {
                     "upload", "preprocess", "inference", "nms", "download", "total"
                 }  # fmt: skip
-    assert len(fastpath32._graphs) >= 4
+    assert fastpath32.graph_count >= 4
     # Any frame count reuses the graph of the batch size it pads to (one per slot and size).
     for n in (2, 3, 4, 3, 2, 1, 5, 9):
         fastpath32.run(video_frames[:n])
-    assert len(fastpath32._graphs) <= 2 * len(fastpath32.batch_sizes)
+    assert fastpath32.graph_count <= 2 * len(fastpath32.batch_sizes)
 
 
 @gpu_test

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from ssd_trt.precision.trt_compat import local_gpu
-from ssd_trt.runtime.cuda_graph import CaptureFailed, GraphPolicy, capture_graph, check, cudart
+from ssd_trt.runtime.cuda import (
+    CaptureFailed,
+    GraphPolicy,
+    capture_graph,
+    check,
+    cudart,
+    destroy_graph,
+    launch_graph,
+)
 from ssd_trt.runtime.tensorrt import _output_allocator
 
 pytestmark = [
@@ -58,8 +66,8 @@ def test_failed_capture_reports_the_cause_clears_the_error_and_runs_without_grap
         policy = GraphPolicy(
             lambda: runs.append(work()),
             lambda: capture_graph(rt, stream, work),
-            lambda g: rt.cudaGraphLaunch(g, stream),
-            lambda g: rt.cudaGraphExecDestroy(g),
+            lambda g: launch_graph(g, stream),
+            destroy_graph,
         )
         assert policy.run((1,)) == "direct" and not policy.enabled
         assert "cudaStreamSynchronize in work" in (policy.failure or "")
@@ -87,8 +95,8 @@ def test_capture_then_replay_copies_new_data(rt_stream):
         policy = GraphPolicy(
             work,
             lambda: capture_graph(rt, stream, work),
-            lambda g: check(rt, rt.cudaGraphLaunch(g, stream), "launch"),
-            lambda g: rt.cudaGraphExecDestroy(g),
+            lambda g: launch_graph(g, stream),
+            destroy_graph,
         )
         for step, want in enumerate(("captured", "graph", "graph")):
             src[:] = step + 1

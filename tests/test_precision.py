@@ -15,7 +15,7 @@ from ssd_trt import Detector, SsdTrtError
 from ssd_trt.model.export import POST_PREFIX
 from ssd_trt.precision.quantize import CalibrationCache, calibration_key, prepare, to_fp16, to_int8
 from ssd_trt.quality.evaluate import EVAL_SCORE_THRESHOLD, coco_map, load_annotations
-from ssd_trt.runtime.cuda_graph import GraphPolicy
+from ssd_trt.runtime.cuda import GraphPolicy
 from ssd_trt.runtime.tensorrt import TensorSpec, check_batch, plan_buffers
 
 cv2 = optional("cv2", "video")

@@ -32,6 +32,7 @@ FLOORS = [
         "batching",
         "detection_batch",
         "colour",
+        "device_frames",
     },
     {"postprocess"},
     {"model"},
@@ -98,3 +99,38 @@ def test_nothing_reads_outside_the_repository():
             text = path.read_text(errors="replace")
             offenders += [f"{path.relative_to(REPO)}: {n}" for n in needles if n in text]
     assert offenders == []
+
+
+# Raw CUDA calls that belong to the one CUDA seam (runtime/cuda.py): capture, graph launch and
+# release, and loading the driver/runtime bindings. local_gpu (precision/trt_compat.py) asks the
+# driver which GPU is here, below the runtime floor, and may load the driver itself.
+CUDA_SEAM_ONLY = (
+    "StreamBeginCapture",
+    "StreamEndCapture",
+    "GraphLaunch",
+    "GraphInstantiate",
+    "GraphExecDestroy",
+    "cuEventRecordWithFlags",
+    "from cuda.bindings import",
+    "from cuda import",
+)
+
+
+def test_raw_cuda_graph_and_driver_calls_live_in_the_cuda_seam():
+    seam = {PACKAGE / "runtime" / "cuda.py", PACKAGE / "precision" / "trt_compat.py"}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path in seam:
+            continue
+        text = path.read_text()
+        offenders += [f"{path.relative_to(PACKAGE)}: {n}" for n in CUDA_SEAM_ONLY if n in text]
+    assert offenders == []
+
+
+def test_no_module_of_the_runtime_video_or_cli_is_over_450_lines():
+    sizes = {
+        str(path.relative_to(PACKAGE)): len(path.read_text().splitlines())
+        for folder in ("runtime", "video", "cli")
+        for path in (PACKAGE / folder).rglob("*.py")
+    }
+    assert {name: n for name, n in sizes.items() if n > 450} == {}

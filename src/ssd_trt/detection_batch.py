@@ -80,6 +80,11 @@ class DetectionBatch:
         """Batches run one after the other, as one."""
         return cls(*(np.concatenate([p[name] for p in parts]) for name in cls.NAMES))
 
+    def take(self, index: Sequence[int] | np.ndarray) -> DetectionBatch:
+        """The images at ``index``, in that order."""
+        rows = np.asarray(index, dtype=np.intp)
+        return DetectionBatch(*(self[name][rows] for name in self.NAMES))
+
     @property
     def images(self) -> int:
         return int(self.num_detections.shape[0])

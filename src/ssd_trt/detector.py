@@ -11,7 +11,7 @@ import logging
 import time
 import warnings
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, overload
 
@@ -21,6 +21,7 @@ from .batching import check_max_batch
 from .contract import ModelInfo, check_precision
 from .detection_batch import DetectionBatch
 from .detections import Detections
+from .device_frames import DeviceFrame, as_device_frame, is_device_array
 from .errors import SsdTrtError
 from .postprocess import to_detections
 from .preprocess import as_images
@@ -38,6 +39,29 @@ DEFAULT_MODEL = "ssdlite_mobilenet_v2_coco"
 # What detect() takes as one image (see preprocess.as_images): a numpy array, a file path or a
 # PIL image (Any: PIL is not a dependency).
 Image = np.ndarray | str | Path | Any
+
+
+Input = np.ndarray | DeviceFrame  # an image the backend reads: on the host or in GPU memory
+
+
+def as_inputs(images: object, *, rgb: bool = False) -> tuple[list[Input], bool]:
+    """``preprocess.as_images``, plus frames in GPU memory (see the Detector's docstring) as
+    DeviceFrames; whether it was one image rather than a list."""
+    if not isinstance(images, list) and is_device_array(images):
+        return [_device_frame(images, rgb)], True
+    if isinstance(images, list | tuple) and any(is_device_array(im) for im in images):
+        return [
+            _device_frame(im, rgb) if is_device_array(im) else as_images(im, rgb=rgb)[0][0]
+            for im in images
+        ], False
+    host, single = as_images(images, rgb=rgb)
+    return list(host), single
+
+
+def _device_frame(obj: object, rgb: bool) -> DeviceFrame:
+    frame = as_device_frame(obj)
+    # A 3-channel array's order is the detector's (as for numpy images).
+    return replace(frame, layout="rgb") if rgb and frame.layout == "bgr" else frame
 
 
 class Detector:
@@ -58,6 +82,12 @@ class Detector:
     file, read with OpenCV; a PIL image is RGB and converted (any mode). A list or tuple of
     those (or an NxHxWxC array) is one batch and gives a list of Detections. Anything else is
     one ``SsdTrtError`` naming the image and what was wrong.
+
+    Frames in GPU memory (on the GPU fast path: backend ``cuda``, or ``tensorrt`` through it)
+    are read in place, never copied to the host: anything with ``__cuda_array_interface__`` or
+    CUDA DLPack (a CuPy array, a torch CUDA tensor), HxWx3 uint8 in the detector's channel
+    order, or NV12 ((H*3/2)xW uint8, a tuple of its luma and chroma planes, a PyNvVideoCodec
+    frame), or a ``DeviceFrame``; a list of them (or mixed with host images) is a batch.
 
     NMS: ``iou`` (IoU threshold), ``max_det`` (detections per image) and ``max_per_class``
     override the model's own settings (None keeps them; ``nms_settings`` holds the ones in
@@ -152,7 +182,7 @@ class Detector:
         numpy arrays (BGR uint8 like OpenCV's, grey, BGRA), PIL images or file paths (see the
         class docstring)."""
         self._check_open()
-        batch, single = as_images(images, rgb=self.rgb)
+        batch, single = as_inputs(images, rgb=self.rgb)
         if not batch:
             return []
         result, _ = self._detect_timed(batch)
@@ -171,9 +201,9 @@ class Detector:
         """A batch -> its Detections and the milliseconds of each stage (GPU stages from CUDA
         events where the backend does them on the GPU)."""
         self._check_open()
-        return self._detect_timed(as_images(list(images), rgb=self.rgb)[0])
+        return self._detect_timed(as_inputs(list(images), rgb=self.rgb)[0])
 
-    def _detect_timed(self, images: list[np.ndarray]) -> tuple[list[Detections], dict[str, float]]:
+    def _detect_timed(self, images: list[Input]) -> tuple[list[Detections], dict[str, float]]:
         return self.collect(self._submit(images))
 
     def warm_up(self, max_batch: int | None = None) -> None:
@@ -200,10 +230,10 @@ class Detector:
         queues work (``supports_submit``), the caller can prepare the next batch meanwhile; at
         most two batches may be in flight. Submit and collect from one thread."""
         self._check_open()
-        return self._submit(as_images(list(images), rgb=self.rgb)[0])
+        return self._submit(as_inputs(list(images), rgb=self.rgb)[0])
 
-    def _submit(self, images: list[np.ndarray]) -> PendingBatch:
-        sizes = [im.shape[:2] for im in images]
+    def _submit(self, images: list[Input]) -> PendingBatch:
+        sizes = [im.size if isinstance(im, DeviceFrame) else im.shape[:2] for im in images]
         return PendingBatch(sizes, handle=self.backend.submit(images, bgr=not self.rgb))
 
     def collect(self, pending: PendingBatch) -> tuple[list[Detections], dict[str, float]]:

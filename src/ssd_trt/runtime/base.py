@@ -19,6 +19,7 @@ import numpy as np
 
 from ..contract import ModelInfo
 from ..detection_batch import DetectionBatch
+from ..device_frames import DeviceFrame
 from ..nms import NmsSettings
 
 
@@ -66,9 +67,10 @@ class FrameDetector(ABC):
     queues: bool = False
 
     @abstractmethod
-    def submit(self, frames: Sequence[np.ndarray], bgr: bool) -> Any:
+    def submit(self, frames: Sequence[np.ndarray | DeviceFrame], bgr: bool) -> Any:
         """Start a batch of checked uint8 frames (any number: larger ones are split);
-        returns a handle for collect()."""
+        returns a handle for collect(). Frames in GPU memory (``DeviceFrame``) are read in
+        place by the GPU fast path; host-stage backends refuse them in one line."""
 
     @abstractmethod
     def collect(self, handle: Any) -> DetectionBatch:
@@ -79,7 +81,7 @@ class FrameDetector(ABC):
     def stage_ms(self) -> dict[str, float]:
         """Milliseconds per stage (``detection_batch.STAGES``) of the last collected batch."""
 
-    def detect(self, frames: Sequence[np.ndarray], bgr: bool) -> DetectionBatch:
+    def detect(self, frames: Sequence[np.ndarray | DeviceFrame], bgr: bool) -> DetectionBatch:
         return self.collect(self.submit(frames, bgr))
 
     def warm_up(self, max_batch: int) -> None:  # noqa: B027 - most backends need nothing

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..detection_batch import HOST_STAGES, DetectionBatch
+from ..device_frames import DeviceFrame
+from ..errors import SsdTrtError
 from ..nms import NmsSettings, batched_nms
 from ..preprocess import preprocess
 from .base import FrameDetector, Network
@@ -57,9 +59,15 @@ class HostStages(FrameDetector):
 
     # The seam: everything runs at submit; collect hands it over.
 
-    def submit(self, frames: Sequence[np.ndarray], bgr: bool) -> _Done:
+    def submit(self, frames: Sequence[np.ndarray | DeviceFrame], bgr: bool) -> _Done:
+        host = [f for f in frames if not isinstance(f, DeviceFrame)]
+        if len(host) < len(frames):
+            raise SsdTrtError(
+                f"frames in GPU memory are read in place only by the GPU fast path (--backend "
+                f"cuda or tensorrt), not by {self.name}; pass numpy arrays to this backend"
+            )
         t0 = time.perf_counter()
-        batch = self.preprocess(frames, bgr)
+        batch = self.preprocess(host, bgr)
         t1 = time.perf_counter()
         outputs = self.infer(batch)
         t2 = time.perf_counter()

@@ -24,10 +24,11 @@ import numpy as np
 
 from ..contract import INPUT_NAME, ModelInfo
 from ..errors import SsdTrtError
-from ..precision.engine import EngineMetadata, read_engine_bytes
+from ..precision.engine import EngineMetadata
 from ..precision.trt_compat import load_trt, local_gpu
 from .base import Network
-from .cuda_graph import GraphPolicy, capture_graph, check, cudart
+from .cuda import GraphPolicy, check, cudart
+from .trt_engine import load_engine
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +123,10 @@ class TensorRTBackend(Network):
         self.stream: Any = None
         try:
             self.rt = rt = cudart()
-            self.trt_log = self.api.logger()
-            # Plugins (EfficientNMS_TRT) must be registered in this process before deserializing.
-            self.api.init_plugins(self.trt_log)
-            self.runtime = trt.Runtime(self.trt_log)
-            self.engine = self.runtime.deserialize_cuda_engine(read_engine_bytes(engine_path, meta))
-            if self.engine is None:
-                raise SsdTrtError(f"TensorRT could not deserialize {engine_path}; rebuild it")
-            self.context = self.api.execution_context(self.engine)
-            if self.context is None:
-                raise SsdTrtError(
-                    f"TensorRT could not create an execution context for {engine_path} "
-                    "(out of GPU memory?)"
-                )
-            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+            self.loaded = load_engine(engine_path, meta, self.api)
+            self.trt_log, self.engine = self.loaded.log, self.loaded.engine
+            self.context = self.loaded.context
+            names = self.loaded.tensor_names
             inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
             if inputs != [INPUT_NAME]:
                 raise SsdTrtError(f"{engine_path} is not an ssd_trt engine (its inputs: {inputs})")
@@ -180,26 +171,14 @@ class TensorRTBackend(Network):
             raise
         # TensorRT-RTX captures graphs itself (its runtime config). TensorRT's NMS layer copies a
         # count to the host during enqueue, which capture forbids: engines with NMS run direct.
-        self.graphs = GraphPolicy(
+        self.graphs = GraphPolicy.on_stream(
             self._enqueue,
-            lambda: capture_graph(self.rt, self.stream, self._enqueue),
-            self._launch,
-            self._release,
+            self.stream,
             enabled=cuda_graphs and self.api.flavour == "tensorrt" and self.info.raw_outputs,
         )
 
-    # The three things GraphPolicy schedules besides capture.
-
     def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(int(self.stream)):
-            last = self.trt_log.errors[-1] if self.trt_log.errors else "no details"
-            raise SsdTrtError(f"TensorRT execute_async_v3 failed: {' '.join(last.split())}")
-
-    def _launch(self, graph_exec: Any) -> None:
-        check(self.rt, self.rt.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")
-
-    def _release(self, graph_exec: Any) -> None:
-        self.rt.cudaGraphExecDestroy(graph_exec)
+        self.loaded.enqueue(int(self.stream))
 
     def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         rt, h2d = self.rt, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -249,6 +228,8 @@ class TensorRTBackend(Network):
         self.stream = None
         self.__dict__.pop("context", None)
         self.__dict__.pop("engine", None)
+        if "loaded" in self.__dict__:
+            self.loaded.release()
 
 
 def _output_allocator(trt: Any, rt: Any, resources: list, dtype: np.dtype) -> Any:

@@ -13,11 +13,13 @@ import numpy as np
 
 from ...contract import ModelInfo
 from ...detection_batch import DetectionBatch
+from ...device_frames import DeviceFrame
 from ...errors import SsdTrtError
 from ...nms import NmsSettings
 from ..base import FrameDetector
 from ..ort import provider_missing
 from .fastpath import FastPathHandle, GpuFastPath
+from .options import FastPathOptions
 
 
 def graph_sizes(max_batch: int) -> list[int]:
@@ -57,19 +59,22 @@ class FastPathBackend(FrameDetector):
             )
         self.max_batch = max_batch
         self.nms_settings = nms or self.info.nms_settings
-        self.fast = GpuFastPath(
-            model,
-            fp16=fp16,
-            batch_sizes=graph_sizes(max_batch),
-            engine=engine,
-            info=self.info,
-            nms=nms,
-        )
+        options = FastPathOptions(fp16=fp16, batch_sizes=tuple(graph_sizes(max_batch)), nms=nms)
+        self.fast = GpuFastPath(model, options, engine=engine, info=self.info)
         self._stage_ms: dict[str, float] = {}
 
     def submit(
-        self, frames: Sequence[np.ndarray], bgr: bool
+        self, frames: Sequence[np.ndarray | DeviceFrame], bgr: bool
     ) -> FastPathHandle | tuple[DetectionBatch, dict[str, float]]:
+        is_nv12 = [isinstance(f, DeviceFrame) and f.layout == "nv12" for f in frames]
+        if 0 < sum(is_nv12) < len(frames):
+            # NV12 surfaces and other frames (sources decoded on the GPU and on the CPU in one
+            # engine) use different kernels: a batch each, now, rejoined in order.
+            nv12 = [i for i, yes in enumerate(is_nv12) if yes]
+            rest = [i for i, yes in enumerate(is_nv12) if not yes]
+            parts = [self.fast.run([frames[i] for i in part], bgr=bgr) for part in (nv12, rest)]
+            order = np.argsort(np.asarray(nv12 + rest))
+            return DetectionBatch.concat(parts).take(order), dict(self.fast.last_stage_ms)
         if len(frames) <= self.fast.batch_sizes[-1]:
             return self.fast.submit(frames, bgr=bgr)
         # More than one network batch: run them now (two in flight), handed over by collect.

@@ -3,7 +3,8 @@
 The engine is built from the ``--nms none`` network, bound to the fast path's device buffers
 and enqueued on its stream, so TensorRT and ONNX Runtime differ only in the call that runs the
 network: the resize kernel before it and the NMS kernel after it are the same. The enqueue is
-captured as a CUDA graph with runtime.cuda_graph (TensorRT-RTX captures graphs itself).
+captured as a CUDA graph with runtime/cuda.py's GraphPolicy (TensorRT-RTX captures graphs
+itself); the engine is opened by runtime/trt_engine.py, as for the host-array runner.
 
 NOT EXECUTED here: no machine of this project can run a TensorRT engine (see README).
 """
@@ -17,10 +18,9 @@ import numpy as np
 
 from ...contract import INPUT_NAME, RAW_OUTPUTS
 from ...errors import SsdTrtError
-from ...precision.engine import EngineMetadata, read_engine_bytes
-from ...precision.trt_compat import load_trt
 from ...preprocess import PreprocessConfig
-from ..cuda_graph import GraphPolicy, capture_graph, check, cudart
+from ..cuda import GraphPolicy
+from ..trt_engine import load_engine
 
 
 class TensorRTNetwork:
@@ -38,23 +38,13 @@ class TensorRTNetwork:
         *,
         cuda_graphs: bool = True,
     ) -> None:
-        meta = EngineMetadata.load(engine_path)
-        api = load_trt(meta.trt_flavour)
-        trt = api.trt
         self.batch = batch
         self.buffers: list[Any] = []
-        self.rt = cudart()
         self.stream = int(stream.handle)
-        self.trt_log = api.logger()
-        api.init_plugins(self.trt_log)
-        self.runtime = trt.Runtime(self.trt_log)
-        self.engine = self.runtime.deserialize_cuda_engine(read_engine_bytes(engine_path, meta))
-        if self.engine is None:
-            raise SsdTrtError(f"TensorRT could not deserialize {engine_path}; rebuild it")
-        self.context = api.execution_context(self.engine)
-        if self.context is None:
-            raise SsdTrtError(f"TensorRT could not create an execution context for {engine_path}")
-        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        self.loaded = load_engine(engine_path)
+        trt = self.loaded.api.trt
+        self.engine, self.context = self.loaded.engine, self.loaded.context
+        names = set(self.loaded.tensor_names)
         if names != {INPUT_NAME, *RAW_OUTPUTS}:
             raise SsdTrtError(
                 f"{engine_path} is not a '--nms none' engine (its tensors: {sorted(names)}); "
@@ -79,18 +69,11 @@ class TensorRTNetwork:
         except BaseException:
             self.close(stream)
             raise
-        self.graphs = GraphPolicy(
-            self._enqueue,
-            lambda: capture_graph(self.rt, self.stream, self._enqueue),
-            lambda g: check(self.rt, self.rt.cudaGraphLaunch(g, self.stream), "cudaGraphLaunch"),
-            self.rt.cudaGraphExecDestroy,
-            enabled=cuda_graphs and api.flavour == "tensorrt",
+        self.graphs = GraphPolicy.on_stream(
+            lambda: self.loaded.enqueue(self.stream),
+            self.stream,
+            enabled=cuda_graphs and self.loaded.api.flavour == "tensorrt",
         )
-
-    def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream):
-            last = self.trt_log.errors[-1] if self.trt_log.errors else "no details"
-            raise SsdTrtError(f"TensorRT execute_async_v3 failed: {' '.join(last.split())}")
 
     def warm_up(self, stream: Any, runs: int = 3) -> None:
         for _ in range(runs):  # the first runs directly, the second captures, then replays
@@ -108,3 +91,5 @@ class TensorRTNetwork:
         self.buffers.clear()
         self.__dict__.pop("context", None)
         self.__dict__.pop("engine", None)
+        if "loaded" in self.__dict__:
+            self.loaded.release()
