@@ -32,6 +32,7 @@ FLOORS = [
         "batching",
         "detection_batch",
         "colour",
+        "device_frames",
     },
     {"postprocess"},
     {"model"},
