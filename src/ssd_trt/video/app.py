@@ -93,7 +93,8 @@ class LoopSource(Source):
 
     def _renumber(self, frame: Frame) -> Frame:
         self._last = frame.timestamp
-        frame = Frame(self._index, self._offset + frame.timestamp, frame.image, frame.name)
+        # In place: a frame decoded on the GPU stays there (no download to copy it).
+        frame.index, frame.timestamp = self._index, self._offset + frame.timestamp
         self._index += 1
         self._pass_frames += 1
         return frame
@@ -209,6 +210,7 @@ def run_video(
             max_frames=job.max_frames,
             draw=any(o.shows_image for o in outputs),
             on_frame=lambda _, result, __: on_frame(result),
+            on_frame_image=False,  # the progress bar and on_result need no pixels
             tracking=tracking,
         )
         outputs = []  # the engine owns them now and finalizes them
@@ -352,6 +354,7 @@ def run_multi(
             max_wait_ms=job.max_wait_ms,
             max_frames=job.max_frames,
             on_frame=frame_done,
+            on_frame_image=grid is not None or on_frame is not None,
             tracking=tracking,
         )
         outputs = []  # the engine finalizes them now
