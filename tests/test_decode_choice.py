@@ -75,13 +75,11 @@ def test_cpu_backend_is_not_on_the_gpu() -> None:
 
 
 @pytest.mark.skipif(MISSING is not None, reason=f"needs PyNvVideoCodec loadable ({MISSING})")
-def test_with_everything_nvdec_is_not_built_yet() -> None:
-    """GPU machine with the [gpu] extra: the decoder could run, but the source is not written."""
+def test_with_everything_nvdec_is_chosen() -> None:
+    """GPU machine with the [gpu] extra: files and RTSP streams go to NVDEC."""
     choice = choose_decode("auto", True, "rtsp://cam/stream")
     assert choice == choose_decode("auto", True, "clip.mp4")
-    assert choice.kind == "cpu" and choice.reason == "NVDEC decoding is not built yet"
-    with pytest.raises(SsdTrtError, match="NVDEC sources are not available in this version"):
-        choose_decode("nvdec", True, "clip.mp4")
+    assert choice.kind == choose_decode("nvdec", True, "a.mp4").kind == "nvdec"
     with pytest.raises(SsdTrtError, match=r"GPU fast path.*ssd-trt\[gpu\]"):
         choose_decode("nvdec", False, "clip.mp4")
 

@@ -6,13 +6,13 @@ import glob
 import logging
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .device_frames import DeviceFrame
 from .errors import SsdTrtError, require
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,73 @@ def _thread_params(cv2: Any, threads: int | None) -> list[int]:
     return [cv2.CAP_PROP_N_THREADS, max(1, int(threads))]
 
 
-@dataclass
 class Frame:
-    """One decoded frame. ``timestamp`` is seconds: the media time for files, else since start."""
+    """One decoded frame. ``timestamp`` is seconds: the media time for files, else since start;
+    ``name`` is the file name for image sources.
 
-    index: int
-    timestamp: float
-    image: np.ndarray  # BGR uint8 [H, W, 3]
-    name: str = ""  # file name for image sources
+    A frame decoded on the GPU carries ``device`` (a :class:`DeviceFrame`) and no pixels on
+    the host: ``image`` (BGR uint8 [H, W, 3]) is then downloaded by ``download`` (a callable
+    the source sets) the first time something asks for it, and kept. ``size`` never
+    downloads, so runs whose outputs need no pixels (``--json``) never touch them.
+    """
+
+    __slots__ = ("index", "timestamp", "name", "device", "_image", "_download")
+
+    def __init__(
+        self,
+        index: int,
+        timestamp: float,
+        image: np.ndarray | None = None,
+        name: str = "",
+        *,
+        device: DeviceFrame | None = None,
+        download: Callable[[], np.ndarray] | None = None,
+    ) -> None:
+        if image is None and device is None:
+            raise SsdTrtError("a frame needs an image or a device frame")
+        self.index, self.timestamp, self.name = index, timestamp, name
+        self.device = device
+        self._image = image
+        self._download = download
+
+    @property
+    def image(self) -> np.ndarray:
+        """BGR uint8 [H, W, 3] on the host; a GPU frame is downloaded on first use."""
+        if self._image is None:
+            if self._download is None:
+                raise SsdTrtError(
+                    "this frame is in GPU memory and its source gives no way to download it"
+                )
+            self._image = self._download()
+        return self._image
+
+    @image.setter
+    def image(self, value: np.ndarray) -> None:
+        self._image = value
+
+    @property
+    def on_host(self) -> bool:
+        """Whether the pixels are on the host already (reading ``image`` costs nothing)."""
+        return self._image is not None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width), without downloading anything."""
+        if self._image is not None:
+            return self._image.shape[0], self._image.shape[1]
+        assert self.device is not None
+        return self.device.size
+
+    @property
+    def detector_input(self) -> np.ndarray | DeviceFrame:
+        """What a detector reads: the device frame where there is one (read in place on the
+        GPU), else the host image."""
+        return self.device if self.device is not None else self.image
+
+    def __repr__(self) -> str:
+        where = "host" if self.device is None else "device"
+        h, w = self.size
+        return f"Frame({self.index}, {self.timestamp:g}, {h}x{w} on {where}, name={self.name!r})"
 
 
 class Source:

@@ -187,6 +187,11 @@ class Tracker:
     def kind(self) -> str:
         return self.config.kind
 
+    @property
+    def uses_frame(self) -> bool:
+        """Whether ``update`` reads the frame's pixels (BoT-SORT's camera-motion compensation)."""
+        return self.kind == "botsort" and bool(getattr(self._tracker, "enable_cmc", False))
+
     def update(
         self,
         detections: Detections,
@@ -202,7 +207,7 @@ class Tracker:
             class_id=detections.class_ids.astype(int),
             data={"row": np.arange(n)},
         )
-        use_frame = frame if self.kind == "botsort" and self._tracker.enable_cmc else None
+        use_frame = frame if self.uses_frame else None
         out = self._tracker.update(sv_dets, frame=use_frame, timestamp=timestamp)
         ids = np.full(n, -1, np.int64)
         if len(out) and out.tracker_id is not None:

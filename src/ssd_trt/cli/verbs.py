@@ -98,12 +98,13 @@ def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
     )
 
 
-def _video(args: argparse.Namespace, source: str | int) -> int:
+def _video(args: argparse.Namespace, source: str | int, decode: str = "cpu") -> int:
     track = track_settings(args)
     if args.json == "":  # --json without FILE is for --output-dir
         raise SsdTrtError("--json needs a FILE for one source (or pass --output-dir DIR)")
     job = VideoJob(
         source=source,
+        decode=decode,
         output=args.output or None,  # a str: a trailing slash means a folder for images
         json=Path(args.json) if args.json else None,
         serve=parse_hostport(args.serve) if args.serve else None,
@@ -147,14 +148,16 @@ def _print_found(found: FoundSummary, human: TextIO, tracks: dict[str, int] | No
 def cmd_detect(args: argparse.Namespace) -> int:
     track_settings(args)  # bad tracking input fails first, before a sample video download
     specs = list(args.source) + (read_source_list(Path(args.sources)) if args.sources else [])
-    choose_for_sources(args.decode, args.backend, specs or [None])  # None: the sample video
+    # None: the sample video
+    choices = choose_for_sources(args.decode, args.backend, specs or [None])
+    decoders = tuple(c.kind for c in choices)
     if args.ray or args.output_dir or len(specs) > 1:
-        return _many(args, specs)
+        return _many(args, specs, decoders)
     source = specs[0] if specs else str(ArtifactStore(args.cache_dir).sample_video())
-    return _video(args, source)
+    return _video(args, source, decoders[0])
 
 
-def _many(args: argparse.Namespace, specs: list[str]) -> int:
+def _many(args: argparse.Namespace, specs: list[str], decoders: tuple[str, ...] = ()) -> int:
     """Several sources: per-source outputs in --output-dir, frames batched across sources
     (video/multi.py), or spread over a Ray cluster with --ray (scale/batch.py)."""
     track = track_settings(args)
@@ -212,6 +215,7 @@ def _many(args: argparse.Namespace, specs: list[str]) -> int:
                 max_batch=args.max_batch,
                 max_wait_ms=args.batch_wait_ms,
                 track=track,
+                decode=decoders,
             ),
             _detector_factory(args),
         )

@@ -53,6 +53,7 @@ class VideoJob:
     max_batch: int | None = None  # frames per detector call; None: batching's default
     max_wait_ms: float | None = None  # the batch deadline; None: batching's default
     track: TrackSettings | None = None  # one tracker for the source (video/tracks.py)
+    decode: str = "cpu"  # who decodes: cpu, or nvdec (video/decode.py chose it)
 
 
 class LoopSource(Source):
@@ -62,9 +63,9 @@ class LoopSource(Source):
     frame on a pass ends the run instead of spinning.
     """
 
-    def __init__(self, spec: str) -> None:
-        self._spec = spec
-        self._inner: Source | None = open_source(spec)
+    def __init__(self, spec: str, opener: Callable[[str], Source] = open_source) -> None:
+        self._spec, self._opener = spec, opener
+        self._inner: Source | None = opener(spec)
         if self._inner.live:
             self._inner.close()
             raise SsdTrtError("--loop is for files and images; live sources do not end")
@@ -93,7 +94,8 @@ class LoopSource(Source):
 
     def _renumber(self, frame: Frame) -> Frame:
         self._last = frame.timestamp
-        frame = Frame(self._index, self._offset + frame.timestamp, frame.image, frame.name)
+        # In place: a frame decoded on the GPU stays there (no download to copy it).
+        frame.index, frame.timestamp = self._index, self._offset + frame.timestamp
         self._index += 1
         self._pass_frames += 1
         return frame
@@ -109,7 +111,7 @@ class LoopSource(Source):
         step = 1.0 / self.fps if self.fps else 0.04
         self._offset += self._last + step
         self._pass_frames = 0
-        self._inner = open_source(self._spec)
+        self._inner = self._opener(self._spec)
         self.passes += 1
 
     @property
@@ -175,7 +177,11 @@ def run_video(
     detector = source = None
     bar = None
     try:
-        source = LoopSource(str(job.source)) if job.loop else open_source(job.source)
+
+        def opener(spec: str | int) -> Source:
+            return open_decoded(spec, job.decode)
+
+        source = LoopSource(str(job.source), opener) if job.loop else opener(job.source)
         if job.realtime:
             if source.live:
                 raise SsdTrtError("--realtime is for files and images; live sources already are")
@@ -209,6 +215,7 @@ def run_video(
             max_frames=job.max_frames,
             draw=any(o.shows_image for o in outputs),
             on_frame=lambda _, result, __: on_frame(result),
+            on_frame_image=False,  # the progress bar and on_result need no pixels
             tracking=tracking,
         )
         outputs = []  # the engine owns them now and finalizes them
@@ -256,6 +263,7 @@ class MultiJob:
     streams: StreamSettings = StreamSettings()
     decode_threads: int | None = None  # FFmpeg threads per source; None: decode_threads_for()
     track: TrackSettings | None = None  # one tracker per source, each with its own IDs
+    decode: tuple[str, ...] = ()  # per source: cpu or nvdec (video/decode.py); () all cpu
 
 
 def decode_threads_for(sources: int, cores: int | None = None) -> int:
@@ -266,22 +274,42 @@ def decode_threads_for(sources: int, cores: int | None = None) -> int:
     return max(1, cores // max(1, sources))
 
 
+def open_decoded(
+    spec: str | int,
+    decode: str = "cpu",
+    streams: StreamSettings = StreamSettings(),
+    decode_threads: int | None = None,
+) -> Source:
+    """``open_source``, or an :class:`NvdecSource` where ``decode`` is ``nvdec`` (a file or
+    RTSP stream on the GPU's decoder; video/decode.py decided it can)."""
+    if decode != "nvdec":
+        return open_source(spec, **asdict(streams), decode_threads=decode_threads)
+    from .nvdec import NvdecSource, Reconnect
+
+    s = streams
+    reconnect = Reconnect(s.reconnect_attempts, s.backoff_s, s.max_backoff_s, s.timeout_s)
+    return NvdecSource(str(spec), reconnect=reconnect)
+
+
 def open_sources(
     specs: Sequence[str | int],
     realtime: bool = False,
     streams: StreamSettings = StreamSettings(),
     decode_threads: int | None = None,
+    decode: Sequence[str] = (),
 ) -> list[Source]:
     """Open every source (bad ones fail before any model work, all named in one error); close
     all on a failure. ``decode_threads``: FFmpeg threads per file or stream (None:
-    :func:`decode_threads_for`)."""
+    :func:`decode_threads_for`). ``decode[i]``: ``nvdec`` opens source i on the GPU's decoder
+    (default: all on the CPU)."""
     threads = decode_threads or decode_threads_for(len(specs))
     opened: list[Source] = []
     bad: list[str] = []
     try:
-        for spec in specs:
+        kinds = list(decode) or ["cpu"] * len(specs)
+        for spec, kind in zip(specs, kinds, strict=True):
             try:
-                source = open_source(spec, **asdict(streams), decode_threads=threads)
+                source = open_decoded(spec, kind, streams, threads)
             except SsdTrtError as exc:
                 bad.append(str(exc))  # try the rest, so one run names every bad source
                 continue
@@ -317,7 +345,9 @@ def run_multi(
     outputs: list[list[Output]] = []
     detector = grid = None
     try:
-        sources = open_sources(job.sources, job.realtime, job.streams, job.decode_threads)
+        sources = open_sources(
+            job.sources, job.realtime, job.streams, job.decode_threads, job.decode
+        )
         tracking = (
             [LaneTracking.for_source(job.track, s, n) for s, n in zip(sources, names, strict=True)]
             if job.track
@@ -352,6 +382,7 @@ def run_multi(
             max_wait_ms=job.max_wait_ms,
             max_frames=job.max_frames,
             on_frame=frame_done,
+            on_frame_image=grid is not None or on_frame is not None,
             tracking=tracking,
         )
         outputs = []  # the engine finalizes them now

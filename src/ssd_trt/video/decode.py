@@ -6,9 +6,9 @@ it needs the GPU fast path (backend ``cuda`` or ``tensorrt`` with cuda.core) and
 or RTSP stream (a camera or images decode on the CPU). ``auto`` picks ``nvdec`` where all of
 that holds, else ``cpu``, and says why.
 
-The NVDEC source itself is not written yet (``NVDEC_BUILT``): ``auto`` picks ``cpu`` and says
-so, and ``--decode nvdec`` is refused in one line once everything else is in place. Adding the
-source is: write it, set ``NVDEC_BUILT``, open it where the choice is ``nvdec``.
+The NVDEC source is video/nvdec.py (``NvdecSource``), opened by video/app.py's
+``open_decoded`` where the choice is ``nvdec``; a stream NVDEC cannot decode (codec, size) falls
+back to the CPU there with a one-line warning.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 DECODERS = ("auto", "cpu", "nvdec")
 GPU_BACKENDS = ("cuda", "tensorrt")  # the backends that run on the GPU fast path
 NVDEC_MODULE = "PyNvVideoCodec"  # PyPI: pynvvideocodec, in the [gpu] extra
-NVDEC_BUILT = False  # the NVDEC source is not written yet
+NVDEC_BUILT = True  # video/nvdec.py
 INSTALL = "pip install 'ssd-trt[gpu]'"
 NVDEC_STREAMS = ("rtsp://", "rtsps://")
 

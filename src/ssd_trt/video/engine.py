@@ -64,6 +64,9 @@ _Item = tuple[Frame, Any, float, float, int]
 
 
 _Batch = list[tuple[Lane, Frame, float]]
+# What outputs that show no picture get: nothing is drawn or downloaded for them.
+NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+NO_IMAGE.flags.writeable = False
 
 
 class Engine:
@@ -75,7 +78,9 @@ class Engine:
     short when any source is live) is the batch deadline. ``max_in_flight`` and ``file_depth``
     (None: enough for a lane's share of the batches in flight) bound each lane. ``draw=None``
     draws when an output shows pictures or ``on_frame`` is given. ``on_frame(i, result,
-    annotated)`` is called after source i's outputs got a frame. ``max_frames`` bounds each
+    annotated)`` is called after source i's outputs got a frame; ``on_frame_image=False`` says
+    it ignores ``annotated`` (then a lane whose outputs show no picture never reads pixels: a
+    frame decoded on the GPU is not downloaded). ``max_frames`` bounds each
     source. ``overlap=False`` keeps one batch in flight; ``sync=True``: see the module doc;
     ``tracking[i]`` (video/tracks.py) tracks source i in its emitter, before drawing.
     """
@@ -97,6 +102,7 @@ class Engine:
         overlap: bool = True,
         sync: bool = False,
         on_frame: Callable[[int, FrameResult, np.ndarray], None] | None = None,
+        on_frame_image: bool = True,
         tracking: Sequence[LaneTracking | None] | None = None,
     ) -> None:
         names = list(names) if names is not None else unique_names([s.description for s in sources])
@@ -121,8 +127,9 @@ class Engine:
         self.max_frames = max_frames
         self.sync = sync
         shows = any(o.shows_image for outs in outputs for o in outs)
-        self.draw = (shows or on_frame is not None) if draw is None else draw
         self.on_frame = on_frame
+        self._frame_image = on_frame is not None and on_frame_image
+        self.draw = (shows or self._frame_image) if draw is None else draw
         self.stats = RunStats(stopped_by="end of stream" if len(sources) == 1 else "end of streams")
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -249,7 +256,7 @@ class Engine:
                 clock["wait"] += time.perf_counter() - t0
                 if batch and closed and not self._stop.is_set():
                     t1 = time.perf_counter()
-                    pending = self.detector.submit([frame.image for _, frame, _ in batch])
+                    pending = self.detector.submit([f.detector_input for _, f, _ in batch])
                     clock["submit"] += time.perf_counter() - t1
                     self.stats.overlapped_batches += bool(in_flight)
                     in_flight.append((batch, pending))
@@ -300,7 +307,8 @@ class Engine:
         frame, dets, infer_ms, captured, batch = item
         track, t0 = lane.tracking, time.perf_counter()
         dets = dets if track is None else track.update(frame, dets)
-        tt, image = time.perf_counter(), frame.image
+        tt = time.perf_counter()
+        image = frame.image if self._needs_image(lane) else NO_IMAGE
         if self.draw:
             image = image.copy()
             rate = None if frame.name else fps.value  # a still image has no frame rate
@@ -328,6 +336,11 @@ class Engine:
             self._cond.notify_all()
         if self.on_frame is not None:
             self.on_frame(lane.index, result, image)
+
+    def _needs_image(self, lane: Lane) -> bool:
+        """Whether a frame's pixels are read: to draw, for an output that shows them, or for
+        ``on_frame``. Otherwise a frame decoded on the GPU is never downloaded."""
+        return self.draw or self._frame_image or any(o.shows_image for o in lane.outputs)
 
     def _emit(self, lane: Lane) -> None:
         fps = FpsMeter()  # from here: the warm-up is no part of the frame rate
@@ -358,7 +371,7 @@ class Engine:
             frame, captured = read
             lane.in_flight += 1
             lane.taken += 1
-            pending = self.detector.submit([frame.image])
+            pending = self.detector.submit([frame.detector_input])
             ((_, item),) = self._collect([(lane, frame, captured)], pending)
             self._write(lane, item, fps)
 

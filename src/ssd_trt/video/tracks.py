@@ -87,7 +87,9 @@ class LaneTracking:
                 self.tracker.name or self.source.description,
                 self.tracker.tracks_started + 1,
             )
-        tracked = self.tracker.update(detections, frame=frame.image, timestamp=frame.timestamp)
+        # Pixels only for a tracker that reads them: a GPU frame is not downloaded otherwise.
+        image = frame.image if self.tracker.uses_frame else None
+        tracked = self.tracker.update(detections, frame=image, timestamp=frame.timestamp)
         self._frame += 1
         assert tracked.tracker_id is not None
         for box, tid, cid in zip(

@@ -1,0 +1,622 @@
+"""Video decoded on the GPU's hardware decoder (NVDEC, through PyNvVideoCodec): frames stay in
+device memory and reach the fast path as NV12 ``DeviceFrame`` s.
+
+Three parts, each replaceable:
+
+* :class:`Demuxer` (PyAV): compressed packets of the video stream, as Annex-B for H.264/HEVC
+  (the ``h264_mp4toannexb`` / ``hevc_mp4toannexb`` bitstream filter; NVDEC's parser reads
+  start codes), with the stream's codec, size, rate, time base and declared colour. A live
+  stream (RTSP) that drops is reopened with the same doubling backoff as ``StreamSource``, and
+  packets are skipped up to the next keyframe, so the decoder never sees a broken reference.
+* a packet decoder: :class:`NvdecDecoder` (PyNvVideoCodec, frames in GPU memory) or
+  :class:`CpuDecoder` (PyAV/FFmpeg on the CPU: the fallback for a stream NVDEC cannot decode,
+  and the decoder that lets everything around NVDEC run on a machine without a GPU);
+* :class:`NvdecSource`, a ``Source``: numbers the frames, times them (media time for files,
+  seconds since open for live streams, as the other sources do), ends files, reconnects streams.
+
+Why PyAV demuxes, not PyNvVideoCodec's own demuxer: PyAV already opens the files and RTSP URLs
+the CPU path reads (same FFmpeg options, same timeouts), and the reconnect logic needs to see a
+failed read and reopen, which PyAV reports per packet. Dropping stale frames of a live source
+is the engine's (it keeps each live lane's newest frame), so it works for these frames as for
+any. And the demux half runs and is tested on a machine without a GPU: the CPU decoder decodes
+the very packets NVDEC would get.
+
+NOT EXECUTED: :class:`NvdecDecoder` and :func:`download_nv12` need an NVIDIA GPU with
+PyNvVideoCodec and were written against PyNvVideoCodec 2.2.4's bindings (its samples and
+pybind definitions) without being run; everything else in this module ran on the CPU.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..colour import Matrix, nv12_to_bgr
+from ..device_frames import DeviceFrame, default_matrix
+from ..errors import SsdTrtError, first_line, require
+from ..sources import Frame, Source
+
+log = logging.getLogger(__name__)
+
+LIVE_PREFIXES = ("rtsp://", "rtsps://")
+ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
+# FFmpeg codec name -> PyNvVideoCodec's cudaVideoCodec member; NVDEC is asked at open whether
+# this GPU decodes it (GetDecoderCaps).
+NVDEC_CODECS = {
+    "h264": "H264",
+    "hevc": "HEVC",
+    "av1": "AV1",
+    "vp9": "VP9",
+    "vp8": "VP8",
+    "mpeg2video": "MPEG2",
+    "mpeg4": "MPEG4",
+    "mpeg1video": "MPEG1",
+    "vc1": "VC1",
+}
+# FFmpeg's AVColorSpace / AVColorRange values the stream may declare.
+_BT709_SPACES = {1}  # AVCOL_SPC_BT709
+_BT601_SPACES = {5, 6}  # AVCOL_SPC_BT470BG, AVCOL_SPC_SMPTE170M
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """The video stream as the container and codec parameters describe it."""
+
+    codec: str  # FFmpeg's name: h264, hevc ...
+    width: int
+    height: int
+    fps: float | None
+    time_base: Fraction
+    start_pts: int  # the stream's first timestamp (media time counts from it)
+    frame_count: int | None
+    matrix: Matrix  # declared, else default_matrix
+    full_range: bool
+    has_b_frames: bool
+
+
+@dataclass(frozen=True)
+class Packet:
+    """One compressed video packet, Annex-B for H.264/HEVC."""
+
+    data: bytes
+    pts: int | None  # in ``time_base`` units
+    keyframe: bool
+    codec: str
+    time_base: Fraction
+    fresh: bool = False  # the first packet after a (re)connect: decoders start over
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.pts is None else float(self.pts * self.time_base)
+
+
+def colour_of(colorspace: int, color_range: int, height: int, width: int) -> tuple[Matrix, bool]:
+    """The matrix and range a stream declares (FFmpeg's enums), with default_matrix for
+    streams that declare none."""
+    if colorspace in _BT709_SPACES:
+        matrix: Matrix = "bt709"
+    elif colorspace in _BT601_SPACES:
+        matrix = "bt601"
+    else:
+        matrix = default_matrix(height, width)
+    return matrix, color_range == _FULL_RANGE
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """How a live stream reconnects (as ``sources.StreamSource``)."""
+
+    attempts: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    timeout_s: float = 10.0
+
+
+class Demuxer:
+    """The video packets of a file or RTSP stream, through PyAV; live streams reconnect.
+
+    ``read()`` returns the next :class:`Packet`, or None at the end of a file or when a live
+    stream's reconnects ran out. ``reconnects`` counts successful reconnects.
+    """
+
+    def __init__(self, spec: str, reconnect: Reconnect = Reconnect()) -> None:
+        self._av = require("av", "video")
+        self.spec = spec
+        self.live = spec.lower().startswith(LIVE_PREFIXES)
+        self.reconnect = reconnect
+        self.reconnects = 0
+        self._failures = 0
+        self._container: Any = None
+        self._packets: Any = None
+        self._filter: Any = None
+        self._queue: deque[Packet] = deque()
+        self._fresh = False  # connected, no packet handed out on this connection yet
+        self._wait_key = False
+        self.info = self._open_first()
+
+    # --------------------------------------------------------------------- opening
+
+    def _open(self) -> StreamInfo:
+        options = {"rtsp_transport": "tcp"} if self.live else {}
+        t = self.reconnect.timeout_s
+        container = self._av.open(self.spec, options=options, timeout=(t, t))
+        try:
+            if not container.streams.video:
+                raise SsdTrtError(f"{self.spec} has no video stream")
+            stream = container.streams.video[0]
+            info = self._describe(stream)
+            bsf = ANNEXB_FILTERS.get(info.codec)
+            self._filter = self._av.bitstream.BitStreamFilterContext(bsf, stream) if bsf else None
+        except BaseException:
+            container.close()
+            raise
+        self._container, self._stream = container, stream
+        self._packets = container.demux(stream)
+        self._fresh, self._wait_key = True, True
+        return info
+
+    def _describe(self, stream: Any) -> StreamInfo:
+        cc = stream.codec_context
+        width, height = int(cc.width), int(cc.height)
+        if width <= 0 or height <= 0:
+            raise SsdTrtError(f"{self.spec}: the video stream has no picture size")
+        matrix, full = colour_of(int(cc.colorspace or 2), int(cc.color_range or 0), height, width)
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate and 0 < float(rate) <= 1000 else None
+        frames = int(stream.frames or 0)
+        return StreamInfo(
+            codec=cc.name,
+            width=width,
+            height=height,
+            fps=fps,
+            time_base=Fraction(stream.time_base or Fraction(1, 90000)),
+            start_pts=int(stream.start_time or 0),
+            frame_count=frames if frames > 0 and not self.live else None,
+            matrix=matrix,
+            full_range=full,
+            has_b_frames=bool(cc.has_b_frames),
+        )
+
+    def _open_first(self) -> StreamInfo:
+        try:
+            return self._open()
+        except SsdTrtError:
+            raise
+        except Exception as exc:
+            what = "stream URL" if self.live else "video"
+            raise SsdTrtError(
+                f"cannot open {what} {self.spec}: {first_line(exc)}; check the "
+                + ("URL and that the server is up" if self.live else "file")
+            ) from None
+
+    def _reconnect(self) -> bool:
+        """Reopen with a doubling delay; False once the failure budget is spent."""
+        self._close_container()
+        r = self.reconnect
+        while self._failures < max(1, r.attempts):
+            if self._failures:
+                time.sleep(min(r.backoff_s * 2 ** (self._failures - 1), r.max_backoff_s))
+            try:
+                info = self._open()
+            except Exception as exc:
+                log.debug("%s: reconnect failed: %s", self.spec, first_line(exc))
+                self._failures += 1
+                continue
+            if (info.width, info.height, info.codec) != (
+                self.info.width,
+                self.info.height,
+                self.info.codec,
+            ):
+                log.warning(
+                    "%s: the stream came back as %s %dx%d (was %s %dx%d)",
+                    self.spec,
+                    info.codec,
+                    info.width,
+                    info.height,
+                    self.info.codec,
+                    self.info.width,
+                    self.info.height,
+                )
+            self.info = info
+            return True
+        return False
+
+    # --------------------------------------------------------------------- reading
+
+    def _next_raw(self) -> Any | None:
+        """The next demuxed packet with data; None at the end or on a read error."""
+        assert self._packets is not None
+        try:
+            for packet in self._packets:
+                if packet.size:
+                    return packet
+        except self._av.error.EOFError:
+            return None
+        except (self._av.error.FFmpegError, OSError) as exc:
+            log.warning("%s: read failed: %s", self.spec, first_line(exc))
+            return None
+        return None
+
+    def _filtered(self, raw: Any | None) -> list[Any]:
+        if self._filter is None:
+            return [] if raw is None else [raw]
+        return list(self._filter.filter(raw))
+
+    def read(self) -> Packet | None:
+        while not self._queue:
+            if self._container is None:
+                return None
+            raw = self._next_raw()
+            out = self._filtered(raw)  # None flushes the filter at the end
+            for p in out:
+                key = bool(p.is_keyframe)
+                if self._wait_key and not key:
+                    continue  # nothing decodes before a keyframe (a stream joined mid-GOP)
+                self._queue.append(
+                    Packet(
+                        bytes(p),
+                        None if p.pts is None else int(p.pts),
+                        key,
+                        self.info.codec,
+                        self.info.time_base,
+                        fresh=self._fresh,
+                    )
+                )
+                self._fresh = self._wait_key = False
+            if raw is not None:
+                continue
+            if not self.live:
+                self._close_container()
+                continue
+            # A connection that opened but gave nothing is a failed attempt too, so a server
+            # that accepts and then stalls cannot keep us reconnecting forever.
+            if self._fresh:
+                self._failures += 1
+            log.warning("%s: stream dropped; reconnecting", self.spec)
+            if not self._reconnect():
+                log.warning(
+                    "%s: giving up after %d failed reconnection attempts",
+                    self.spec,
+                    self._failures,
+                )
+                return None
+            self.reconnects += 1
+        packet = self._queue.popleft()
+        if self.live and not packet.fresh:
+            self._failures = 0  # packets flow again
+        return packet
+
+    def _close_container(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = self._packets = self._filter = None
+
+    def close(self) -> None:
+        self._close_container()
+        self._queue.clear()
+
+
+# ------------------------------------------------------------------------- decoders
+
+
+class Decoded(Protocol):
+    """One decoded picture: its pts, and a Frame built from it."""
+
+    pts: int | None
+
+    def frame(self, index: int, timestamp: float) -> Frame: ...
+
+
+class PacketDecoder(Protocol):
+    """Decodes :class:`Packet` s in decode order into pictures in display order."""
+
+    name: str
+
+    def decode(self, packet: Packet | None) -> list[Decoded]:
+        """Pictures ready after ``packet``; None drains the decoder at the end."""
+        ...
+
+    def reset(self) -> None:
+        """Start over (after a reconnect): drop references to earlier pictures."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class _HostPicture:
+    pts: int | None
+    image: np.ndarray
+
+    def frame(self, index: int, timestamp: float) -> Frame:
+        return Frame(index, timestamp, self.image)
+
+
+class CpuDecoder:
+    """PyAV (FFmpeg) on the CPU, fed the same packets: frames in host memory (BGR, converted by
+    FFmpeg as OpenCV's capture converts them)."""
+
+    name = "cpu"
+
+    def __init__(self, info: StreamInfo, threads: int | None = None) -> None:
+        self._av = require("av", "video")
+        self.info = info
+        self._threads = threads
+        self._ctx = self._context()
+
+    def _context(self) -> Any:
+        ctx = self._av.CodecContext.create(self.info.codec, "r")
+        if self._threads:
+            ctx.thread_count = self._threads
+        return ctx
+
+    def decode(self, packet: Packet | None) -> list[Decoded]:
+        if packet is None:
+            raw = None
+        else:
+            raw = self._av.Packet(packet.data)
+            raw.pts = packet.pts
+        try:
+            frames = self._ctx.decode(raw)
+        except self._av.error.FFmpegError as exc:  # a damaged packet: skip what it held
+            log.debug("decode error: %s", first_line(exc))
+            return []
+        return [_HostPicture(f.pts, f.to_ndarray(format="bgr24")) for f in frames]
+
+    def reset(self) -> None:
+        self._ctx = self._context()
+
+    def close(self) -> None:
+        self._ctx = None
+
+
+def download_nv12(frame: DeviceFrame) -> np.ndarray:
+    """An NV12 DeviceFrame's pixels as host BGR (colour.nv12_to_bgr with the frame's colour):
+    two pitched device-to-host copies through the CUDA runtime. NOT EXECUTED (no GPU here)."""
+    runtime = require("cuda.bindings.runtime", "gpu")
+    h, w = frame.size
+    host = np.empty((h * 3 // 2, w), np.uint8)
+    kind = runtime.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    for (ptr, pitch), rows, offset in zip(frame.planes, (h, h // 2), (0, h * w), strict=True):
+        (err,) = runtime.cudaMemcpy2D(host.ctypes.data + offset, w, ptr, pitch, w, rows, kind)
+        if int(err) != 0:
+            raise SsdTrtError(f"copying a decoded frame to the host failed: CUDA error {err}")
+    assert frame.matrix is not None
+    return nv12_to_bgr(host, frame.matrix, frame.full_range)
+
+
+class NvdecUnsupported(SsdTrtError):
+    """NVDEC on this GPU cannot decode the stream (codec, size or bit depth)."""
+
+
+class _Surface:
+    """A decoded picture in one of the decoder's output buffers, locked (GetLockedFrame) so
+    the decoder writes no later picture into it; unlocked when the last reference (the
+    DeviceFrame's ``owner``) goes. The fast path keeps frames until the GPU work reading them
+    completed, so a buffer is never reused while a batch that reads it is in flight."""
+
+    def __init__(self, decoder: Any, ptr: int) -> None:
+        self._decoder, self.ptr = decoder, ptr
+
+    def release(self) -> None:
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            decoder.UnlockFrame(self.ptr)
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # the decoder is gone at interpreter exit: nothing to unlock
+            pass
+
+
+@dataclass
+class _DevicePicture:
+    pts: int | None
+    device: DeviceFrame
+
+    def frame(self, index: int, timestamp: float) -> Frame:
+        device = self.device
+        return Frame(index, timestamp, device=device, download=lambda: download_nv12(device))
+
+
+class NvdecDecoder:
+    """PyNvVideoCodec's decoder: NV12 pictures in GPU memory. NOT EXECUTED (no GPU here).
+
+    Written against PyNvVideoCodec 2.2.4: ``CreateDecoder(gpuid, codec, usedevicememory=True,
+    latency=...)``; packets go in as ``PacketData`` (``bsl_data`` pointer, ``bsl`` size,
+    ``pts``); ``GetNumDecodedFrame(packet)`` decodes and says how many pictures are ready;
+    ``GetLockedFrame()`` hands each out, in display order, as a device pointer to a packed NV12
+    buffer (pitch = width, chroma after H rows), which the decoder does not reuse until
+    ``UnlockFrame(ptr)``; an empty packet (size 0) drains it. Its pool of output buffers grows
+    when all are locked, so frames held by batches in flight cost memory, never correctness.
+    The locked path reports no pts, so each picture takes the smallest pts of the packets sent
+    and not yet matched (pictures leave in display order, i.e. ascending pts). Latency: LOW
+    (a picture per packet at once) for streams without B-frames, NATIVE otherwise (B-frames
+    need reordering). The decoder completes its copy into the locked buffer before returning
+    (NvDecoder synchronises its stream after the copy), so ``ready`` is None: TO VERIFY on the
+    GPU machine, where decoded planes are compared with OpenCV's.
+    """
+
+    name = "nvdec"
+
+    def __init__(self, info: StreamInfo, gpu_id: int = 0) -> None:
+        nvc = require("PyNvVideoCodec", "gpu")
+        self._nvc, self.info, self.gpu_id = nvc, info, gpu_id
+        member = NVDEC_CODECS.get(info.codec)
+        if member is None:
+            raise NvdecUnsupported(f"NVDEC does not decode {info.codec}")
+        self._codec = getattr(nvc.cudaVideoCodec, member)
+        caps = nvc.GetDecoderCaps(gpuid=gpu_id, codec=self._codec)
+        if not caps.get("supported"):
+            raise NvdecUnsupported(f"this GPU's NVDEC does not decode {info.codec}")
+        too_big = info.width > caps.get("width_max", 1 << 30) or info.height > caps.get(
+            "height_max", 1 << 30
+        )
+        if too_big:
+            raise NvdecUnsupported(
+                f"NVDEC decodes {info.codec} up to {caps['width_max']}x{caps['height_max']}, "
+                f"the stream is {info.width}x{info.height}"
+            )
+        self._low = not info.has_b_frames
+        self._pending: list[int] = []  # pts of packets sent, not yet matched to a picture
+        self._dec = self._create()
+
+    def _create(self) -> Any:
+        latency = self._nvc.DisplayDecodeLatencyType
+        return self._nvc.CreateDecoder(
+            gpuid=self.gpu_id,
+            codec=self._codec,
+            usedevicememory=True,
+            latency=latency.LOW if self._low else latency.NATIVE,
+        )
+
+    def _send(self, data: np.ndarray | None, pts: int) -> int:
+        packet = self._nvc.PacketData()
+        packet.bsl_data = 0 if data is None else data.ctypes.data
+        packet.bsl = 0 if data is None else data.size
+        packet.pts = pts
+        if self._low and data is not None:
+            packet.decode_flag = self._nvc.VideoPacketFlag.ENDOFPICTURE
+        return int(self._dec.GetNumDecodedFrame(packet))
+
+    def decode(self, packet: Packet | None) -> list[Decoded]:
+        if packet is None:
+            ready = self._send(None, 0)
+        else:
+            data = np.frombuffer(packet.data, np.uint8)  # alive through the call
+            if packet.pts is not None:
+                heapq.heappush(self._pending, packet.pts)
+            ready = self._send(data, packet.pts or 0)
+        pictures: list[Decoded] = []
+        h, w = self.info.height, self.info.width
+        for _ in range(ready):
+            ptr = int(self._dec.GetLockedFrame())
+            surface = _Surface(self._dec, ptr)
+            device = DeviceFrame(
+                "nv12",
+                h,
+                w,
+                ((ptr, w), (ptr + h * w, w)),
+                device_id=self.gpu_id,
+                matrix=self.info.matrix,
+                full_range=self.info.full_range,
+                owner=surface,
+            )
+            pts = heapq.heappop(self._pending) if self._pending else None
+            pictures.append(_DevicePicture(pts, device))
+        return pictures
+
+    def reset(self) -> None:
+        # A fresh decoder: locked surfaces of the old one stay valid until released (each
+        # holds its decoder object).
+        self._pending.clear()
+        self._dec = self._create()
+
+    def close(self) -> None:
+        self._dec = None
+
+
+# ------------------------------------------------------------------------- the source
+
+
+DecoderFactory = Callable[[StreamInfo], PacketDecoder]
+
+
+def nvdec_or_cpu(gpu_id: int = 0) -> DecoderFactory:
+    """NVDEC where it can decode the stream, else the CPU with a one-line warning."""
+
+    def make(info: StreamInfo) -> PacketDecoder:
+        try:
+            return NvdecDecoder(info, gpu_id)
+        except NvdecUnsupported as exc:
+            log.warning("%s; decoding this stream on the CPU", exc)
+            return CpuDecoder(info)
+
+    return make
+
+
+class NvdecSource(Source):
+    """A video file or RTSP stream decoded by a packet decoder (NVDEC by default): each Frame
+    carries ``device`` (and downloads its pixels only when asked) when NVDEC decodes it.
+
+    ``decoder``: builds the decoder for the stream (default :func:`nvdec_or_cpu`); given
+    :class:`CpuDecoder` it is the same source decoding on the CPU. ``timestamp``: media time
+    (pts from the stream's start) for files, seconds since open for live streams.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        reconnect: Reconnect = Reconnect(),
+        decoder: DecoderFactory | None = None,
+    ) -> None:
+        super().__init__(spec)
+        self._demuxer = Demuxer(spec, reconnect)
+        self.live = self._demuxer.live
+        info = self._demuxer.info
+        self.fps, self.frame_count = info.fps, info.frame_count
+        self._make = decoder or nvdec_or_cpu()
+        try:
+            self._decoder: PacketDecoder | None = self._make(info)
+        except BaseException:
+            self._demuxer.close()
+            raise
+        self.decoder_name = self._decoder.name
+        self._ready: deque[Decoded] = deque()
+        self._index = 0
+        self._t0 = time.monotonic()
+        self._drained = False
+
+    @property
+    def info(self) -> StreamInfo:
+        return self._demuxer.info
+
+    @property
+    def reconnects(self) -> int:  # type: ignore[override]
+        return self._demuxer.reconnects
+
+    @reconnects.setter
+    def reconnects(self, value: int) -> None:
+        pass  # the base class initializes it; the demuxer counts
+
+    def read(self) -> Frame | None:
+        while not self._ready:
+            if self._decoder is None or self._drained:
+                return None
+            packet = self._demuxer.read()
+            if packet is not None and packet.fresh and self._index:
+                self._decoder.reset()  # a reconnect: earlier pictures are no references
+            pictures = self._decoder.decode(packet)
+            if packet is None:
+                self._drained = True
+            self._ready.extend(pictures)
+        picture = self._ready.popleft()
+        frame = picture.frame(self._index, self._timestamp(picture.pts))
+        self._index += 1
+        return frame
+
+    def _timestamp(self, pts: int | None) -> float:
+        if self.live:
+            return time.monotonic() - self._t0
+        info = self.info
+        if pts is not None:
+            return float((pts - info.start_pts) * info.time_base)
+        return self._index / self.fps if self.fps else float(self._index)
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+        self._ready.clear()
+        self._demuxer.close()

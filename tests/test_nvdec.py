@@ -1,0 +1,189 @@
+"""The NVDEC source's CPU-side half (video/nvdec.py), run for real on this machine: PyAV demuxes
+real files to Annex-B packets; PyAV's CPU decoder (``CpuDecoder``, also the fallback for streams
+NVDEC cannot decode) decodes those exact packets, and the frames must equal OpenCV's decode of
+the same file. The RTSP server is the one tests/test_sources.py kills and restarts.
+
+NOT RUN here: ``NvdecDecoder`` (PyNvVideoCodec needs NVIDIA's driver libraries).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_sources import RtspServer, _free_port, rtsp_server  # noqa: F401 - the fixture
+
+from ssd_trt.errors import SsdTrtError
+from ssd_trt.video.app import open_decoded
+from ssd_trt.video.nvdec import (
+    CpuDecoder,
+    Demuxer,
+    NvdecSource,
+    Reconnect,
+    colour_of,
+)
+
+START_CODES = (b"\x00\x00\x00\x01", b"\x00\x00\x01")
+
+
+def _opencv_frames(path: Path) -> list[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    frames = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            return frames
+        frames.append(image)
+
+
+def _high_profile_with_b_frames(src: Path, dest: Path, codec: str = "libx264") -> Path:
+    """A camera-like file made from real frames: H.264 High profile (or HEVC Main) with
+    B-frames, in MP4 (length-prefixed NAL units, which the bitstream filter turns to Annex-B)."""
+    import av
+
+    frames = _opencv_frames(src)[:60]
+    h, w = frames[0].shape[:2]
+    with av.open(str(dest), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"profile": "high", "bf": "3", "g": "25", "crf": "23"}
+        else:
+            stream.options = {"x265-params": "bframes=3:keyint=25:log-level=error"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return dest
+
+
+def _check_packets_and_decode(path: Path, codec: str) -> None:
+    demuxer = Demuxer(str(path))
+    packets = []
+    while (packet := demuxer.read()) is not None:
+        packets.append(packet)
+    demuxer.close()
+    info = demuxer.info
+    assert info.codec == codec and info.has_b_frames
+    assert packets[0].keyframe and packets[0].fresh and not any(p.fresh for p in packets[1:])
+    assert all(p.data.startswith(START_CODES) for p in packets)  # Annex-B, not MP4's lengths
+    pts = [p.pts for p in packets]
+    assert pts != sorted(pts) and len(set(pts)) == len(pts)  # B-frames: decode order differs
+    # Those exact packets, decoded: the frames OpenCV decodes from the file, in display order.
+    decoder = CpuDecoder(info)
+    pictures = [pic for p in packets for pic in decoder.decode(p)] + decoder.decode(None)
+    expected = _opencv_frames(path)
+    assert len(pictures) == len(expected) == len(packets)
+    assert [pic.pts for pic in pictures] == sorted(pts)
+    for pic, image in zip(pictures, expected, strict=True):
+        assert np.array_equal(pic.image, image)
+
+
+def test_bikes_packets_decode_to_opencvs_frames(bikes_video: Path) -> None:
+    _check_packets_and_decode(bikes_video, "h264")  # bikes.mp4 is High profile with B-frames
+
+
+@pytest.mark.parametrize("codec", ["libx264", "libx265"])
+def test_camera_like_files_made_from_real_frames(
+    bikes_video: Path, tmp_path: Path, codec: str
+) -> None:
+    path = _high_profile_with_b_frames(bikes_video, tmp_path / f"{codec}.mp4", codec)
+    _check_packets_and_decode(path, "h264" if codec == "libx264" else "hevc")
+
+
+def test_source_numbers_and_times_frames_as_the_file_source_does(bikes_video: Path) -> None:
+    from ssd_trt.sources import open_source
+
+    with (
+        NvdecSource(str(bikes_video), decoder=CpuDecoder) as gpu_side,
+        open_source(str(bikes_video)) as cpu,
+    ):
+        assert gpu_side.decoder_name == "cpu" and not gpu_side.live
+        assert (gpu_side.fps, gpu_side.frame_count) == (cpu.fps, cpu.frame_count) == (25.0, 250)
+        ours, theirs = list(gpu_side), list(cpu)
+    assert [f.index for f in ours] == [f.index for f in theirs] == list(range(250))
+    assert [round(f.timestamp, 6) for f in ours] == [round(f.timestamp, 6) for f in theirs]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_declared_colour_and_defaults() -> None:
+    assert colour_of(1, 1, 480, 640) == ("bt709", False)  # declared BT.709, limited
+    assert colour_of(6, 2, 1080, 1920) == ("bt601", True)  # declared SMPTE 170M, full
+    assert colour_of(2, 0, 720, 1280) == ("bt709", False)  # unspecified: HD -> BT.709
+    assert colour_of(2, 0, 272, 640) == ("bt601", False)
+
+
+def test_bad_inputs_are_one_line(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    for spec, expected in (
+        (str(junk), "cannot open video "),
+        (str(tmp_path / "missing.mp4"), "cannot open video "),
+    ):
+        with pytest.raises(SsdTrtError) as info:
+            NvdecSource(spec, decoder=CpuDecoder)
+        assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+    url = f"rtsp://127.0.0.1:{_free_port()}/live"
+    with pytest.raises(SsdTrtError, match="cannot open stream URL rtsp://.*server is up"):
+        NvdecSource(url, reconnect=Reconnect(timeout_s=2.0), decoder=CpuDecoder)
+
+
+def test_open_decoded_keeps_cpu_sources_and_refuses_nvdec_without_the_package(
+    bikes_video: Path,
+) -> None:
+    from ssd_trt.sources import FileSource
+    from ssd_trt.video.decode import nvdec_missing
+
+    with open_decoded(str(bikes_video)) as source:
+        assert isinstance(source, FileSource)
+    if nvdec_missing() is not None:  # this machine: PyNvVideoCodec does not load
+        with pytest.raises(SsdTrtError, match=r"PyNvVideoCodec is not installed|ssd-trt\[gpu\]"):
+            open_decoded(str(bikes_video), "nvdec")
+
+
+def test_rtsp_demux_reconnects_after_server_restart(rtsp_server: RtspServer) -> None:  # noqa: F811
+    """The live path: packets, then the server is killed and restarted on the same port; the
+    demuxer reconnects, starts again at a keyframe, the decoder starts over (``fresh``) and
+    frames go on numbered and timed in order."""
+    source = NvdecSource(
+        rtsp_server.url,
+        reconnect=Reconnect(attempts=12, backoff_s=0.2, max_backoff_s=0.5, timeout_s=3.0),
+        decoder=CpuDecoder,
+    )
+    restart: threading.Timer | None = None
+    try:
+        assert source.live and source.info.codec == "mjpeg"
+        assert source.info.time_base == Fraction(1, 90000)  # RTP's clock
+        deadline = time.monotonic() + 120
+        frames = []
+        while len(frames) < 10:
+            frame = source.read()
+            assert frame is not None and time.monotonic() < deadline
+            frames.append(frame)
+        rtsp_server.kill()
+        restart = threading.Timer(1.0, rtsp_server.start)
+        restart.start()
+        while len(frames) < 50:
+            frame = source.read()
+            assert frame is not None, f"stream ended after {len(frames)} frames"
+            assert time.monotonic() < deadline
+            frames.append(frame)
+        restart.join(timeout=90)
+        assert source.reconnects >= 1
+        assert [f.index for f in frames] == list(range(50))
+        stamps = [f.timestamp for f in frames]
+        assert all(b >= a for a, b in zip(stamps, stamps[1:], strict=False))
+        assert stamps[-1] - stamps[10] >= 1.0  # the outage lies between these frames
+        assert all(f.size == (240, 320) for f in frames)
+    finally:
+        if restart is not None:
+            restart.cancel()
+            restart.join(timeout=90)
+        source.close()
