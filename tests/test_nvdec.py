@@ -19,13 +19,8 @@ from test_sources import RtspServer, _free_port, rtsp_server  # noqa: F401 - the
 
 from ssd_trt.errors import SsdTrtError
 from ssd_trt.video.app import open_decoded
-from ssd_trt.video.nvdec import (
-    CpuDecoder,
-    Demuxer,
-    NvdecSource,
-    Reconnect,
-    colour_of,
-)
+from ssd_trt.video.demux import Demuxer, Reconnect, colour_of
+from ssd_trt.video.nvdec import CpuDecoder, NvdecSource
 
 START_CODES = (b"\x00\x00\x00\x01", b"\x00\x00\x01")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -145,17 +145,23 @@ def copy_rows(dst: int, src: int, src_pitch: int, row_bytes: int, rows: int, str
     if src_pitch == row_bytes:
         enqueue("cuMemcpyDtoDAsync", dst, src, row_bytes * rows, stream=stream)
         return
+    copy = _copy_2d(src, src_pitch, row_bytes, rows)
+    copy.dstMemoryType = driver().CUmemorytype.CU_MEMORYTYPE_DEVICE
+    copy.dstDevice = dst
+    copy.dstPitch = row_bytes
+    enqueue("cuMemcpy2DAsync", copy, stream=stream)
+
+
+def _copy_2d(src: int, src_pitch: int, row_bytes: int, rows: int) -> Any:
+    """A CUDA_MEMCPY2D from device rows; the caller fills in the destination."""
     drv = driver()
     copy = drv.CUDA_MEMCPY2D()
     copy.srcMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
     copy.srcDevice = src
     copy.srcPitch = src_pitch
-    copy.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_DEVICE
-    copy.dstDevice = dst
-    copy.dstPitch = row_bytes
     copy.WidthInBytes = row_bytes
     copy.Height = rows
-    enqueue("cuMemcpy2DAsync", copy, stream=stream)
+    return copy
 
 
 # ------------------------------------------------------------------------------ graphs
@@ -304,6 +310,23 @@ class PinnedBuffer:
             self.array = np.empty(0, np.uint8)
             self.buffer.close()
             self.buffer = None
+
+
+def download_rows(planes: Sequence[tuple[int, int]], rows: Sequence[int], width: int) -> np.ndarray:
+    """Pitched device planes ((pointer, pitch) each, ``rows`` rows of ``width`` bytes) stacked
+    into one packed host array [sum(rows), width]: synchronous copies, for pixels an output
+    needs (a frame decoded on the GPU that is drawn or shown)."""
+    host = np.empty((sum(rows), width), np.uint8)
+    offset = 0
+    for (ptr, pitch), n in zip(planes, rows, strict=True):
+        copy = _copy_2d(ptr, pitch, width, n)
+        drv = driver()
+        copy.dstMemoryType = drv.CUmemorytype.CU_MEMORYTYPE_HOST
+        copy.dstHost = host.ctypes.data + offset * width
+        copy.dstPitch = width
+        call("cuMemcpy2D", copy)
+        offset += n
+    return host
 
 
 def is_oom(exc: BaseException) -> bool:

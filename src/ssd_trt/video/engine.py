@@ -50,7 +50,7 @@ from ..detector import Detector, PendingBatch
 from ..errors import SsdTrtError, Terminated
 from ..source_names import unique_names
 from ..sources import Frame, Source
-from .lanes import POLL_S, Lane, signals_stop
+from .lanes import NO_IMAGE, POLL_S, Lane, join_threads, signals_stop
 from .outputs import FrameResult, Output, OutputWriteError, StopPipeline, finalize
 from .overlay import draw_frame
 from .stats import FpsMeter, RunStats, SourceStats, fold_stages, stopped_by
@@ -64,9 +64,6 @@ _Item = tuple[Frame, Any, float, float, int]
 
 
 _Batch = list[tuple[Lane, Frame, float]]
-# What outputs that show no picture get: nothing is drawn or downloaded for them.
-NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
-NO_IMAGE.flags.writeable = False
 
 
 class Engine:
@@ -78,10 +75,9 @@ class Engine:
     short when any source is live) is the batch deadline. ``max_in_flight`` and ``file_depth``
     (None: enough for a lane's share of the batches in flight) bound each lane. ``draw=None``
     draws when an output shows pictures or ``on_frame`` is given. ``on_frame(i, result,
-    annotated)`` is called after source i's outputs got a frame; ``on_frame_image=False`` says
-    it ignores ``annotated`` (then a lane whose outputs show no picture never reads pixels: a
-    frame decoded on the GPU is not downloaded). ``max_frames`` bounds each
-    source. ``overlap=False`` keeps one batch in flight; ``sync=True``: see the module doc;
+    annotated)`` is called after source i's outputs got a frame (``on_frame_image=False``: it
+    ignores ``annotated``, so GPU frames need no download). ``max_frames`` bounds each source.
+    ``overlap=False`` keeps one batch in flight; ``sync=True``: see the module doc;
     ``tracking[i]`` (video/tracks.py) tracks source i in its emitter, before drawing.
     """
 
@@ -126,10 +122,10 @@ class Engine:
         self.max_in_flight = max(1, max_in_flight or max(4, share))
         self.max_frames = max_frames
         self.sync = sync
-        shows = any(o.shows_image for outs in outputs for o in outs)
         self.on_frame = on_frame
         self._frame_image = on_frame is not None and on_frame_image
-        self.draw = (shows or self._frame_image) if draw is None else draw
+        shows = self._frame_image or any(o.shows_image for outs in outputs for o in outs)
+        self.draw = shows if draw is None else draw
         self.stats = RunStats(stopped_by="end of stream" if len(sources) == 1 else "end of streams")
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -308,7 +304,8 @@ class Engine:
         track, t0 = lane.tracking, time.perf_counter()
         dets = dets if track is None else track.update(frame, dets)
         tt = time.perf_counter()
-        image = frame.image if self._needs_image(lane) else NO_IMAGE
+        # Pixels only where read (a GPU frame is otherwise never downloaded).
+        image = frame.image if self.draw or self._frame_image or lane.shows_image else NO_IMAGE
         if self.draw:
             image = image.copy()
             rate = None if frame.name else fps.value  # a still image has no frame rate
@@ -336,11 +333,6 @@ class Engine:
             self._cond.notify_all()
         if self.on_frame is not None:
             self.on_frame(lane.index, result, image)
-
-    def _needs_image(self, lane: Lane) -> bool:
-        """Whether a frame's pixels are read: to draw, for an output that shows them, or for
-        ``on_frame``. Otherwise a frame decoded on the GPU is never downloaded."""
-        return self.draw or self._frame_image or any(o.shows_image for o in lane.outputs)
 
     def _emit(self, lane: Lane) -> None:
         fps = FpsMeter()  # from here: the warm-up is no part of the frame rate
@@ -447,14 +439,7 @@ class Engine:
             raise
         finally:
             self._stop.set()
-            threads = self._threads
-            for t in threads:
-                # A stream read can block for its timeout plus a reconnect backoff; the source
-                # must not be closed under a thread still reading it.
-                t.join(timeout=30)
-            alive = [t.name for t in threads if t.is_alive()]
-            if alive:
-                log.warning("threads still running: %s", alive)
+            join_threads(self._threads, timeout_s=30)
             self.stats.seconds = time.perf_counter() - start
             for lane in self.lanes:
                 lane.record_end()

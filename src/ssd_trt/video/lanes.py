@@ -4,20 +4,28 @@ frames, files never drop); ``signals_stop`` routes Ctrl-C and SIGTERM to the sto
 
 from __future__ import annotations
 
+import logging
 import queue
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+import numpy as np
 
 from ..sources import Frame, Source
 from .outputs import Output
 from .stats import SourceStats
 from .tracks import LaneTracking
 
+log = logging.getLogger(__name__)
+
 POLL_S = 0.1  # how often blocked threads re-check the stop flag
+# What outputs that show no picture get: nothing is drawn or downloaded for them.
+NO_IMAGE = np.zeros((0, 0, 3), np.uint8)
+NO_IMAGE.flags.writeable = False
 
 
 class Lane:
@@ -46,6 +54,7 @@ class Lane:
         self.taken = 0  # frames the batcher took, for max_frames
         self.results: queue.Queue[Any] = queue.Queue()
         self.tracking = tracking  # with --track; used by the lane's emitter only
+        self.shows_image = any(o.shows_image for o in outputs)  # an output reads its pixels
 
     def record_end(self) -> None:
         """The source's own counts (and the tracks seen) into its stats, at the run's end."""
@@ -87,3 +96,13 @@ def signals_stop(stop: Callable[[int], None]) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def join_threads(threads: Sequence[threading.Thread], timeout_s: float) -> None:
+    """Wait for the engine's threads before its sources close: a stream read can block for its
+    timeout plus a reconnect backoff, and a source must not close under a thread reading it."""
+    for t in threads:
+        t.join(timeout=timeout_s)
+    alive = [t.name for t in threads if t.is_alive()]
+    if alive:
+        log.warning("threads still running: %s", alive)

@@ -34,20 +34,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..colour import Matrix, nv12_to_bgr
-from ..device_frames import DeviceFrame, default_matrix
+from ..colour import nv12_to_bgr
+from ..device_frames import DeviceFrame
 from ..errors import SsdTrtError, first_line, require
+from ..runtime import cuda
 from ..sources import Frame, Source
+from .demux import Demuxer, Packet, Reconnect, StreamInfo
 
 log = logging.getLogger(__name__)
 
-LIVE_PREFIXES = ("rtsp://", "rtsps://")
-ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 # FFmpeg codec name -> PyNvVideoCodec's cudaVideoCodec member; NVDEC is asked at open whether
 # this GPU decodes it (GetDecoderCaps).
 NVDEC_CODECS = {
@@ -61,248 +60,6 @@ NVDEC_CODECS = {
     "mpeg1video": "MPEG1",
     "vc1": "VC1",
 }
-# FFmpeg's AVColorSpace / AVColorRange values the stream may declare.
-_BT709_SPACES = {1}  # AVCOL_SPC_BT709
-_BT601_SPACES = {5, 6}  # AVCOL_SPC_BT470BG, AVCOL_SPC_SMPTE170M
-_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """The video stream as the container and codec parameters describe it."""
-
-    codec: str  # FFmpeg's name: h264, hevc ...
-    width: int
-    height: int
-    fps: float | None
-    time_base: Fraction
-    start_pts: int  # the stream's first timestamp (media time counts from it)
-    frame_count: int | None
-    matrix: Matrix  # declared, else default_matrix
-    full_range: bool
-    has_b_frames: bool
-
-
-@dataclass(frozen=True)
-class Packet:
-    """One compressed video packet, Annex-B for H.264/HEVC."""
-
-    data: bytes
-    pts: int | None  # in ``time_base`` units
-    keyframe: bool
-    codec: str
-    time_base: Fraction
-    fresh: bool = False  # the first packet after a (re)connect: decoders start over
-
-    @property
-    def seconds(self) -> float | None:
-        return None if self.pts is None else float(self.pts * self.time_base)
-
-
-def colour_of(colorspace: int, color_range: int, height: int, width: int) -> tuple[Matrix, bool]:
-    """The matrix and range a stream declares (FFmpeg's enums), with default_matrix for
-    streams that declare none."""
-    if colorspace in _BT709_SPACES:
-        matrix: Matrix = "bt709"
-    elif colorspace in _BT601_SPACES:
-        matrix = "bt601"
-    else:
-        matrix = default_matrix(height, width)
-    return matrix, color_range == _FULL_RANGE
-
-
-@dataclass(frozen=True)
-class Reconnect:
-    """How a live stream reconnects (as ``sources.StreamSource``)."""
-
-    attempts: int = 5
-    backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
-    timeout_s: float = 10.0
-
-
-class Demuxer:
-    """The video packets of a file or RTSP stream, through PyAV; live streams reconnect.
-
-    ``read()`` returns the next :class:`Packet`, or None at the end of a file or when a live
-    stream's reconnects ran out. ``reconnects`` counts successful reconnects.
-    """
-
-    def __init__(self, spec: str, reconnect: Reconnect = Reconnect()) -> None:
-        self._av = require("av", "video")
-        self.spec = spec
-        self.live = spec.lower().startswith(LIVE_PREFIXES)
-        self.reconnect = reconnect
-        self.reconnects = 0
-        self._failures = 0
-        self._container: Any = None
-        self._packets: Any = None
-        self._filter: Any = None
-        self._queue: deque[Packet] = deque()
-        self._fresh = False  # connected, no packet handed out on this connection yet
-        self._wait_key = False
-        self.info = self._open_first()
-
-    # --------------------------------------------------------------------- opening
-
-    def _open(self) -> StreamInfo:
-        options = {"rtsp_transport": "tcp"} if self.live else {}
-        t = self.reconnect.timeout_s
-        container = self._av.open(self.spec, options=options, timeout=(t, t))
-        try:
-            if not container.streams.video:
-                raise SsdTrtError(f"{self.spec} has no video stream")
-            stream = container.streams.video[0]
-            info = self._describe(stream)
-            bsf = ANNEXB_FILTERS.get(info.codec)
-            self._filter = self._av.bitstream.BitStreamFilterContext(bsf, stream) if bsf else None
-        except BaseException:
-            container.close()
-            raise
-        self._container, self._stream = container, stream
-        self._packets = container.demux(stream)
-        self._fresh, self._wait_key = True, True
-        return info
-
-    def _describe(self, stream: Any) -> StreamInfo:
-        cc = stream.codec_context
-        width, height = int(cc.width), int(cc.height)
-        if width <= 0 or height <= 0:
-            raise SsdTrtError(f"{self.spec}: the video stream has no picture size")
-        matrix, full = colour_of(int(cc.colorspace or 2), int(cc.color_range or 0), height, width)
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate and 0 < float(rate) <= 1000 else None
-        frames = int(stream.frames or 0)
-        return StreamInfo(
-            codec=cc.name,
-            width=width,
-            height=height,
-            fps=fps,
-            time_base=Fraction(stream.time_base or Fraction(1, 90000)),
-            start_pts=int(stream.start_time or 0),
-            frame_count=frames if frames > 0 and not self.live else None,
-            matrix=matrix,
-            full_range=full,
-            has_b_frames=bool(cc.has_b_frames),
-        )
-
-    def _open_first(self) -> StreamInfo:
-        try:
-            return self._open()
-        except SsdTrtError:
-            raise
-        except Exception as exc:
-            what = "stream URL" if self.live else "video"
-            raise SsdTrtError(
-                f"cannot open {what} {self.spec}: {first_line(exc)}; check the "
-                + ("URL and that the server is up" if self.live else "file")
-            ) from None
-
-    def _reconnect(self) -> bool:
-        """Reopen with a doubling delay; False once the failure budget is spent."""
-        self._close_container()
-        r = self.reconnect
-        while self._failures < max(1, r.attempts):
-            if self._failures:
-                time.sleep(min(r.backoff_s * 2 ** (self._failures - 1), r.max_backoff_s))
-            try:
-                info = self._open()
-            except Exception as exc:
-                log.debug("%s: reconnect failed: %s", self.spec, first_line(exc))
-                self._failures += 1
-                continue
-            if (info.width, info.height, info.codec) != (
-                self.info.width,
-                self.info.height,
-                self.info.codec,
-            ):
-                log.warning(
-                    "%s: the stream came back as %s %dx%d (was %s %dx%d)",
-                    self.spec,
-                    info.codec,
-                    info.width,
-                    info.height,
-                    self.info.codec,
-                    self.info.width,
-                    self.info.height,
-                )
-            self.info = info
-            return True
-        return False
-
-    # --------------------------------------------------------------------- reading
-
-    def _next_raw(self) -> Any | None:
-        """The next demuxed packet with data; None at the end or on a read error."""
-        assert self._packets is not None
-        try:
-            for packet in self._packets:
-                if packet.size:
-                    return packet
-        except self._av.error.EOFError:
-            return None
-        except (self._av.error.FFmpegError, OSError) as exc:
-            log.warning("%s: read failed: %s", self.spec, first_line(exc))
-            return None
-        return None
-
-    def _filtered(self, raw: Any | None) -> list[Any]:
-        if self._filter is None:
-            return [] if raw is None else [raw]
-        return list(self._filter.filter(raw))
-
-    def read(self) -> Packet | None:
-        while not self._queue:
-            if self._container is None:
-                return None
-            raw = self._next_raw()
-            out = self._filtered(raw)  # None flushes the filter at the end
-            for p in out:
-                key = bool(p.is_keyframe)
-                if self._wait_key and not key:
-                    continue  # nothing decodes before a keyframe (a stream joined mid-GOP)
-                self._queue.append(
-                    Packet(
-                        bytes(p),
-                        None if p.pts is None else int(p.pts),
-                        key,
-                        self.info.codec,
-                        self.info.time_base,
-                        fresh=self._fresh,
-                    )
-                )
-                self._fresh = self._wait_key = False
-            if raw is not None:
-                continue
-            if not self.live:
-                self._close_container()
-                continue
-            # A connection that opened but gave nothing is a failed attempt too, so a server
-            # that accepts and then stalls cannot keep us reconnecting forever.
-            if self._fresh:
-                self._failures += 1
-            log.warning("%s: stream dropped; reconnecting", self.spec)
-            if not self._reconnect():
-                log.warning(
-                    "%s: giving up after %d failed reconnection attempts",
-                    self.spec,
-                    self._failures,
-                )
-                return None
-            self.reconnects += 1
-        packet = self._queue.popleft()
-        if self.live and not packet.fresh:
-            self._failures = 0  # packets flow again
-        return packet
-
-    def _close_container(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = self._packets = self._filter = None
-
-    def close(self) -> None:
-        self._close_container()
-        self._queue.clear()
 
 
 # ------------------------------------------------------------------------- decoders
@@ -381,15 +138,9 @@ class CpuDecoder:
 
 def download_nv12(frame: DeviceFrame) -> np.ndarray:
     """An NV12 DeviceFrame's pixels as host BGR (colour.nv12_to_bgr with the frame's colour):
-    two pitched device-to-host copies through the CUDA runtime. NOT EXECUTED (no GPU here)."""
-    runtime = require("cuda.bindings.runtime", "gpu")
+    its two pitched planes copied to the host. NOT EXECUTED (no GPU here)."""
     h, w = frame.size
-    host = np.empty((h * 3 // 2, w), np.uint8)
-    kind = runtime.cudaMemcpyKind.cudaMemcpyDeviceToHost
-    for (ptr, pitch), rows, offset in zip(frame.planes, (h, h // 2), (0, h * w), strict=True):
-        (err,) = runtime.cudaMemcpy2D(host.ctypes.data + offset, w, ptr, pitch, w, rows, kind)
-        if int(err) != 0:
-            raise SsdTrtError(f"copying a decoded frame to the host failed: CUDA error {err}")
+    host = cuda.download_rows(frame.planes, (h, h // 2), w)
     assert frame.matrix is not None
     return nv12_to_bgr(host, frame.matrix, frame.full_range)
 
@@ -558,11 +309,11 @@ class NvdecSource(Source):
         self,
         spec: str,
         *,
-        reconnect: Reconnect = Reconnect(),
+        reconnect: Reconnect | None = None,
         decoder: DecoderFactory | None = None,
     ) -> None:
         super().__init__(spec)
-        self._demuxer = Demuxer(spec, reconnect)
+        self._demuxer = Demuxer(spec, reconnect or Reconnect())
         self.live = self._demuxer.live
         info = self._demuxer.info
         self.fps, self.frame_count = info.fps, info.frame_count
@@ -582,19 +333,12 @@ class NvdecSource(Source):
     def info(self) -> StreamInfo:
         return self._demuxer.info
 
-    @property
-    def reconnects(self) -> int:  # type: ignore[override]
-        return self._demuxer.reconnects
-
-    @reconnects.setter
-    def reconnects(self, value: int) -> None:
-        pass  # the base class initializes it; the demuxer counts
-
     def read(self) -> Frame | None:
         while not self._ready:
             if self._decoder is None or self._drained:
                 return None
             packet = self._demuxer.read()
+            self.reconnects = self._demuxer.reconnects  # the demuxer counts them
             if packet is not None and packet.fresh and self._index:
                 self._decoder.reset()  # a reconnect: earlier pictures are no references
             pictures = self._decoder.decode(packet)
