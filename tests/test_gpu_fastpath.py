@@ -369,3 +369,84 @@ def test_bad_frames_are_one_line_errors(fastpath32) -> None:
         fastpath32.run([np.zeros((10, 10), np.uint8)])
     with pytest.raises(SsdTrtError, match="batch holds"):
         fastpath32.submit([])
+
+
+# ------------------------------------------------------------------ frames in GPU memory
+
+
+class _OnDevice:
+    """A uint8 array copied into GPU memory (cuda.core), exposing ``__cuda_array_interface__``
+    as CuPy or torch do, optionally with padded rows (``pitch``)."""
+
+    def __init__(self, fp, array: np.ndarray, pitch: int | None = None) -> None:
+        from ssd_trt.runtime import cuda
+
+        rows = array.reshape(array.shape[0], -1)
+        self.pitch = pitch or rows.shape[1]
+        padded = np.zeros((rows.shape[0], self.pitch), np.uint8)
+        padded[:, : rows.shape[1]] = rows
+        self.buffer = fp.device.allocate(padded.nbytes, stream=fp.stream)
+        cuda.enqueue("cuMemcpyHtoDAsync", int(self.buffer.handle), padded.ctypes.data,
+                     padded.nbytes, stream=fp.stream)  # fmt: skip
+        fp.stream.sync()
+        strides = (self.pitch, *array.strides[1:])
+        self.__cuda_array_interface__ = {
+            "shape": array.shape,
+            "typestr": "|u1",
+            "data": (int(self.buffer.handle), False),
+            "strides": strides,
+            "version": 3,
+            "stream": None,
+        }
+
+
+def _nv12_of(bgr: np.ndarray) -> np.ndarray:
+    """An NV12 block (H*3/2 x W) of a BGR image with even sides, through OpenCV's I420."""
+    import cv2
+
+    h, w = bgr.shape[:2]
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    u = i420[h : h + h // 4].reshape(h // 2, w // 2)
+    v = i420[h + h // 4 :].reshape(h // 2, w // 2)
+    chroma = np.stack([u, v], axis=-1).reshape(h // 2, w)
+    return np.concatenate([i420[:h], chroma])
+
+
+@gpu_test
+def test_device_bgr_frames_give_the_host_frames_detections(fastpath32, video_frames) -> None:
+    from ssd_trt.device_frames import as_device_frame
+
+    host = video_frames[:4]
+    # Two contiguous device frames, one with padded rows, one left on the host: one batch.
+    device = [_OnDevice(fastpath32, host[0]), _OnDevice(fastpath32, host[1], pitch=2048 * 3)]
+    frames = [as_device_frame(device[0]), as_device_frame(device[1]), host[2], host[3]]
+    want = fastpath32.run(host)
+    got = fastpath32.run(frames)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    assert fastpath32.preprocessed(frames).tobytes() == fastpath32.preprocessed(host).tobytes()
+
+
+@gpu_test
+def test_nv12_device_frames_preprocess_like_the_cpu_reference(fastpath32, video_frames) -> None:
+    from ssd_trt.colour import nv12_to_bgr
+    from ssd_trt.device_frames import DeviceFrame
+
+    blocks = [_nv12_of(f[: f.shape[0] // 2 * 2, : f.shape[1] // 2 * 2]) for f in video_frames[:3]]
+    on_gpu = [_OnDevice(fastpath32, b, pitch=1024) for b in blocks]
+    frames = []
+    for block, dev in zip(blocks, on_gpu, strict=True):
+        h, w = block.shape[0] * 2 // 3, block.shape[1]
+        ptr = dev.__cuda_array_interface__["data"][0]
+        frames.append(DeviceFrame("nv12", h, w, ((ptr, dev.pitch), (ptr + h * dev.pitch, 1024)),
+                                  matrix="bt601", owner=dev))  # fmt: skip
+    got = fastpath32.preprocessed(frames)
+    reference = [nv12_to_bgr(b, "bt601", False) for b in blocks]
+    want = preprocess(reference, fastpath32.spec.preprocess)
+    # The kernel converts each bilinear tap as colour.py does, then resizes like the packed
+    # kernel: within one uint8 step of reference-then-cv2.resize, as that kernel is.
+    step = fastpath32.spec.preprocess.scale
+    assert np.abs(got - want).max() <= step * 1.001
+    assert (np.abs(got - want) > 1e-6).mean() < 0.01
+    found = fastpath32.run(frames)
+    assert found.images == 3 and int(found.num_detections.sum()) > 0

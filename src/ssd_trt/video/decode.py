@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 DECODERS = ("auto", "cpu", "nvdec")
 GPU_BACKENDS = ("cuda", "tensorrt")  # the backends that run on the GPU fast path
 NVDEC_MODULE = "PyNvVideoCodec"  # PyPI: pynvvideocodec, in the [gpu] extra
-NVDEC_BUILT = True  # video/nvdec.py
 INSTALL = "pip install 'ssd-trt[gpu]'"
 NVDEC_STREAMS = ("rtsp://", "rtsps://")
 
@@ -96,8 +95,6 @@ def choose_decode(
         why = None if why is None else f"{why} ({INSTALL})"
     if why is None and not (on_gpu() if callable(on_gpu) else on_gpu):
         why = "the backend does not run on the GPU fast path (backend cuda or tensorrt)"
-    if why is None and not NVDEC_BUILT:
-        why = "NVDEC decoding is not built yet"
     if why is None:
         return DecodeChoice("nvdec", "the backend runs on the GPU and NVDEC can take the source")
     if asked == "nvdec":
@@ -106,11 +103,6 @@ def choose_decode(
 
 
 def _refusal(why: str, spec: str | int | None) -> str:
-    if why.startswith("NVDEC decoding is not built"):
-        return (
-            "--decode nvdec: NVDEC sources are not available in this version of ssd-trt; "
-            "use --decode cpu (or auto)"
-        )
     if source_not_nvdec(spec) is not None:
         return f"--decode nvdec reads video files and RTSP streams: {why}; use --decode cpu"
     if why.startswith(NVDEC_MODULE):
