@@ -40,3 +40,23 @@ timeout 300 python3 benchmarks/multi_stream.py --backend cuda --model "$data/coc
   --video "$video" --fps 30 --max-batch 32 --seconds 10 --streams "${TRACK_STREAMS:-16,32,48,64}" \
   --compare-track --out "$out/multi-stream-track.json" 2>&1 | grep -v '^{' |
   tee -a "$out/multi-stream-track.log"
+
+# Issue 19: the same sweep with frames decoded on the GPU (NVDEC; pip install pynvvideocodec),
+# against CPU decoding, with the decoder's utilisation (nvidia-smi dmon's dec column).
+if python3 -c "import PyNvVideoCodec" 2>/dev/null; then
+  python3 -m ssd_trt.cli detect "$video" --backend cuda --decode nvdec --no-show \
+    --json "$out/detect-nvdec.jsonl" 2>&1 | tail -3 | tee "$out/detect-nvdec.log"
+  python3 -m ssd_trt.cli detect "$video" --backend cuda --decode cpu --no-show \
+    --json "$out/detect-cpu-decode.jsonl" 2>&1 | tail -3 | tee -a "$out/detect-nvdec.log"
+  nvidia-smi dmon -s u -d 1 >"$out/dmon-nvdec.txt" 2>&1 &
+  dmon=$!
+  for decode in nvdec cpu; do
+    timeout 280 python3 benchmarks/multi_stream.py --backend cuda --model "$data/coco_none.onnx" \
+      --video "$video" --fps 30 --max-batch 32 --seconds 10 --decode "$decode" \
+      --streams "${NVDEC_STREAMS:-32,64,96,128,160}" --label "$decode" \
+      --out "$out/multi-stream-$decode.json" 2>&1 | grep -v '^{' | tee -a "$out/multi-stream-nvdec.log"
+  done
+  kill "$dmon"
+else
+  echo "PyNvVideoCodec does not load: no NVDEC sweep" | tee "$out/multi-stream-nvdec.log"
+fi

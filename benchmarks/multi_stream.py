@@ -67,7 +67,8 @@ from ssd_trt.errors import SsdTrtError
 from ssd_trt.quality.bench import machine_info
 from ssd_trt.sources import Frame, PacedSource, Source, open_source
 from ssd_trt.store import ArtifactStore
-from ssd_trt.video.app import decode_threads_for
+from ssd_trt.video.app import decode_threads_for, open_decoded
+from ssd_trt.video.decode import nvdec_missing
 from ssd_trt.video.engine import Engine
 from ssd_trt.video.outputs import Output
 from ssd_trt.video.stats import STAGES, RunStats
@@ -265,13 +266,15 @@ def run(
     decode_threads: int | None = None,
     max_wait_ms: float = 10.0,
     track: TrackSettings | None = None,
+    decode: str = "cpu",
 ) -> dict[str, object]:
     """``decode_threads``: FFmpeg threads per stream; None: decode_threads_for(streams), 0:
-    FFmpeg's default (one per core). ``track``: a tracker per stream, as ``detect --track``."""
+    FFmpeg's default (one per core). ``track``: a tracker per stream, as ``detect --track``.
+    ``decode``: "cpu" (OpenCV/FFmpeg) or "nvdec" (the GPU's decoder, frames stay on the GPU)."""
     frames = int(fps * seconds)
     threads = decode_threads_for(streams) if decode_threads is None else decode_threads
     timed = [
-        _TimedSource(open_source(str(video), decode_threads=threads or None))
+        _TimedSource(open_decoded(str(video), decode, decode_threads=threads or None))
         for _ in range(streams)
     ]
     sources = [PacedSource(t, fps) for t in timed]
@@ -459,6 +462,12 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="batch deadline")
     parser.add_argument("--no-overlap", action="store_true", help="one batch in flight")
     parser.add_argument(
+        "--decode",
+        choices=("cpu", "nvdec"),
+        default="cpu",
+        help="cpu: OpenCV/FFmpeg; nvdec: the GPU's hardware decoder (frames stay on the GPU)",
+    )
+    parser.add_argument(
         "--decode-threads", type=int, help="FFmpeg threads per stream (0: its default)"
     )
     parser.add_argument("--keep-going", action="store_true", help="run every stream count")
@@ -485,6 +494,8 @@ def main() -> int:
         track = track_settings(args)
     except SsdTrtError as exc:
         parser.error(str(exc))
+    if args.decode == "nvdec" and (why := nvdec_missing()) is not None:
+        parser.error(f"--decode nvdec: {why} (pip install 'ssd-trt[gpu]')")
     if args.compare_track and track is None:
         track = TrackSettings()
     if args.make_video:
@@ -509,6 +520,7 @@ def main() -> int:
             "overlap": not args.no_overlap,
             "decode_threads": args.decode_threads,
             "max_wait_ms": args.max_wait_ms,
+            "decode": args.decode,
             # --compare-track: the sweep's second run of each count; the variants run plain
             "track": None if args.compare_track else track,
         }

@@ -140,3 +140,16 @@ def test_stream_benchmarks_refuse_bad_tracking_in_one_line(script, args, message
     proc = _bench(script, *args, "--video", str(tmp_path / "missing.mp4"))
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr.splitlines()[-1], proc.stderr
+
+
+@pytest.mark.fast
+def test_stream_sweep_refuses_nvdec_without_pynvvideocodec_in_one_line(tmp_path):
+    pytest.importorskip("cv2")
+    from ssd_trt.video.decode import nvdec_missing
+
+    if nvdec_missing() is None:
+        pytest.skip("PyNvVideoCodec loads here")
+    proc = _bench("multi_stream.py", "--decode", "nvdec", "--video", str(tmp_path / "x.mp4"))
+    assert proc.returncode == 2, proc.stderr
+    assert "--decode nvdec: PyNvVideoCodec" in proc.stderr.splitlines()[-1]
+    assert "ssd-trt[gpu]" in proc.stderr.splitlines()[-1]
