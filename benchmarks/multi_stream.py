@@ -64,6 +64,7 @@ import numpy as np
 from ssd_trt.cli.groups import track_group, track_settings
 from ssd_trt.detector import Detector
 from ssd_trt.errors import SsdTrtError
+from ssd_trt.fsutil import atomic_write
 from ssd_trt.quality.bench import machine_info
 from ssd_trt.sources import Frame, PacedSource, Source, open_source
 from ssd_trt.store import ArtifactStore
@@ -443,10 +444,15 @@ def save(
         "runs": rows,
         "machine": machine_info(),
     }
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(out, result)
     return best
+
+
+def write_json(out: Path, result: dict) -> None:
+    """The results, whole or not at all (fsutil.atomic_write: a temp file renamed over a
+    regular file only; a device or FIFO is written through)."""
+    with atomic_write(out) as f:
+        f.write((json.dumps(result, indent=2) + "\n").encode())
 
 
 def main() -> int:

@@ -359,9 +359,7 @@ def _save_capacity(
     if args.compare_track:
         result["side_by_side"] = multi_stream.side_by_side(rows)
     result |= {"runs": rows, "machine": machine_info()}
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)
+    multi_stream.write_json(out, result)
 
 
 def main() -> int:
@@ -494,7 +492,7 @@ def main() -> int:
         "multipipeline_bookkeeping": book,
         "machine": machine_info(),
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    multi_stream.write_json(out, result)
     print(f"wrote {out}")
     return 0
 

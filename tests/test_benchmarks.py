@@ -144,7 +144,7 @@ def test_stream_benchmarks_refuse_bad_tracking_in_one_line(script, args, message
 
 @pytest.mark.fast
 def test_stream_sweep_refuses_nvdec_without_pynvvideocodec_in_one_line(tmp_path):
-    pytest.importorskip("cv2")
+    pytest.importorskip("cv2", reason="the benchmark needs the [video] extra (CI has it)")
     from ssd_trt.video.decode import nvdec_missing
 
     if nvdec_missing() is None:
