@@ -18,8 +18,9 @@ import pytest
 from test_sources import RtspServer, _free_port, rtsp_server  # noqa: F401 - the fixture
 
 from ssd_trt.errors import SsdTrtError
+from ssd_trt.sources import StreamSettings
 from ssd_trt.video.app import open_decoded
-from ssd_trt.video.demux import Demuxer, Reconnect, colour_of
+from ssd_trt.video.demux import Demuxer, colour_of
 from ssd_trt.video.nvdec import CpuDecoder, NvdecSource
 
 START_CODES = (b"\x00\x00\x00\x01", b"\x00\x00\x01")
@@ -127,7 +128,7 @@ def test_bad_inputs_are_one_line(tmp_path: Path) -> None:
         assert str(info.value).startswith(expected) and "\n" not in str(info.value)
     url = f"rtsp://127.0.0.1:{_free_port()}/live"
     with pytest.raises(SsdTrtError, match="cannot open stream URL rtsp://.*server is up"):
-        NvdecSource(url, reconnect=Reconnect(timeout_s=2.0), decoder=CpuDecoder)
+        NvdecSource(url, reconnect=StreamSettings(timeout_s=2.0), decoder=CpuDecoder)
 
 
 def test_open_decoded_keeps_cpu_sources_and_refuses_nvdec_without_the_package(
@@ -149,7 +150,9 @@ def test_rtsp_demux_reconnects_after_server_restart(rtsp_server: RtspServer) -> 
     frames go on numbered and timed in order."""
     source = NvdecSource(
         rtsp_server.url,
-        reconnect=Reconnect(attempts=12, backoff_s=0.2, max_backoff_s=0.5, timeout_s=3.0),
+        reconnect=StreamSettings(
+            reconnect_attempts=12, backoff_s=0.2, max_backoff_s=0.5, timeout_s=3.0
+        ),
         decoder=CpuDecoder,
     )
     restart: threading.Timer | None = None

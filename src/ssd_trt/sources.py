@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -430,6 +431,16 @@ class PacedSource(Source):
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How network streams reconnect (``open_source``'s keywords; the NVDEC demuxer's too)."""
+
+    reconnect_attempts: int = 5
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    timeout_s: float = 10.0
 
 
 def open_source(

@@ -18,7 +18,7 @@ from ..detections import Detections
 from ..detector import Detector
 from ..errors import SsdTrtError
 from ..source_names import unique_names
-from ..sources import Frame, PacedSource, Source, open_source
+from ..sources import Frame, PacedSource, Source, StreamSettings, open_source
 from .display import display_problem
 from .engine import Engine
 from .grid import GridView
@@ -239,16 +239,6 @@ def run_video(
 
 
 @dataclass(frozen=True)
-class StreamSettings:
-    """How network streams reconnect (see ``sources.open_source``)."""
-
-    reconnect_attempts: int = 5
-    backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
-    timeout_s: float = 10.0
-
-
-@dataclass(frozen=True)
 class MultiJob:
     sources: tuple[str | int, ...]
     output_dir: Path
@@ -284,11 +274,9 @@ def open_decoded(
     RTSP stream on the GPU's decoder; video/decode.py decided it can)."""
     if decode != "nvdec":
         return open_source(spec, **asdict(streams), decode_threads=decode_threads)
-    from .nvdec import NvdecSource, Reconnect
+    from .nvdec import NvdecSource
 
-    s = streams
-    reconnect = Reconnect(s.reconnect_attempts, s.backoff_s, s.max_backoff_s, s.timeout_s)
-    return NvdecSource(str(spec), reconnect=reconnect)
+    return NvdecSource(str(spec), reconnect=streams)
 
 
 def open_sources(

@@ -21,6 +21,7 @@ from typing import Any
 from ..colour import Matrix
 from ..device_frames import default_matrix
 from ..errors import SsdTrtError, first_line, require
+from ..sources import StreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +77,6 @@ def colour_of(colorspace: int, color_range: int, height: int, width: int) -> tup
     return matrix, color_range == _FULL_RANGE
 
 
-@dataclass(frozen=True)
-class Reconnect:
-    """How a live stream reconnects (as ``sources.StreamSource``)."""
-
-    attempts: int = 5
-    backoff_s: float = 0.5
-    max_backoff_s: float = 8.0
-    timeout_s: float = 10.0
-
-
 class Demuxer:
     """The video packets of a file or RTSP stream, through PyAV; live streams reconnect.
 
@@ -93,7 +84,7 @@ class Demuxer:
     stream's reconnects ran out. ``reconnects`` counts successful reconnects.
     """
 
-    def __init__(self, spec: str, reconnect: Reconnect = Reconnect()) -> None:
+    def __init__(self, spec: str, reconnect: StreamSettings = StreamSettings()) -> None:
         self._av = require("av", "video")
         self.spec = spec
         self.live = spec.lower().startswith(LIVE_PREFIXES)
@@ -167,7 +158,7 @@ class Demuxer:
         """Reopen with a doubling delay; False once the failure budget is spent."""
         self._close_container()
         r = self.reconnect
-        while self._failures < max(1, r.attempts):
+        while self._failures < max(1, r.reconnect_attempts):
             if self._failures:
                 time.sleep(min(r.backoff_s * 2 ** (self._failures - 1), r.max_backoff_s))
             try:

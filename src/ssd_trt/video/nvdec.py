@@ -42,8 +42,8 @@ from ..colour import nv12_to_bgr
 from ..device_frames import DeviceFrame
 from ..errors import SsdTrtError, first_line, require
 from ..runtime import cuda
-from ..sources import Frame, Source
-from .demux import Demuxer, Packet, Reconnect, StreamInfo
+from ..sources import Frame, Source, StreamSettings
+from .demux import Demuxer, Packet, StreamInfo
 
 log = logging.getLogger(__name__)
 
@@ -309,11 +309,11 @@ class NvdecSource(Source):
         self,
         spec: str,
         *,
-        reconnect: Reconnect | None = None,
+        reconnect: StreamSettings = StreamSettings(),
         decoder: DecoderFactory | None = None,
     ) -> None:
         super().__init__(spec)
-        self._demuxer = Demuxer(spec, reconnect or Reconnect())
+        self._demuxer = Demuxer(spec, reconnect)
         self.live = self._demuxer.live
         info = self._demuxer.info
         self.fps, self.frame_count = info.fps, info.frame_count
