@@ -163,6 +163,9 @@ def test_cuda_dlpack_tensor_read_from_its_capsule_with_the_consumer_stream():
     assert (frame.device_id, frame.stream, tensor.streams) == (1, 0x77, [0x77])
     nv12 = as_device_frame(CudaDLPack((1080, 1920)))  # no strides: C-contiguous
     assert nv12.planes == ((PTR, 1920), (PTR + 720 * 1920, 1920))
+    # No consumer stream: the producer ordered its work on the legacy default stream, which
+    # the fast path's (non-blocking) stream must then wait on.
+    assert nv12.stream == 1
 
 
 def test_numpy_capsule_is_read_exactly():

@@ -45,6 +45,7 @@ LAYOUTS: tuple[Layout, ...] = ("bgr", "rgb", "nv12")
 # DLPack device types (dlpack.h DLDeviceType).
 DL_CPU, DL_CUDA, DL_CUDA_HOST, DL_CUDA_MANAGED = 1, 2, 3, 13
 DL_UINT = 1  # DLDataTypeCode kDLUInt
+LEGACY_STREAM = 1  # CUDA's legacy default stream handle (CU_STREAM_LEGACY)
 _DL_NAMES = {1: "CPU", 2: "CUDA", 3: "CUDA host", 4: "OpenCL", 7: "Vulkan", 8: "Metal", 10: "ROCm"}
 UINT8_TYPESTRS = ("|u1", "<u1", ">u1")  # one byte: the byte order sign says nothing
 SHAPES_HELP = "HxWx3 uint8 (BGR or RGB) or NV12 ((H*3/2)xW uint8, or its luma and chroma planes)"
@@ -300,7 +301,10 @@ def _dlpack_view(obj: Any, device: tuple[int, int], stream: int | None) -> _View
             f"{SHAPES_HELP}"
         )
     strides = _c_strides(info.shape) if info.strides is None else info.strides
-    return _View(info.ptr, info.shape, strides, index, stream, (obj, capsule))
+    # The producer ordered its work before ``stream``; None meant the legacy default stream
+    # (handle 1), which a non-blocking reader stream must still wait on.
+    on = LEGACY_STREAM if stream is None else stream
+    return _View(info.ptr, info.shape, strides, index, on, (obj, capsule))
 
 
 def _view(obj: Any, stream: int | None) -> _View:
