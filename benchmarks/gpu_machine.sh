@@ -3,7 +3,9 @@
 # --backend cuda), a detect run on the sample video with the fast path, and the stream sweep
 # without and with tracking (issue 20: does --track reach the same stream count?).
 #
-#   SSD_TRT_CACHE=CACHE bash benchmarks/gpu_machine.sh OUTDIR
+#   SSD_TRT_CACHE=CACHE bash benchmarks/gpu_machine.sh OUTDIR [tests] [sweep] [nvdec]
+#
+# With no phase named it runs all three; a device call of at most ten minutes fits one or two.
 #
 # Needs an NVIDIA GPU, onnxruntime-gpu and cuda-core importable (pip install -e '.[gpu]'), and a
 # cache that already holds the exports (CACHE/onnx/ssdlite_mobilenet_v2_coco.onnx and
@@ -13,7 +15,9 @@
 # VIDEO_720P (default CACHE/media/vtest_720p30_h264.mp4, made by benchmarks/multi_stream.py
 # --make-video); without it, the sample video (bikes.mp4, 640x272: say so when you report it).
 set -uo pipefail
-out=${1:?usage: gpu_machine.sh OUTDIR}
+out=${1:?usage: gpu_machine.sh OUTDIR [tests] [sweep] [nvdec]}
+shift
+phases=" ${*:-tests sweep nvdec} "
 cache=${SSD_TRT_CACHE:?set SSD_TRT_CACHE}
 mkdir -p "$out"
 data=$(mktemp -d)
@@ -25,33 +29,40 @@ ln -s "${COCO_MINI:-$repo/tests/data/coco_mini}" "$data/coco_mini"
 export SSD_TRT_GPU_DATA=$data PYTHONUNBUFFERED=1
 
 nvidia-smi -L | tee "$out/gpu.txt"
-python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu_fastpath.py \
-  tests/test_gpu_detector.py tests/test_gpu_runtime.py 2>&1 | tee "$out/pytest-gpu.log"
-python3 -m ssd_trt.cli bench --backend cuda --batch-sizes 1,8,32,64 \
-  --json "$out/bench-gpu.json" 2>&1 | tee "$out/bench-gpu.log"
-python3 -m ssd_trt.cli detect --backend cuda --no-show --json "$out/detect-cuda.jsonl" 2>&1 |
-  tail -5 | tee "$out/detect-cuda.log"
-
-# Streams sustained at 30 FPS, each count without and with ByteTrack in one process.
 video=${VIDEO_720P:-$cache/media/vtest_720p30_h264.mp4}
 [ -f "$video" ] || video=$data/bikes.mp4
+
+if [[ $phases == *" tests "* ]]; then
+timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu_fastpath.py \
+  tests/test_gpu_detector.py tests/test_gpu_runtime.py --durations=8 2>&1 | tee "$out/pytest-gpu.log"
+timeout 150 python3 -m ssd_trt.cli bench --backend cuda --batch-sizes 1,8,32,64 \
+  --json "$out/bench-gpu.json" 2>&1 | tee "$out/bench-gpu.log"
+timeout 90 python3 -m ssd_trt.cli detect --backend cuda --no-show --json "$out/detect-cuda.jsonl" 2>&1 |
+  tail -5 | tee "$out/detect-cuda.log"
+fi
+
+# Streams sustained at 30 FPS, each count without and with ByteTrack in one process.
+if [[ $phases == *" sweep "* ]]; then
 echo "stream sweep video: $video" | tee "$out/multi-stream-track.log"
 timeout 300 python3 benchmarks/multi_stream.py --backend cuda --model "$data/coco_none.onnx" \
   --video "$video" --fps 30 --max-batch 32 --seconds 10 --streams "${TRACK_STREAMS:-16,32,48,64}" \
   --compare-track --out "$out/multi-stream-track.json" 2>&1 | grep -v '^{' |
   tee -a "$out/multi-stream-track.log"
+fi
 
 # Issue 19: the same sweep with frames decoded on the GPU (NVDEC; pip install pynvvideocodec),
 # against CPU decoding, with the decoder's utilisation (nvidia-smi dmon's dec column).
-if python3 -c "import PyNvVideoCodec" 2>/dev/null; then
-  python3 -m ssd_trt.cli detect "$video" --backend cuda --decode nvdec --no-show \
+if [[ $phases != *" nvdec "* ]]; then
+  :
+elif python3 -c "import PyNvVideoCodec" 2>/dev/null; then
+  timeout 90 python3 -m ssd_trt.cli detect "$video" --backend cuda --decode nvdec --no-show \
     --json "$out/detect-nvdec.jsonl" 2>&1 | tail -3 | tee "$out/detect-nvdec.log"
-  python3 -m ssd_trt.cli detect "$video" --backend cuda --decode cpu --no-show \
+  timeout 90 python3 -m ssd_trt.cli detect "$video" --backend cuda --decode cpu --no-show \
     --json "$out/detect-cpu-decode.jsonl" 2>&1 | tail -3 | tee -a "$out/detect-nvdec.log"
   nvidia-smi dmon -s u -d 1 >"$out/dmon-nvdec.txt" 2>&1 &
   dmon=$!
   for decode in nvdec cpu; do
-    timeout 280 python3 benchmarks/multi_stream.py --backend cuda --model "$data/coco_none.onnx" \
+    timeout 200 python3 benchmarks/multi_stream.py --backend cuda --model "$data/coco_none.onnx" \
       --video "$video" --fps 30 --max-batch 32 --seconds 10 --decode "$decode" \
       --streams "${NVDEC_STREAMS:-32,64,96,128,160}" --label "$decode" \
       --out "$out/multi-stream-$decode.json" 2>&1 | grep -v '^{' | tee -a "$out/multi-stream-nvdec.log"
