@@ -30,11 +30,11 @@ export SSD_TRT_GPU_DATA=$data PYTHONUNBUFFERED=1
 
 nvidia-smi -L | tee "$out/gpu.txt"
 video=${VIDEO_720P:-$cache/media/vtest_720p30_h264.mp4}
-[ -f "$video" ] || video=$data/bikes.mp4
+if [ -f "$video" ]; then ln -s "$video" "$data/video_720p.mp4"; else video=$data/bikes.mp4; fi
 
 if [[ $phases == *" tests "* ]]; then
 timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu_fastpath.py \
-  tests/test_gpu_detector.py tests/test_gpu_runtime.py --durations=8 2>&1 | tee "$out/pytest-gpu.log"
+  tests/test_gpu_detector.py tests/test_gpu_runtime.py tests/test_gpu_nvdec.py --durations=8 2>&1 | tee "$out/pytest-gpu.log"
 timeout 150 python3 -m ssd_trt.cli bench --backend cuda --batch-sizes 1,8,32,64 \
   --json "$out/bench-gpu.json" 2>&1 | tee "$out/bench-gpu.log"
 timeout 90 python3 -m ssd_trt.cli detect --backend cuda --no-show --json "$out/detect-cuda.jsonl" 2>&1 |
