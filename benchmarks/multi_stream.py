@@ -132,6 +132,8 @@ def make_video() -> Path:
 class _Latencies(Output):
     """Keeps each frame's capture-to-output latency (the only output of the benchmark)."""
 
+    shows_image = False  # no pixels: a frame decoded on the GPU is never downloaded
+
     def __init__(self) -> None:
         self.values: list[float] = []
         self.lock = threading.Lock()

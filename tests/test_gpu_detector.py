@@ -61,7 +61,7 @@ def test_cuda_backend_matches_cpu(data, images, precision, score_tol, box_tol):
         _matches(w, g, score_tol, box_tol)
     for w, g in zip(want[:4], single, strict=True):
         _matches(w, g, score_tol, box_tol)
-    assert {"upload", "preprocess", "network", "nms", "download"} <= set(stages)
+    assert {"upload", "preprocess", "inference", "nms", "download"} <= set(stages)
 
 
 @pytest.mark.xfail(

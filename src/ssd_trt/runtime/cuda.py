@@ -312,10 +312,13 @@ class PinnedBuffer:
             self.buffer = None
 
 
-def download_rows(planes: Sequence[tuple[int, int]], rows: Sequence[int], width: int) -> np.ndarray:
+def download_rows(
+    planes: Sequence[tuple[int, int]], rows: Sequence[int], width: int, device_id: int = 0
+) -> np.ndarray:
     """Pitched device planes ((pointer, pitch) each, ``rows`` rows of ``width`` bytes) stacked
     into one packed host array [sum(rows), width]: synchronous copies, for pixels an output
-    needs (a frame decoded on the GPU that is drawn or shown)."""
+    needs (a frame decoded on the GPU that is drawn or shown). Any thread may call it."""
+    current(device_id)
     host = np.empty((sum(rows), width), np.uint8)
     offset = 0
     for (ptr, pitch), n in zip(planes, rows, strict=True):
@@ -327,6 +330,15 @@ def download_rows(planes: Sequence[tuple[int, int]], rows: Sequence[int], width:
         call("cuMemcpy2D", copy)
         offset += n
     return host
+
+
+def current(device_id: int) -> None:
+    """A CUDA context current on this thread: the device's primary one where the thread has none
+    (an output thread downloading a decoded frame: seen on the H200 as CUDA_ERROR_INVALID_CONTEXT
+    before this). A thread that already has one keeps it."""
+    if not int(call("cuCtxGetCurrent")):
+        rt = cudart()
+        check(rt, rt.cudaSetDevice(device_id), "cudaSetDevice")
 
 
 def is_oom(exc: BaseException) -> bool:

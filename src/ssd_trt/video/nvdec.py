@@ -140,7 +140,7 @@ def download_nv12(frame: DeviceFrame) -> np.ndarray:
     """An NV12 DeviceFrame's pixels as host BGR (colour.nv12_to_bgr with the frame's colour):
     its two pitched planes copied to the host. NOT EXECUTED (no GPU here)."""
     h, w = frame.size
-    host = cuda.download_rows(frame.planes, (h, h // 2), w)
+    host = cuda.download_rows(frame.planes, (h, h // 2), w, frame.device_id or 0)
     assert frame.matrix is not None
     return nv12_to_bgr(host, frame.matrix, frame.full_range)
 

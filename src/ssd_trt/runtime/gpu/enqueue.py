@@ -69,6 +69,8 @@ class BatchEnqueuer:
         decoder surfaces) or "packed", and ``before`` issues what must run between the upload
         and the preprocess kernel (producer waits, device copies); such batches are never
         captured whole-layout ("split" graphs), since their pointers change every batch."""
+        if kind == "nv12":
+            self._coefficients()  # allocated here: never inside a capture (H200: it failed)
         if before is not None:
             self._upload(slot, n, dev, total)
             before()
@@ -257,6 +259,7 @@ class BatchEnqueuer:
             return cuda.capture(self.stream, issue)
         except SsdTrtError as exc:  # CaptureFailed, or the capture could not begin
             log.info("graph capture failed: %s", first_line(exc))
+            log.debug("the capture's cause", exc_info=getattr(exc, "cause", exc))
             return None
         finally:
             self._capturing = False
