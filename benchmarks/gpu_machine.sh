@@ -37,7 +37,7 @@ timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu_f
   tests/test_gpu_detector.py tests/test_gpu_runtime.py tests/test_gpu_nvdec.py --durations=8 2>&1 | tee "$out/pytest-gpu.log"
 timeout 150 python3 -m ssd_trt.cli bench --backend cuda --batch-sizes 1,8,32,64 \
   --json "$out/bench-gpu.json" 2>&1 | tee "$out/bench-gpu.log"
-timeout 90 python3 -m ssd_trt.cli detect --backend cuda --no-show --json "$out/detect-cuda.jsonl" 2>&1 |
+timeout 90 python3 -m ssd_trt.cli detect --backend cuda --no-show --json "$out/detect-cuda.jsonl" 2>&1 | grep -E "FPS\)|rror" |
   tail -5 | tee "$out/detect-cuda.log"
 fi
 
@@ -56,9 +56,9 @@ if [[ $phases != *" nvdec "* ]]; then
   :
 elif python3 -c "import PyNvVideoCodec" 2>/dev/null; then
   timeout 90 python3 -m ssd_trt.cli detect "$video" --backend cuda --decode nvdec --no-show \
-    --json "$out/detect-nvdec.jsonl" 2>&1 | tail -3 | tee "$out/detect-nvdec.log"
+    --json "$out/detect-nvdec.jsonl" 2>&1 | grep -E "FPS\)|rror" | tee "$out/detect-nvdec.log"
   timeout 90 python3 -m ssd_trt.cli detect "$video" --backend cuda --decode cpu --no-show \
-    --json "$out/detect-cpu-decode.jsonl" 2>&1 | tail -3 | tee -a "$out/detect-nvdec.log"
+    --json "$out/detect-cpu-decode.jsonl" 2>&1 | grep -E "FPS\)|rror" | tee -a "$out/detect-nvdec.log"
   nvidia-smi dmon -s u -d 1 >"$out/dmon-nvdec.txt" 2>&1 &
   dmon=$!
   for decode in nvdec cpu; do
