@@ -153,3 +153,18 @@ def test_stream_sweep_refuses_nvdec_without_pynvvideocodec_in_one_line(tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "--decode nvdec: PyNvVideoCodec" in proc.stderr.splitlines()[-1]
     assert "ssd-trt[gpu]" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.fast
+def test_compare_detections_on_the_committed_h200_runs():
+    """The 720p file's detections from NVDEC frames against CPU-decoded ones (H200, Dec 5), and
+    a file against itself."""
+    compare = _load("compare_detections")
+    results = BENCHMARKS / "results" / "h200-20261205"
+    cpu = compare.load(results / "detect-720p-cpu-decode.jsonl.gz")
+    nvdec = compare.load(results / "detect-720p-nvdec.jsonl.gz")
+    same = compare.compare(cpu, cpu, 2.0)
+    assert same["matched"] == same["detections"][0] == 3678 and same["score_diff_max"] == 0
+    report = compare.compare(cpu, nvdec, 2.0)
+    assert report == json.loads((results / "detect-720p-nvdec-vs-cpu.json").read_text())
+    assert report["matched"] == 3637 and report["unmatched_first"] == 41

@@ -5,8 +5,9 @@ GPU memory against the CPU decode of the same file.
 * The only difference left is the YUV-to-BGR conversion: colour.nv12_to_bgr (the kernel's math)
   against OpenCV's decode. Bounds from the CPU machine, where PyAV's NV12 through nv12_to_bgr
   against OpenCV gave max 3 / mean 1.24 (bikes.mp4) and max 3 / mean 1.07 (the 720p file).
-* Detections with score >= 0.3 from NVDEC frames (read in place by the fast path) equal those
-  from OpenCV's frames: same labels, boxes within 2 px, scores within 0.02.
+* Detections with score >= 0.3 from NVDEC frames (read in place by the fast path) against those
+  from OpenCV's frames: issue 19 asks for the same labels, boxes within 2 px, scores within 0.02;
+  the H200 missed that (strict xfail below, with the numbers).
 
 Test data as in test_gpu_fastpath.py ($SSD_TRT_GPU_DATA: coco_none.onnx, bikes.mp4, and
 video_720p.mp4 where benchmarks/gpu_machine.sh links it).
@@ -119,11 +120,16 @@ def _unmatched(a, b, box_px: float) -> tuple[list[float], list[float]]:
     return diffs, missing
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured on the H200 (Dec 5): NVDEC frames move a few detections past the issue's "
+    "bounds (worst matched score difference 0.026 on these 60 frames; on the whole 720p file "
+    "3637 of 3678 matched, worst 0.043, see benchmarks/results/h200-20261205), because the NV12 "
+    "conversion differs from OpenCV's by up to 3 levels (mean ~1)",
+)
 def test_nvdec_frames_give_opencv_frames_detections(gpu_data: Path, video: Path) -> None:
-    """Measured on the H200 (Dec 5): one bikes.mp4 detection moved 0.0212 in score and one 720p
-    person near the 0.3 cut appeared, both from the conversion's last-step differences against
-    OpenCV (max 3, mean ~1). So: every detection is found again within 2 px with its score
-    within 0.025, except ones within 0.03 of the 0.3 cut, which may cross it either way."""
+    """Issue 19's bound: every detection with score >= 0.3 found again (same label, box within
+    2 px) with its score within 0.02, and none crossing the cut."""
     from ssd_trt import Detector
 
     expected = _opencv_frames(video, FRAMES)
@@ -138,5 +144,4 @@ def test_nvdec_frames_give_opencv_frames_detections(gpu_data: Path, video: Path)
         diffs, crossed = diffs + d, crossed + lost + new
     print(f"{video.name}: {len(diffs)} matched, worst score difference {max(diffs):.4f}; "
           f"crossed the cut: {crossed}")  # fmt: skip
-    assert max(diffs) <= 0.025
-    assert all(score < 0.33 for score in crossed)
+    assert max(diffs) <= 0.02 and not crossed
