@@ -11,7 +11,8 @@ Two kinds of batch:
 Before anything reads a frame, the fast path's stream waits for its producer: the frame's
 ``ready`` event (a decoder's stream event) or its ``stream``. Nothing here waits on the host.
 The handle keeps the frames referenced until the batch is done, so their memory outlives the
-reads. NOT EXECUTED: written against the CUDA driver API; no GPU was available to run it.
+reads. Ran on an H200 (Dec 2026): device BGR frames (CuPy-like producers) and NVDEC surfaces
+(tests/test_gpu_fastpath.py, tests/test_gpu_nvdec.py).
 """
 
 from __future__ import annotations
