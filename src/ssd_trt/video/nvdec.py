@@ -139,7 +139,8 @@ class CpuDecoder:
 
 def download_nv12(frame: DeviceFrame) -> np.ndarray:
     """An NV12 DeviceFrame's pixels as host BGR (colour.nv12_to_bgr with the frame's colour):
-    its two pitched planes copied to the host, from any thread (ran on an H200)."""
+    its two pitched planes copied to the host. Ran on an H200 from the decoding thread; from
+    other threads (cuda.current) it has not run on a GPU since that fix."""
     h, w = frame.size
     host = cuda.download_rows(frame.planes, (h, h // 2), w, frame.device_id or 0)
     assert frame.matrix is not None
