@@ -6,6 +6,7 @@
 #   SSD_TRT_CACHE=CACHE bash benchmarks/gpu_machine.sh OUTDIR [tests] [sweep] [nvdec]
 #
 # With no phase named it runs all three; a device call of at most ten minutes fits one or two.
+# BUNDLE=1 packs OUTDIR into one OUTDIR.tar.gz at the end (the device tool returns few files).
 #
 # Needs an NVIDIA GPU, onnxruntime-gpu and cuda-core importable (pip install -e '.[gpu]'), and a
 # cache that already holds the exports (CACHE/onnx/ssdlite_mobilenet_v2_coco.onnx and
@@ -70,4 +71,9 @@ elif python3 -c "import PyNvVideoCodec" 2>/dev/null; then
   kill "$dmon"
 else
   echo "PyNvVideoCodec does not load: no NVDEC sweep" | tee "$out/multi-stream-nvdec.log"
+fi
+
+# The device tool returns only a few files per call: BUNDLE=1 packs OUTDIR into OUTDIR.tar.gz.
+if [ "${BUNDLE:-0}" = 1 ]; then
+  tar czf "$out.tar.gz" -C "$(dirname "$out")" "$(basename "$out")" && rm -rf "$out"
 fi
