@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_nvdec import _opencv_frames
 
 from ssd_trt.precision.trt_compat import local_gpu
 
@@ -40,20 +41,6 @@ def video(request, gpu_data: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"no {request.param} in SSD_TRT_GPU_DATA")
     return path
-
-
-def _opencv_frames(path: Path, count: int) -> list[np.ndarray]:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    frames = []
-    while len(frames) < count:
-        ok, image = cap.read()
-        if not ok:
-            break
-        frames.append(image)
-    cap.release()
-    return frames
 
 
 def _nvdec_frames(path: Path, count: int):

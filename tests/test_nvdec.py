@@ -26,16 +26,19 @@ from ssd_trt.video.nvdec import CpuDecoder, NvdecSource
 START_CODES = (b"\x00\x00\x00\x01", b"\x00\x00\x01")
 
 
-def _opencv_frames(path: Path) -> list[np.ndarray]:
+def _opencv_frames(path: Path, count: int | None = None) -> list[np.ndarray]:
+    """OpenCV's decode of the file (its first ``count`` frames, or all)."""
     import cv2
 
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    frames = []
-    while True:
+    frames: list[np.ndarray] = []
+    while count is None or len(frames) < count:
         ok, image = cap.read()
         if not ok:
-            return frames
+            break
         frames.append(image)
+    cap.release()
+    return frames
 
 
 def _high_profile_with_b_frames(src: Path, dest: Path, codec: str = "libx264") -> Path:

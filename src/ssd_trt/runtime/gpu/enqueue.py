@@ -56,8 +56,10 @@ class BatchEnqueuer:
         self._graphs: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._graph_seen: dict[tuple[Any, ...], int] = {}
         self._prep_launches: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self._coef: Any = None  # the NV12 kernel's colour coefficients, on the device
         self._capturing = False
+        # The NV12 kernel's colour coefficients, uploaded now: an allocation inside a graph
+        # capture fails (seen on the H200 when this was done on the first NV12 batch).
+        self._coef: Any = self._upload_coefficients()
 
     def enqueue(
         self, slot: Slot, net: NetworkRunner, n: int, dev: int, total: int, start: int, bgr: bool,
@@ -69,8 +71,6 @@ class BatchEnqueuer:
         decoder surfaces) or "packed", and ``before`` issues what must run between the upload
         and the preprocess kernel (producer waits, device copies); such batches are never
         captured whole-layout ("split" graphs), since their pointers change every batch."""
-        if kind == "nv12":
-            self._coefficients()  # allocated here: never inside a capture (H200: it failed)
         if before is not None:
             self._upload(slot, n, dev, total)
             before()
@@ -179,7 +179,7 @@ class BatchEnqueuer:
             block = gpu_kernels.BLOCK_PREPROCESS
             out = dtype_name(net.dtypes["images"])
             head = (
-                (self._kernels.preprocess_nv12[out], np.uint64(dev), self._coefficients())
+                (self._kernels.preprocess_nv12[out], np.uint64(dev), self._coef)
                 if kind == "nv12"
                 else (self._kernels.preprocess[out], np.uint64(dev + start), np.uint64(dev))
             )
@@ -198,15 +198,14 @@ class BatchEnqueuer:
         self._core.launch(self.stream, *launch)
         self.record(slot.events[2], self.stream)
 
-    def _coefficients(self) -> Any:
-        """The YUV->RGB coefficient table (colour.py) on the device, uploaded once."""
-        if self._coef is None:
-            table = np.ascontiguousarray(coefficient_table(), np.float32)
-            self._coef = self._device.allocate(table.nbytes, stream=self.stream)
-            cuda.enqueue("cuMemcpyHtoDAsync", int(self._coef.handle), table.ctypes.data,
-                         table.nbytes, stream=self.stream)  # fmt: skip
-            self.stream.sync()  # the table is a local array: wait before it goes
-        return self._coef
+    def _upload_coefficients(self) -> Any:
+        """The YUV->RGB coefficient table (colour.py) on the device."""
+        table = np.ascontiguousarray(coefficient_table(), np.float32)
+        coef = self._device.allocate(table.nbytes, stream=self.stream)
+        cuda.enqueue("cuMemcpyHtoDAsync", int(coef.handle), table.ctypes.data, table.nbytes,
+                     stream=self.stream)  # fmt: skip
+        self.stream.sync()  # the table is a local array: wait before it goes
+        return coef
 
     def run_network(self, net: NetworkRunner) -> None:
         try:
