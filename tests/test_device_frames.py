@@ -18,7 +18,6 @@ from ssd_trt.device_frames import (
     DeviceFrame,
     _DLManagedTensor,
     as_device_frame,
-    default_matrix,
     is_device_array,
     read_dlpack_capsule,
 )
@@ -143,9 +142,9 @@ def test_pynvvideocodec_frame_planes_event_and_owner():
 
 
 def test_colour_defaults_and_explicit_colour():
-    assert default_matrix(720, 1280) == "bt709" and default_matrix(544, 1280) == "bt709"
-    assert default_matrix(576, 1024) == "bt601" and default_matrix(480, 640) == "bt601"
+    # Undeclared: BT.601 at any size, as OpenCV's decode and cvtColor read such frames.
     assert as_device_frame(CudaArray((720, 640))).matrix == "bt601"  # 480x640 NV12
+    assert as_device_frame(CudaArray((1620, 1920))).matrix == "bt601"  # 1080p NV12
     frame = as_device_frame(CudaArray((1620, 1920)), matrix="bt601", full_range=True)
     assert (frame.matrix, frame.full_range) == ("bt601", True)
 

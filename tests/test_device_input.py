@@ -59,7 +59,7 @@ def test_batches_that_cannot_run_are_one_line_errors(frames, bgr_order, match) -
 
 def test_nv12_header_names_each_surface_and_its_colour() -> None:
     frames = [
-        nv12(720, 1280, PTR, pitch=1536),
+        nv12(720, 1280, PTR, pitch=1536, matrix="bt709"),
         nv12(480, 640, PTR + (1 << 24), matrix="bt601", full_range=True),
     ]
     meta = nv12_header(frames, 4).view(np.int64).reshape(4, kernels.NV12_META)

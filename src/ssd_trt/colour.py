@@ -3,12 +3,18 @@
 NV12 is a full-size luma plane followed by a half-size plane of interleaved U,V pairs, one pair
 per 2x2 block of pixels. The YUV->RGB constants depend on the colour matrix the stream declares
 (BT.601 for SD, BT.709 for HD) and its range (limited: Y in 16..235, chroma in 16..240; full:
-0..255). ``YuvCoefficients`` holds them ONCE: this module's reference uses them, and the GPU
+0..255).
+
+The arithmetic is FFmpeg's swscale's, the fixed-point form its unscaled YUV->RGB converters use:
+OpenCV's ``VideoCapture`` decodes through it, so the CPU decode path's frames and this
+conversion of the same planes are equal byte for byte (measured on BT.601 and BT.709, limited
+and full range, widths 600 to 1280), and the detector sees the same pixels whichever decoder
+ran. Each term is a 16-bit multiply keeping the high half (a floor), so the result sits about one
+level below exact rounding; matching it matters more than that level.
+
+``YuvCoefficients`` holds the integers ONCE: this module's reference uses them, and the GPU
 preprocess kernel (runtime/gpu/cuda/preprocess.cu) reads the same numbers from
 ``coefficient_table()``.
-
-The arithmetic is float32 in a fixed order (no fused multiply-add), rounded half up and clipped,
-so the kernel, which does the same operations, gives the same bytes.
 """
 
 from __future__ import annotations
@@ -23,37 +29,51 @@ from .errors import SsdTrtError
 Matrix = Literal["bt601", "bt709"]
 MATRICES: tuple[Matrix, ...] = ("bt601", "bt709")  # index = the kernel header's matrix index
 
-# (Kr, Kb) luma weights of each matrix (ITU-R BT.601 and BT.709).
-_LUMA_WEIGHTS = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722)}
+# Limited-range (crv, cbu, cgu, cgv) of each matrix in 16.16 fixed point: 1.402, 1.772,
+# 0.344136, 0.714136 (BT.601) and 1.5748, 1.8556, 0.187324, 0.468124 (BT.709), times 255/224.
+# These are the values swscale's table holds (a few differ from rounding in the last bit).
+_CHROMA_16_16 = {
+    "bt601": (104597, 132201, 25675, 53279),
+    "bt709": (117489, 138438, 13975, 34925),
+}
+CHROMA_OFFSET = 128 << 3  # U, V are centred after the 3-bit promotion
+
+
+def _q13(value_16_16: int) -> int:
+    """A 16.16 constant -> the signed 16-bit multiplier (13 fractional bits), rounded."""
+    return (value_16_16 * 8192 + (1 << 15)) >> 16
 
 
 @dataclass(frozen=True)
 class YuvCoefficients:
-    """R = ys + rv*v; G = ys + gu*u + gv*v; B = ys + bu*u, where ys = y_scale*(Y - y_offset)
-    and u, v = U - 128, V - 128."""
+    """Fixed-point YUV->RGB: with Y8 = 8*Y - y_offset and U8, V8 = 8*U - 1024, 8*V - 1024,
+    ys = (Y8*y_mul) >> 16, then B = ys + (U8*bu) >> 16, G = ys + (U8*gu) >> 16 + (V8*gv) >> 16,
+    R = ys + (V8*rv) >> 16, clipped to 0..255 (each ``>>`` a floor)."""
 
-    y_offset: float
-    y_scale: float
-    rv: float
-    gu: float
-    gv: float
-    bu: float
+    y_offset: int
+    y_mul: int
+    rv: int
+    gu: int
+    gv: int
+    bu: int
 
     @classmethod
     def of(cls, matrix: Matrix, full_range: bool) -> YuvCoefficients:
-        if matrix not in _LUMA_WEIGHTS:
+        if matrix not in _CHROMA_16_16:
             raise SsdTrtError(f"unknown colour matrix {matrix!r}; use {' or '.join(MATRICES)}")
-        kr, kb = _LUMA_WEIGHTS[matrix]
-        kg = 1.0 - kr - kb
-        # Limited range stretches 219 luma and 224 chroma steps to 255.
-        y_scale, c_scale = (1.0, 1.0) if full_range else (255.0 / 219.0, 255.0 / 224.0)
+        crv, cbu, cgu, cgv = _CHROMA_16_16[matrix]
+        if full_range:  # chroma spans 255 steps, not 224; luma is taken as it is
+            crv, cbu, cgu, cgv = (c * 224 // 255 for c in (crv, cbu, cgu, cgv))
+            y_16_16, y_offset = 1 << 16, 0
+        else:  # limited: 219 luma steps from 16 stretched to 255
+            y_16_16, y_offset = (255 << 16) // 219, 16 << 3
         return cls(
-            y_offset=0.0 if full_range else 16.0,
-            y_scale=y_scale,
-            rv=2.0 * (1.0 - kr) * c_scale,
-            gu=-2.0 * (1.0 - kb) * kb / kg * c_scale,
-            gv=-2.0 * (1.0 - kr) * kr / kg * c_scale,
-            bu=2.0 * (1.0 - kb) * c_scale,
+            y_offset=y_offset,
+            y_mul=_q13(y_16_16),
+            rv=_q13(crv),
+            gu=_q13(-cgu),
+            gv=_q13(-cgv),
+            bu=_q13(cbu),
         )
 
 
@@ -68,23 +88,21 @@ COEFFICIENT_FIELDS = len(astuple(YuvCoefficients.of("bt601", False)))
 
 
 def coefficient_table() -> np.ndarray:
-    """float32 (4, 6): one row per ``colour_index`` in ``YuvCoefficients`` field order; the
+    """int32 (4, 6): one row per ``colour_index`` in ``YuvCoefficients`` field order; the
     kernel takes this table as an argument."""
     rows = [astuple(YuvCoefficients.of(m, bool(f))) for m in MATRICES for f in (0, 1)]
-    return np.asarray(rows, dtype=np.float32)
+    return np.asarray(rows, dtype=np.int32)
 
 
 def yuv_to_bgr(y: np.ndarray, u: np.ndarray, v: np.ndarray, coef: YuvCoefficients) -> np.ndarray:
     """Per-pixel conversion of same-shaped uint8 planes -> (..., 3) uint8 BGR."""
-    c = np.asarray(astuple(coef), dtype=np.float32)
-    ys = c[1] * (y.astype(np.float32) - c[0])
-    uc = u.astype(np.float32) - np.float32(128)
-    vc = v.astype(np.float32) - np.float32(128)
-    r = ys + c[2] * vc
-    g = (ys + c[3] * uc) + c[4] * vc
-    b = ys + c[5] * uc
-    bgr = np.stack([b, g, r], axis=-1)
-    return np.clip(np.floor(bgr + np.float32(0.5)), 0, 255).astype(np.uint8)
+    ys = (((y.astype(np.int32) << 3) - coef.y_offset) * coef.y_mul) >> 16
+    uc = (u.astype(np.int32) << 3) - CHROMA_OFFSET
+    vc = (v.astype(np.int32) << 3) - CHROMA_OFFSET
+    b = ys + ((uc * coef.bu) >> 16)
+    g = ys + ((uc * coef.gu) >> 16) + ((vc * coef.gv) >> 16)
+    r = ys + ((vc * coef.rv) >> 16)
+    return np.clip(np.stack([b, g, r], axis=-1), 0, 255).astype(np.uint8)
 
 
 def split_nv12(nv12: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

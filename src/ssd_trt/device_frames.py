@@ -20,8 +20,8 @@ Layouts (the picture is H x W):
   ``DecodedFrame`` (its ``.cuda()`` planes and its ``decoder_stream_event``).
 
 Colour of NV12 frames: the stream's matrix and range where known; otherwise
-:func:`default_matrix`: BT.709 for HD (width >= 1280 or height >= 720), BT.601 below, limited
-range (what H.264/HEVC cameras send unless the stream says full).
+``DEFAULT_MATRIX`` (BT.601) whatever the size, limited range (what H.264/HEVC cameras send
+unless the stream says full).
 
 Where the frame came from a ``DecodedFrame`` or a CUDA DLPack tensor this could only be tested
 with stand-ins here (no GPU on the CPU machine): the protocol parsing is tested with objects
@@ -51,9 +51,10 @@ UINT8_TYPESTRS = ("|u1", "<u1", ">u1")  # one byte: the byte order sign says not
 SHAPES_HELP = "HxWx3 uint8 (BGR or RGB) or NV12 ((H*3/2)xW uint8, or its luma and chroma planes)"
 
 
-def default_matrix(height: int, width: int) -> Matrix:
-    """The colour matrix of a stream that declares none: BT.709 for HD, BT.601 below."""
-    return "bt709" if width >= 1280 or height >= 720 else "bt601"
+# The colour matrix of a stream or frame that declares none: BT.601 at any size, as FFmpeg's
+# swscale (so OpenCV's decode) and cv2.cvtColor's NV12 assume; the GPU path must read such a
+# stream as the CPU path does, or the two give different detections.
+DEFAULT_MATRIX: Matrix = "bt601"
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class DeviceFrame:
     reading, e.g. a decoder's stream event. ``owner`` is kept referenced for as long as the
     frame is: the decoder surface, the tensor, the DLPack capsule; a reader keeps the frame
     until the GPU work that reads it has completed. ``matrix``/``full_range``: the YUV->RGB
-    conversion of nv12 frames (colour.py names; None: :func:`default_matrix`).
+    conversion of nv12 frames (colour.py names; None: ``DEFAULT_MATRIX``).
     """
 
     layout: Layout
@@ -107,7 +108,7 @@ class DeviceFrame:
                 f"NV12 frame {self.height}x{self.width} has an odd side; NV12 needs even ones"
             )
         if self.matrix is None:
-            object.__setattr__(self, "matrix", default_matrix(self.height, self.width))
+            object.__setattr__(self, "matrix", DEFAULT_MATRIX)
         elif self.matrix not in MATRICES:
             raise SsdTrtError(f"unknown colour matrix {self.matrix!r}; use {' or '.join(MATRICES)}")
 
@@ -402,7 +403,7 @@ def as_device_frame(
     ``layout``: None infers it: (H, W, 3) is ``"bgr"`` (the library's colour order; say
     ``"rgb"`` for RGB arrays), (H*3/2, W) or (H*3/2, W, 1) and plane pairs are ``"nv12"``.
     ``stream``: the consumer's stream, handed to ``__dlpack__`` so the producer orders its
-    pending work before it. ``matrix``/``full_range``: the NV12 colour (None: default_matrix).
+    pending work before it. ``matrix``/``full_range``: the NV12 colour (None: DEFAULT_MATRIX).
     Every rejection is one SsdTrtError line.
     """
     if layout is not None and layout not in LAYOUTS:

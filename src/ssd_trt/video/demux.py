@@ -19,7 +19,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..colour import Matrix
-from ..device_frames import default_matrix
+from ..device_frames import DEFAULT_MATRIX
 from ..errors import SsdTrtError, first_line, require
 from ..sources import StreamSettings
 
@@ -44,7 +44,7 @@ class StreamInfo:
     time_base: Fraction
     start_pts: int  # the stream's first timestamp (media time counts from it)
     frame_count: int | None
-    matrix: Matrix  # declared, else default_matrix
+    matrix: Matrix  # declared, else DEFAULT_MATRIX
     full_range: bool
     has_b_frames: bool
 
@@ -65,15 +65,15 @@ class Packet:
         return None if self.pts is None else float(self.pts * self.time_base)
 
 
-def colour_of(colorspace: int, color_range: int, height: int, width: int) -> tuple[Matrix, bool]:
-    """The matrix and range a stream declares (FFmpeg's enums), with default_matrix for
+def colour_of(colorspace: int, color_range: int) -> tuple[Matrix, bool]:
+    """The matrix and range a stream declares (FFmpeg's enums), with DEFAULT_MATRIX for
     streams that declare none."""
     if colorspace in _BT709_SPACES:
         matrix: Matrix = "bt709"
     elif colorspace in _BT601_SPACES:
         matrix = "bt601"
     else:
-        matrix = default_matrix(height, width)
+        matrix = DEFAULT_MATRIX
     return matrix, color_range == _FULL_RANGE
 
 
@@ -125,7 +125,7 @@ class Demuxer:
         width, height = int(cc.width), int(cc.height)
         if width <= 0 or height <= 0:
             raise SsdTrtError(f"{self.spec}: the video stream has no picture size")
-        matrix, full = colour_of(int(cc.colorspace or 2), int(cc.color_range or 0), height, width)
+        matrix, full = colour_of(int(cc.colorspace or 2), int(cc.color_range or 0))
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate and 0 < float(rate) <= 1000 else None
         frames = int(stream.frames or 0)

@@ -200,7 +200,7 @@ class BatchEnqueuer:
 
     def _upload_coefficients(self) -> Any:
         """The YUV->RGB coefficient table (colour.py) on the device."""
-        table = np.ascontiguousarray(coefficient_table(), np.float32)
+        table = np.ascontiguousarray(coefficient_table(), np.int32)
         coef = self._device.allocate(table.nbytes, stream=self.stream)
         cuda.enqueue("cuMemcpyHtoDAsync", int(coef.handle), table.ctypes.data, table.nbytes,
                      stream=self.stream)  # fmt: skip

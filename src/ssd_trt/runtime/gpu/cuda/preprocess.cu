@@ -61,27 +61,25 @@ extern "C" __global__ void preprocess_f16(const u8* frames, const long long* met
 // meta holds NV12_META int64 per image: luma pointer, chroma pointer (interleaved U,V, one pair
 // per 2x2 block), pitch in bytes of both planes, height, width, colour matrix index
 // (colour.MATRICES), full-range flag, unused. coef is colour.coefficient_table(): COEF_FIELDS
-// floats (YuvCoefficients' fields) per row, row = matrix index * 2 + full range.
+// ints (YuvCoefficients' fields) per row, row = matrix index * 2 + full range.
 
-// One source pixel to 8-bit B, G, R: the same float32 operations, in the same order, as
-// colour.yuv_to_bgr (no FMA), rounded half up and clipped.
-__device__ __forceinline__ int round_u8(float f) {
-    return min(max((int)floorf(__fadd_rn(f, 0.5f)), 0), 255);
-}
+// One source pixel to 8-bit B, G, R: colour.yuv_to_bgr's fixed-point steps (swscale's, so the
+// bytes OpenCV's decode gives): 3-bit promotion, 16-bit multiplies keeping the high half.
+__device__ __forceinline__ int high16(int a, int b) { return (a * b) >> 16; }
 __device__ __forceinline__ void nv12_bgr(const u8* luma, const u8* chroma, long long pitch, int y,
-                                         int x, const float* c, int bgr[3]) {
-    float ys = __fmul_rn(c[1], __fsub_rn((float)luma[(long long)y * pitch + x], c[0]));
+                                         int x, const int* c, int bgr[3]) {
+    int ys = high16(((int)luma[(long long)y * pitch + x] << 3) - c[0], c[1]);
     const u8* uv = chroma + (long long)(y >> 1) * pitch + (x & ~1);
-    float u = (float)uv[0] - 128.f, v = (float)uv[1] - 128.f;  // exact
-    bgr[0] = round_u8(__fadd_rn(ys, __fmul_rn(c[5], u)));
-    bgr[1] = round_u8(__fadd_rn(__fadd_rn(ys, __fmul_rn(c[3], u)), __fmul_rn(c[4], v)));
-    bgr[2] = round_u8(__fadd_rn(ys, __fmul_rn(c[2], v)));
+    int u = ((int)uv[0] << 3) - 1024, v = ((int)uv[1] << 3) - 1024;
+    bgr[0] = min(max(ys + high16(u, c[5]), 0), 255);
+    bgr[1] = min(max(ys + high16(u, c[3]) + high16(v, c[4]), 0), 255);
+    bgr[2] = min(max(ys + high16(v, c[2]), 0), 255);
 }
 
 // Each of the four bilinear taps is converted, then blended with the integer weights of the
 // packed kernel above: the same bytes as converting the whole frame, then cv2.resize.
 template <typename Out>
-__device__ void preprocess_nv12(const long long* __restrict__ meta, const float* __restrict__ coef,
+__device__ void preprocess_nv12(const long long* __restrict__ meta, const int* __restrict__ coef,
                                 Out* __restrict__ out, int out_h, int out_w, float scale,
                                 float offset, int swap_rb) {
     int n = blockIdx.y;
@@ -93,7 +91,7 @@ __device__ void preprocess_nv12(const long long* __restrict__ meta, const float*
     const u8* chroma = (const u8*)m[1];
     long long pitch = m[2];
     int h = (int)m[3], w = (int)m[4];
-    const float* c = coef + (m[5] * 2 + (m[6] != 0)) * COEF_FIELDS;
+    const int* c = coef + (m[5] * 2 + (m[6] != 0)) * COEF_FIELDS;
     int y0, y1, b0, b1, x0, x1, a0, a1;
     linear_tap(y, out_h, h, y0, y1, b0, b1);
     linear_tap(x, out_w, w, x0, x1, a0, a1);
@@ -114,12 +112,12 @@ __device__ void preprocess_nv12(const long long* __restrict__ meta, const float*
     }
 }
 
-extern "C" __global__ void preprocess_nv12_f32(const long long* meta, const float* coef,
+extern "C" __global__ void preprocess_nv12_f32(const long long* meta, const int* coef,
                                                float* out, int out_h, int out_w, float scale,
                                                float offset, int swap_rb) {
     preprocess_nv12<float>(meta, coef, out, out_h, out_w, scale, offset, swap_rb);
 }
-extern "C" __global__ void preprocess_nv12_f16(const long long* meta, const float* coef,
+extern "C" __global__ void preprocess_nv12_f16(const long long* meta, const int* coef,
                                                unsigned short* out, int out_h, int out_w,
                                                float scale, float offset, int swap_rb) {
     preprocess_nv12<unsigned short>(meta, coef, out, out_h, out_w, scale, offset, swap_rb);
