@@ -1,0 +1,219 @@
+"""How much host each NVDEC camera stream costs, before any inference: N streams of a video played
+at 30 FPS like cameras, decoded on the GPU's decoder, with several ways of laying out the threads.
+
+Why: at 64 NVDEC streams ``multi_stream.py`` showed the capture threads as the limit (1.1-1.8 ms of
+CPU per frame, 13.7 ms of wall per read), while NVDEC itself was ~18% busy. This isolates the
+decode side to find out what that time is:
+
+* ``--sched``: the CUDA primary context's host-wait mode (``cuDevicePrimaryCtxSetFlags``), set
+  before anything else touches the device. ``auto`` is CUDA's default (spin while there are fewer
+  active contexts than cores), ``blocking`` sleeps on an OS primitive, ``yield`` spins yielding.
+  A decode call that waits for the hardware by spinning burns a core for the whole decode.
+* ``--group K``: K streams per decode thread (1: one thread per stream, as the engine does). A
+  thread serves its streams in due order, each frame when its camera would have sent it.
+* ``--path ours|raw|cpu``: ours = ``NvdecSource`` (PyAV demux, the package's decoder wrapper
+  and ``DeviceFrame``), raw = PyNvVideoCodec's own demuxer and ``Decode`` (its minimal Python),
+  cpu = ``NvdecSource`` with PyAV's CPU decoder (with ``--sched none``: runs without a GPU).
+
+Each configuration runs in its own process (the context flags are per process). Reported per run:
+frames decoded per second in total, how late frames were against their camera's schedule (p50,
+p99, and the share later than one frame interval: a live stream would drop those), CPU cores
+busy for the process, CPU ms per frame, and how late a 1 ms sleep wakes up in a probe thread (a
+GIL gauge: the waker needs the GIL).
+
+    python benchmarks/nvdec_threads.py VIDEO --streams 64,128 --sched auto,blocking --group 1,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHED_FLAGS = {"auto": 0, "spin": 1, "yield": 2, "blocking": 4}  # CU_CTX_SCHED_*
+
+
+def set_sched(mode: str, device: int = 0) -> None:
+    if mode == "none":  # no GPU work (--path cpu): leave CUDA alone
+        return
+    from cuda.bindings import driver
+
+    (err,) = driver.cuInit(0)
+    assert int(err) == 0, err
+    (err,) = driver.cuDevicePrimaryCtxSetFlags(device, SCHED_FLAGS[mode])
+    assert int(err) == 0, f"cuDevicePrimaryCtxSetFlags: {err}"
+
+
+class _Raw:
+    """PyNvVideoCodec's own demuxer and decoder: frames as it hands them out."""
+
+    def __init__(self, path: str) -> None:
+        import PyNvVideoCodec as nvc
+
+        self._dmx = nvc.CreateDemuxer(filename=path)
+        self._dec = nvc.CreateDecoder(gpuid=0, codec=self._dmx.GetNvCodecId(),
+                                      usedevicememory=True)  # fmt: skip
+        self._ready: list = []
+        self._packets = iter(self._dmx)
+
+    def read(self) -> object | None:
+        while not self._ready:
+            packet = next(self._packets, None)
+            if packet is None:
+                return None
+            self._ready.extend(self._dec.Decode(packet))
+        return self._ready.pop(0)
+
+    def close(self) -> None:
+        self._dec = self._dmx = None
+
+
+def _open(path: str, kind: str) -> object:
+    if kind == "raw":
+        return _Raw(path)
+    from ssd_trt.video.nvdec import CpuDecoder, NvdecSource
+
+    return NvdecSource(path, decoder=CpuDecoder if kind == "cpu" else None)
+
+
+def child(args: argparse.Namespace) -> dict:
+    set_sched(args.sched)
+    interval = 1.0 / args.fps
+    sources = [_open(args.video, args.path) for _ in range(args.streams)]
+    lateness: list[list[float]] = [[] for _ in range(args.streams)]
+    stop = threading.Event()
+    start = time.monotonic() + 0.5
+    # Streams start spread over one interval, as unsynchronised cameras do.
+    due = [start + interval * i / args.streams for i in range(args.streams)]
+
+    def serve(lanes: list[int]) -> None:
+        heap = [(due[i], i) for i in lanes]
+        heapq.heapify(heap)
+        while heap and not stop.is_set():
+            when, i = heapq.heappop(heap)
+            now = time.monotonic()
+            if when > now:
+                time.sleep(when - now)
+            t_read = time.monotonic()
+            frame = sources[i].read()  # type: ignore[attr-defined]
+            reads.append(time.monotonic() - t_read)
+            if frame is None:
+                continue
+            lateness[i].append(time.monotonic() - when)
+            del frame  # the surface goes back to the decoder
+            # A late stream does not catch up with a burst: a camera's frames would be dropped.
+            heapq.heappush(heap, (max(when + interval, time.monotonic() - interval), i))
+
+    wakes: list[float] = []
+    reads: list[float] = []  # appended from every thread: list.append is atomic
+
+    def probe() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            time.sleep(0.001)
+            wakes.append((time.perf_counter() - t - 0.001) * 1000)
+
+    groups = [list(range(g, min(g + args.group, args.streams)))
+              for g in range(0, args.streams, args.group)]  # fmt: skip
+    threads = [threading.Thread(target=serve, args=(g,), daemon=True) for g in groups]
+    threads.append(threading.Thread(target=probe, daemon=True))
+    cpu0, t0 = time.process_time(), time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(args.seconds + 0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    for s in sources:
+        s.close()  # type: ignore[attr-defined]
+    late = np.concatenate([np.asarray(x) for x in lateness if x]) * 1000
+    frames = int(late.size)
+    expected = args.streams * args.fps * args.seconds
+    return {
+        "streams": args.streams,
+        "sched": args.sched,
+        "group": args.group,
+        "threads": len(groups),
+        "path": args.path,
+        "frames": frames,
+        "fps_total": round(frames / args.seconds, 1),
+        "delivered_share": round(frames / expected, 4),
+        "late_ms_p50": round(float(np.percentile(late, 50)), 2),
+        "late_ms_p99": round(float(np.percentile(late, 99)), 2),
+        "late_over_interval": round(float(np.mean(late > interval * 1000)), 4),
+        "read_ms_mean": round(float(np.mean(reads)) * 1000, 3),
+        "cores_busy": round(cpu / wall, 2),
+        "cpu_ms_per_frame": round(cpu * 1000 / max(1, frames), 3),
+        "probe_wake_late_ms_p50": round(float(np.percentile(wakes, 50)), 2),
+        "probe_wake_late_ms_p99": round(float(np.percentile(wakes, 99)), 2),
+    }
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "host": platform.node()}
+    try:
+        smi = ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]
+        info["gpu"] = subprocess.run(smi, capture_output=True, text=True, timeout=20).stdout.strip()
+    except OSError:
+        pass
+    try:
+        import PyNvVideoCodec
+
+        info["pynvvideocodec"] = getattr(PyNvVideoCodec, "__version__", "?")
+    except ImportError:
+        pass
+    return info
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("video")
+    p.add_argument("--streams", default="64,128")
+    p.add_argument("--sched", default="auto,blocking")
+    p.add_argument("--group", default="1,8")
+    p.add_argument("--path", default="ours")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        args.streams, args.group = int(args.streams), int(args.group)
+        print(json.dumps(child(args)), flush=True)
+        return 0
+    rows = []
+    for path in args.path.split(","):
+        for streams in args.streams.split(","):
+            for sched in args.sched.split(","):
+                for group in args.group.split(","):
+                    cmd = [sys.executable, __file__, args.video, "--child", "--streams", streams,
+                           "--sched", sched, "--group", group, "--path", path,
+                           "--fps", str(args.fps), "--seconds", str(args.seconds)]  # fmt: skip
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                    if proc.returncode or not lines:
+                        tail = proc.stderr.strip().splitlines()[-3:]
+                        print(f"{path} {streams} {sched} {group}: failed: {tail}", flush=True)
+                        continue
+                    row = json.loads(lines[-1])
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    result = {"benchmark": "nvdec_threads", "video": args.video, "fps": args.fps,
+              "seconds": args.seconds, "runs": rows, "machine": machine()}  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
