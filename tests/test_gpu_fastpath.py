@@ -450,3 +450,23 @@ def test_nv12_device_frames_preprocess_like_the_cpu_reference(fastpath32, video_
     assert (np.abs(got - want) > 1e-6).mean() < 0.01
     found = fastpath32.run(frames)
     assert found.images == 3 and int(found.num_detections.sum()) > 0
+
+
+@gpu_test
+def test_waits_for_the_gpu_block_instead_of_spinning() -> None:
+    """In a fresh process (the primary context not yet active) the fast path's first step asks
+    for blocking synchronisation, and the context the fast path then uses has it."""
+    import subprocess
+    import sys
+
+    code = (
+        "from ssd_trt.runtime import cuda\n"
+        "assert cuda.block_on_waits(0)\n"
+        "from cuda.core import Device\n"
+        "Device(0).set_current()\n"
+        "flags, active = cuda.call('cuDevicePrimaryCtxGetState', 0)\n"
+        "assert active and int(flags) & 7 == 4, (int(flags), active)\n"
+        "assert not cuda.block_on_waits(0)  # active now: left as it is\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -341,6 +341,22 @@ def current(device_id: int) -> None:
         check(rt, rt.cudaSetDevice(device_id), "cudaSetDevice")
 
 
+def block_on_waits(device_id: int) -> bool:
+    """Ask for blocking synchronisation on the device's primary context (shared by ONNX Runtime,
+    TensorRT and PyNvVideoCodec's decoders), so host threads waiting for the GPU sleep instead
+    of spinning. It applies only where the context is not active yet; an active one keeps its
+    flags (logged at debug). Returns whether the flags were set."""
+    call("cuInit", 0)
+    flags, active = call("cuDevicePrimaryCtxGetState", device_id)
+    blocking = int(driver().CUctx_flags.CU_CTX_SCHED_BLOCKING_SYNC)
+    if active:
+        log.debug("CUDA context of device %d already active (flags %#x): waits keep them",
+                  device_id, int(flags))  # fmt: skip
+        return False
+    call("cuDevicePrimaryCtxSetFlags", device_id, (int(flags) & ~0x7) | blocking)
+    return True
+
+
 def is_oom(exc: BaseException) -> bool:
     """Whether a CUDA/ONNX Runtime/TensorRT error means the GPU ran out of memory."""
     text = str(exc).lower()

@@ -222,6 +222,9 @@ class NvdecDecoder:
             )
         self._low = not info.has_b_frames
         self._pending: list[int] = []  # pts of packets sent, not yet matched to a picture
+        # Each decode call waits for its copy out of NVDEC: sleep there, never spin a core per
+        # stream (the first decoder of the process makes the context; later ones find it made).
+        cuda.block_on_waits(gpu_id)
         self._dec = self._create()
 
     def _create(self) -> Any:

@@ -102,6 +102,8 @@ class GpuFastPath:
         model: bytes | str = fp16_model_bytes(path) if convert else str(path)
 
         try:
+            if opts.blocking_wait:
+                cuda.block_on_waits(opts.device_id)
             self.device = self._core.Device(opts.device_id)
             self.device.set_current()
         except Exception as exc:
@@ -353,11 +355,16 @@ class GpuFastPath:
 
     def _new_slot(self) -> Slot:
         opts = self._core.EventOptions(timing_enabled=self.options.timing)
+        # The last one is the batch's host wait: it sleeps rather than spins (blocking_wait).
+        last = self._core.EventOptions(
+            timing_enabled=self.options.timing, blocking_sync=self.options.blocking_wait
+        )
+        events = [self.device.create_event(options=opts) for _ in range(len(STAGES))]
         return Slot(
             index=len(self._slots),
             upload=cuda.PinnedBuffer(self._core),
             download=cuda.PinnedBuffer(self._core),
-            events=[self.device.create_event(options=opts) for _ in range(len(STAGES) + 1)],
+            events=[*events, self.device.create_event(options=last)],
         )
 
     def _take_slot(self) -> Slot:
