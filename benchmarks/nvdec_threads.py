@@ -51,6 +51,10 @@ def set_sched(mode: str, device: int = 0) -> None:
     assert int(err) == 0, err
     (err,) = driver.cuDevicePrimaryCtxSetFlags(device, SCHED_FLAGS[mode])
     assert int(err) == 0, f"cuDevicePrimaryCtxSetFlags: {err}"
+    # Retained now, so the package's own request for blocking waits finds it made and leaves
+    # the mode under test in place.
+    err, _ = driver.cuDevicePrimaryCtxRetain(device)
+    assert int(err) == 0, f"cuDevicePrimaryCtxRetain: {err}"
 
 
 class _Raw:
