@@ -257,6 +257,61 @@ class ThreadCpu:
         }
 
 
+class GpuUtilisation:
+    """``nvidia-smi``'s GPU and decoder (NVDEC) utilisation, sampled every 500 ms during a run;
+    nothing where there is no nvidia-smi."""
+
+    QUERY = "--query-gpu=utilization.gpu,utilization.decoder"
+
+    def __enter__(self) -> GpuUtilisation:
+        cmd = ["nvidia-smi", self.QUERY, "--format=csv,noheader,nounits", "-lms", "500"]
+        try:
+            self._proc: subprocess.Popen[str] | None = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
+        except OSError:
+            self._proc = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.samples: list[tuple[float, float]] = []
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=10)
+        for line in out.splitlines():
+            try:
+                gpu, dec = (float(v) for v in line.split(",")[:2])
+            except ValueError:
+                continue  # a field this driver does not know: no numbers
+            self.samples.append((gpu, dec))
+
+    def report(self) -> dict[str, float | None]:
+        if not self.samples:
+            return {"smi_gpu_util": None, "nvdec_util": None}
+        gpu, dec = np.asarray(self.samples).mean(axis=0) / 100
+        return {"smi_gpu_util": round(float(gpu), 3), "nvdec_util": round(float(dec), 3)}
+
+
+def limiter(row: dict) -> str:
+    """What held a run back, from its own measurements: the network (the GPU's compute stream
+    busy), NVDEC, the one batcher thread (never waiting for frames), else the host threads
+    that capture and hand frames on."""
+    gpu = row["gpu_busy"] or 0.0
+    dec = row.get("nvdec_util") or 0.0
+    wait = row["batcher_share"].get("wait", 1.0)
+    if gpu >= 0.85:
+        return f"network: the GPU computed {gpu:.0%} of the time"
+    if dec >= 0.85:
+        return f"NVDEC: busy {dec:.0%} of the time"
+    if wait < 0.1:
+        return f"the batcher thread: it waited for frames only {wait:.0%} of the time"
+    return (
+        f"host threads (capture, hand-off): GPU computed {gpu:.0%}, NVDEC busy {dec:.0%}, "
+        f"batcher idle {wait:.0%}"
+    )
+
+
 def run(
     detector: Detector,
     video: Path,
@@ -303,7 +358,7 @@ def run(
     )
     load = os.getloadavg()[0]  # the machine's load (others' work too) when the run began
     try:
-        with ThreadCpu() as cpu:
+        with ThreadCpu() as cpu, GpuUtilisation() as util:
             stats = pipeline.run()
     finally:
         for s in sources:
@@ -322,7 +377,7 @@ def run(
     gpu_ms = 0.0
     if "upload" in stats.stage_ms:  # the fast path's CUDA-event stage times
         gpu_ms = sum(stats.stage_ms.get(k, 0.0) for k in ("preprocess", "inference", "nms"))
-    return {
+    row = {
         "streams": streams,
         "target_fps": fps,
         "frames_per_stream": frames,
@@ -348,7 +403,10 @@ def run(
         "batcher_share": {k: round(v / stats.seconds, 3) for k, v in stats.batcher_s.items()},
         "host": host,
         "load_avg_1m": [round(load, 2), round(os.getloadavg()[0], 2)],
+        **util.report(),
     }
+    row["limited_by"] = limiter(row)
+    return row
 
 
 def track_fields(stats: RunStats, track: TrackSettings | None) -> dict[str, object]:
@@ -572,6 +630,11 @@ def main() -> int:
         print(table(side_by_side(main_rows)))
         print(f"with {track.kind}: {best_sustained(main_rows, tracked=True)} streams sustained")
     print(f"{best} streams of 720p at {args.fps:g} FPS sustained; wrote {out}")
+    for row in rows:  # at the largest count that held and the first that did not: what limited
+        if row["config"] == plan[0][0] and row["streams"] >= best and row.get("track") is None:
+            print(f"  {row['streams']} streams: limited by {row['limited_by']}")
+            if not row["sustained"]:
+                break
     return 0
 
 

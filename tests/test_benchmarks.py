@@ -121,6 +121,8 @@ def test_multi_stream_compare_track_runs_on_cpu(vtest_video, model_cache, tmp_pa
     _check_compare(result, [1])
     assert result["options"]["track"] == "bytetrack"
     assert {"max_sustained_streams", "max_sustained_streams_track"} <= set(result)
+    assert all(row["limited_by"] for row in result["runs"])  # the benchmark says what held it
+    assert "streams: limited by " in proc.stdout
 
 
 @pytest.mark.fast
