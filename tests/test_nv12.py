@@ -45,13 +45,13 @@ def photos(coco_mini: Path) -> list[np.ndarray]:
 
 def cvtcolor_gap(frames: list[np.ndarray]) -> np.ndarray:
     """reference - cv2.cvtColor(COLOR_YUV2BGR_NV12) over the frames' BT.601 NV12: the count of
-    each difference -3..3."""
-    counts = np.zeros(7, dtype=np.int64)
+    each difference -4..3 (-4 counts all below)."""
+    counts = np.zeros(8, dtype=np.int64)
     for frame in frames:
         nv12 = to_nv12(frame)
         ours = nv12_to_bgr(nv12, "bt601", full_range=False).astype(np.int16)
         theirs = cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12).astype(np.int16)
-        counts += np.bincount(np.clip(ours - theirs, -3, 3).ravel() + 3, minlength=7)
+        counts += np.bincount(np.clip(ours - theirs, -4, 3).ravel() + 4, minlength=8)
     return counts
 
 
@@ -110,6 +110,8 @@ def test_reference_is_opencvs_decode_byte_for_byte(
 
     from ssd_trt.video.demux import Demuxer
 
+    if colorspace == 1 and cv2.getVersionMajor() < 5:
+        pytest.skip("OpenCV 4 decodes every stream as BT.601 (opencv#20513): no BT.709 to match")
     frames = [cv2.resize(f, size) if size else f for f in read_frames(bikes_video, limit=10)]
     path = camera_file(frames, tmp_path / "camera.mp4", colorspace, full)
     demuxer = Demuxer(str(path))
@@ -132,8 +134,8 @@ def test_reference_against_cvtcolor_nv12_on_photos(coco_mini: Path) -> None:
     shares of -3..0 were 0.4%, 23.0%, 64.7%, 11.8% (mean -1.12). OpenCV's decode and its
     cvtColor of the same planes disagree the same way: the reference sides with the decode."""
     counts = cvtcolor_gap(photos(coco_mini))
-    assert counts[4:].sum() == 0, counts  # never brighter
-    share = counts[:4] / counts.sum()
+    assert counts[0] == 0 and counts[5:].sum() == 0, counts  # -3..0 only
+    share = counts[1:5] / counts.sum()
     assert share[0] < 0.02 and 0.5 < share[2] < 0.8, share  # mostly one level
 
 

@@ -2,14 +2,16 @@
 
 NV12 is a full-size luma plane followed by a half-size plane of interleaved U,V pairs, one pair
 per 2x2 block of pixels. The YUV->RGB constants depend on the colour matrix the stream declares
-(BT.601 for SD, BT.709 for HD) and its range (limited: Y in 16..235, chroma in 16..240; full:
-0..255).
+(BT.601 or BT.709; BT.601 where it declares none) and its range (limited: Y in 16..235, chroma
+in 16..240; full: 0..255).
 
-The arithmetic is FFmpeg's swscale's, the fixed-point form its unscaled YUV->RGB converters use:
-OpenCV's ``VideoCapture`` decodes through it, so the CPU decode path's frames and this
-conversion of the same planes are equal byte for byte (measured on BT.601 and BT.709, limited
-and full range, widths 600 to 1280), and the detector sees the same pixels whichever decoder
-ran. Each term is a 16-bit multiply keeping the high half (a floor), so the result sits about one
+The arithmetic is FFmpeg's swscale's, the fixed-point form its unscaled YUV->RGB converters use
+(on x86): OpenCV's ``VideoCapture`` decodes through it, so the CPU decode path's frames and this
+conversion of the same planes are equal byte for byte (measured with OpenCV 5.1 on BT.601 and
+BT.709, limited and full range, widths 600 to 1920), and the detector sees the same pixels
+whichever decoder ran. OpenCV 4 reads every stream as BT.601 (it never hands swscale the
+declared matrix), so there BT.709 streams differ between the decoders; this follows the
+stream. Each term is a 16-bit multiply keeping the high half (a floor), so the result sits about one
 level below exact rounding; matching it matters more than that level.
 
 ``YuvCoefficients`` holds the integers ONCE: this module's reference uses them, and the GPU

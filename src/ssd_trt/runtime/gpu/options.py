@@ -36,7 +36,8 @@ class FastPathOptions:
     the device's primary context is asked for blocking synchronisation before it is first made
     current, and the batch's last event blocks. A spinning waiter burns a core for the whole
     GPU time of every batch, and every NVDEC stream's decode calls spin likewise; False spins
-    (CUDA's default: a few microseconds less latency per wait).
+    (CUDA's default: a few microseconds less latency per wait) where the context is made here
+    (NVDEC decoders ask for blocking waits whatever this says: a decoder made first decides).
     """
 
     device_id: int = 0
