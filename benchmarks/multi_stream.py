@@ -264,6 +264,7 @@ class GpuUtilisation:
     QUERY = "--query-gpu=utilization.gpu,utilization.decoder"
 
     def __enter__(self) -> GpuUtilisation:
+        self.samples: list[tuple[float, float]] = []
         cmd = ["nvidia-smi", self.QUERY, "--format=csv,noheader,nounits", "-lms", "500"]
         try:
             self._proc: subprocess.Popen[str] | None = subprocess.Popen(
@@ -274,7 +275,6 @@ class GpuUtilisation:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.samples: list[tuple[float, float]] = []
         if self._proc is None:
             return
         self._proc.terminate()

@@ -9,10 +9,10 @@ The arithmetic is FFmpeg's swscale's, the fixed-point form its unscaled YUV->RGB
 (on x86): OpenCV's ``VideoCapture`` decodes through it, so the CPU decode path's frames and this
 conversion of the same planes are equal byte for byte (measured with OpenCV 5.1 on BT.601 and
 BT.709, limited and full range, widths 600 to 1920), and the detector sees the same pixels
-whichever decoder ran. OpenCV 4 reads every stream as BT.601 (it never hands swscale the
-declared matrix), so there BT.709 streams differ between the decoders; this follows the
-stream. Each term is a 16-bit multiply keeping the high half (a floor), so the result sits about one
-level below exact rounding; matching it matters more than that level.
+whichever decoder ran. (OpenCV 4 reads every stream as BT.601: it never hands swscale the
+declared matrix, so there BT.709 streams differ between the decoders.) Each term is a 16-bit
+multiply keeping the high half (a floor), so the result sits about one level below exact
+rounding; matching OpenCV matters more than that level.
 
 ``YuvCoefficients`` holds the integers ONCE: this module's reference uses them, and the GPU
 preprocess kernel (runtime/gpu/cuda/preprocess.cu) reads the same numbers from

@@ -348,11 +348,11 @@ def block_on_waits(device_id: int) -> bool:
     flags (logged at debug). Returns whether the flags were set."""
     call("cuInit", 0)
     flags, active = call("cuDevicePrimaryCtxGetState", device_id)
-    blocking = int(driver().CUctx_flags.CU_CTX_SCHED_BLOCKING_SYNC)
     if active:
         log.debug("CUDA context of device %d already active (flags %#x): waits keep them",
                   device_id, int(flags))  # fmt: skip
         return False
+    blocking = int(driver().CUctx_flags.CU_CTX_SCHED_BLOCKING_SYNC)
     call("cuDevicePrimaryCtxSetFlags", device_id, (int(flags) & ~0x7) | blocking)
     return True
 

@@ -224,6 +224,7 @@ class NvdecDecoder:
         self._pending: list[int] = []  # pts of packets sent, not yet matched to a picture
         # Each decode call waits for its copy out of NVDEC: sleep there, never spin a core per
         # stream (the first decoder of the process makes the context; later ones find it made).
+        # Not yet run on a GPU (added after the H200 run).
         cuda.block_on_waits(gpu_id)
         self._dec = self._create()
 

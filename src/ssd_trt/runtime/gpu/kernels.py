@@ -29,7 +29,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from ssd_trt.colour import COEFFICIENT_FIELDS
+from ssd_trt.colour import CHROMA_OFFSET, COEFFICIENT_FIELDS
 from ssd_trt.errors import SsdTrtError, first_line, require
 
 BLOCK_NMS = 1024  # threads per NMS block; also the largest candidate cap (one bit per lane word)
@@ -55,6 +55,7 @@ MACROS = {
     "CAND_WORDS": CAND_WORDS,
     "NV12_META": NV12_META,
     "COEF_FIELDS": COEFFICIENT_FIELDS,
+    "CHROMA_OFFSET": CHROMA_OFFSET,
 }
 
 

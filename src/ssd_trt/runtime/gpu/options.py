@@ -31,13 +31,11 @@ class FastPathOptions:
     ``timing``: CUDA events per stage (the stage times). ``nms``: NMS settings (default: the
     model's). ``large_batch``/``large_batch_options``: batch sizes from ``large_batch`` up run
     without a CUDA graph and with these provider options on top (e.g. prefer_nhwc, which
-    capture refuses); None keeps every batch size like the small ones. ``blocking_wait``: a
-    thread waiting for the GPU (the batch's result, a decoder's copy) sleeps instead of spinning:
-    the device's primary context is asked for blocking synchronisation before it is first made
-    current, and the batch's last event blocks. A spinning waiter burns a core for the whole
-    GPU time of every batch, and every NVDEC stream's decode calls spin likewise; False spins
-    (CUDA's default: a few microseconds less latency per wait) where the context is made here
-    (NVDEC decoders ask for blocking waits whatever this says: a decoder made first decides).
+    capture refuses); None keeps every batch size like the small ones. ``blocking_wait``: threads
+    waiting for the GPU sleep instead of spinning a core (blocking synchronisation asked for on
+    the primary context, if the fast path is first to make it, and a blocking event for each
+    batch's host wait); False spins, CUDA's default, a few microseconds quicker per wait. NVDEC
+    decoders ask for blocking waits regardless, so one made before the fast path decides.
     """
 
     device_id: int = 0

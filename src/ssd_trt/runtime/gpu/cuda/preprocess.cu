@@ -70,7 +70,7 @@ __device__ __forceinline__ void nv12_bgr(const u8* luma, const u8* chroma, long 
                                          int x, const int* c, int bgr[3]) {
     int ys = high16(((int)luma[(long long)y * pitch + x] << 3) - c[0], c[1]);
     const u8* uv = chroma + (long long)(y >> 1) * pitch + (x & ~1);
-    int u = ((int)uv[0] << 3) - 1024, v = ((int)uv[1] << 3) - 1024;
+    int u = ((int)uv[0] << 3) - CHROMA_OFFSET, v = ((int)uv[1] << 3) - CHROMA_OFFSET;
     bgr[0] = min(max(ys + high16(u, c[5]), 0), 255);
     bgr[1] = min(max(ys + high16(u, c[3]) + high16(v, c[4]), 0), 255);
     bgr[2] = min(max(ys + high16(v, c[2]), 0), 255);
