@@ -69,7 +69,7 @@ from ssd_trt.quality.bench import machine_info
 from ssd_trt.sources import Frame, PacedSource, Source, open_source
 from ssd_trt.store import ArtifactStore
 from ssd_trt.video.app import decode_threads_for, open_decoded
-from ssd_trt.video.decode import nvdec_missing
+from ssd_trt.video.decode import nvdec_missing, shared_decoders
 from ssd_trt.video.engine import Engine
 from ssd_trt.video.outputs import Output
 from ssd_trt.video.stats import STAGES, RunStats
@@ -331,8 +331,11 @@ def run(
     ``decode``: "cpu" (OpenCV/FFmpeg) or "nvdec" (the GPU's decoder, frames stay on the GPU)."""
     frames = int(fps * seconds)
     threads = decode_threads_for(streams) if decode_threads is None else decode_threads
+    decoders = shared_decoders([decode])  # as open_sources: capabilities asked once
     timed = [
-        _TimedSource(open_decoded(str(video), decode, decode_threads=threads or None))
+        _TimedSource(
+            open_decoded(str(video), decode, decode_threads=threads or None, decoders=decoders)
+        )  # fmt: skip
         for _ in range(streams)
     ]
     sources = [PacedSource(t, fps) for t in timed]

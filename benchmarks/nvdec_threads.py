@@ -11,9 +11,12 @@ decode side to find out what that time is:
   A decode call that waits for the hardware by spinning burns a core for the whole decode.
 * ``--group K``: K streams per decode thread (1: one thread per stream, as the engine does). A
   thread serves its streams in due order, each frame when its camera would have sent it.
-* ``--path ours|raw|cpu``: ours = ``NvdecSource`` (PyAV demux, the package's decoder wrapper
-  and ``DeviceFrame``), raw = PyNvVideoCodec's own demuxer and ``Decode`` (its minimal Python),
-  cpu = ``NvdecSource`` with PyAV's CPU decoder (with ``--sched none``: runs without a GPU).
+* ``--path ours|ours-legacy|raw|cpu``: ours = ``NvdecSource`` (PyAV demux, the package's
+  decoder wrapper and ``DeviceFrame``; each decoder copies pictures out on a stream of its own
+  and never waits for them), ours-legacy = the same with PyNvVideoCodec's default stream (the
+  legacy one, shared by every decoder and synchronised after every picture), raw =
+  PyNvVideoCodec's own demuxer and ``Decode`` (its minimal Python, default stream), cpu =
+  ``NvdecSource`` with PyAV's CPU decoder (with ``--sched none``: runs without a GPU).
 
 Each configuration runs in its own process (the context flags are per process). Reported per run:
 frames decoded per second in total, how late frames were against their camera's schedule (p50,
@@ -84,9 +87,11 @@ class _Raw:
 def _open(path: str, kind: str) -> object:
     if kind == "raw":
         return _Raw(path)
-    from ssd_trt.video.nvdec import CpuDecoder, NvdecSource
+    from ssd_trt.video.nvdec import CpuDecoder, NvdecSource, nvdec_or_cpu
 
-    return NvdecSource(path, decoder=CpuDecoder if kind == "cpu" else None)
+    if kind == "cpu":
+        return NvdecSource(path, decoder=CpuDecoder)
+    return NvdecSource(path, decoder=nvdec_or_cpu(own_stream=kind == "ours"))
 
 
 def child(args: argparse.Namespace) -> dict:

@@ -16,6 +16,7 @@ from ssd_trt.video.decode import (
     choose_decode,
     choose_for_sources,
     nvdec_missing,
+    shared_decoders,
     source_not_nvdec,
 )
 
@@ -82,6 +83,16 @@ def test_with_everything_nvdec_is_chosen() -> None:
     assert choice.kind == choose_decode("nvdec", True, "a.mp4").kind == "nvdec"
     with pytest.raises(SsdTrtError, match=r"GPU fast path.*ssd-trt\[gpu\]"):
         choose_decode("nvdec", False, "clip.mp4")
+
+
+@pytest.mark.fast
+def test_sources_share_one_nvdec_factory_only_where_one_decodes_there() -> None:
+    """Opening many NVDEC streams asks the decoder's capabilities once per codec (one factory
+    for all of them); all-CPU runs make none, so nothing of NVDEC loads."""
+    assert shared_decoders(["cpu", "cpu"]) is None
+    assert shared_decoders([]) is None
+    factory = shared_decoders(["cpu", "nvdec"])
+    assert callable(factory) and factory is not shared_decoders(["nvdec"])
 
 
 @pytest.fixture

@@ -50,12 +50,14 @@ def video(request, gpu_data: Path) -> Path:
     return path
 
 
-def _nvdec_frames(path: Path, count: int):
+def _nvdec_frames(path: Path, count: int, own_stream: bool = True):
     """Each NVDEC frame in display order, while its surface is still locked (the caller uses it
-    before asking for the next one: surfaces go back to the decoder)."""
-    from ssd_trt.video.nvdec import NvdecSource
+    before asking for the next one: surfaces go back to the decoder). ``own_stream``: the
+    decoder copies pictures out on a stream of its own, which each frame names (the default);
+    else on the legacy default stream, synchronised per picture (what ran on the H200 first)."""
+    from ssd_trt.video.nvdec import NvdecSource, nvdec_or_cpu
 
-    source = NvdecSource(str(path))
+    source = NvdecSource(str(path), decoder=nvdec_or_cpu(own_stream=own_stream))
     try:
         assert source.decoder_name == "nvdec"
         for _ in range(count):
@@ -63,12 +65,14 @@ def _nvdec_frames(path: Path, count: int):
             if frame is None:
                 return
             assert frame.device is not None and frame.device.layout == "nv12"
+            assert (frame.device.stream is not None) == own_stream
             yield frame
     finally:
         source.close()
 
 
-def test_nvdec_planes_are_ffmpegs_and_convert_like_opencv(video: Path) -> None:
+@pytest.mark.parametrize("own_stream", [True, False], ids=["own-stream", "legacy-stream"])
+def test_nvdec_planes_are_ffmpegs_and_convert_like_opencv(video: Path, own_stream: bool) -> None:
     import av
 
     from ssd_trt.colour import nv12_to_bgr
@@ -82,10 +86,10 @@ def test_nvdec_planes_are_ffmpegs_and_convert_like_opencv(video: Path) -> None:
                 break
     expected = _opencv_frames(video, FRAMES)
     worst, means = 0, []
-    for i, frame in enumerate(_nvdec_frames(video, FRAMES)):
+    for i, frame in enumerate(_nvdec_frames(video, FRAMES, own_stream)):
         dev = frame.device
         h, w = dev.height, dev.width
-        planes = cuda.download_rows(dev.planes, (h, h // 2), w)
+        planes = cuda.download_rows(dev.planes, (h, h // 2), w, after=dev.stream)
         assert np.array_equal(planes, cpu_nv12[i]), f"frame {i}: NVDEC's planes are not FFmpeg's"
         assert dev.matrix is not None
         bgr = nv12_to_bgr(planes, dev.matrix, dev.full_range)
@@ -132,3 +136,21 @@ def test_nvdec_frames_give_opencv_frames_detections(gpu_data: Path, video: Path)
     print(f"{video.name}: {len(diffs)} matched, worst score difference {max(diffs):.4f}; "
           f"crossed the cut: {crossed}")  # fmt: skip
     assert max(diffs) <= 0.02 and not crossed
+
+
+def test_decoders_of_one_factory_ask_the_capabilities_once(video: Path) -> None:
+    """GetDecoderCaps makes and destroys a CUDA context per call: the second stream of a codec
+    takes the first one's answer."""
+    from ssd_trt.video.demux import Demuxer
+    from ssd_trt.video.nvdec import NvdecDecoder, nvdec_or_cpu
+
+    make = nvdec_or_cpu()
+    demuxer = Demuxer(str(video))
+    try:
+        first, second = make(demuxer.info), make(demuxer.info)
+        assert isinstance(first, NvdecDecoder) and isinstance(second, NvdecDecoder)
+        assert second.caps is first.caps and first.caps["supported"]
+        first.close()
+        second.close()
+    finally:
+        demuxer.close()

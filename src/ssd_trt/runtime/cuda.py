@@ -313,12 +313,20 @@ class PinnedBuffer:
 
 
 def download_rows(
-    planes: Sequence[tuple[int, int]], rows: Sequence[int], width: int, device_id: int = 0
+    planes: Sequence[tuple[int, int]],
+    rows: Sequence[int],
+    width: int,
+    device_id: int = 0,
+    after: int | None = None,
 ) -> np.ndarray:
     """Pitched device planes ((pointer, pitch) each, ``rows`` rows of ``width`` bytes) stacked
     into one packed host array [sum(rows), width]: synchronous copies, for pixels an output
-    needs (a frame decoded on the GPU that is drawn or shown). Any thread may call it."""
+    needs (a frame decoded on the GPU that is drawn or shown). Any thread may call it.
+    ``after``: the raw stream that writes the planes (a decoder's); its work is waited for first,
+    as the synchronous copy does not order itself after a non-blocking stream."""
     current(device_id)
+    if after is not None:
+        call("cuStreamSynchronize", after)
     host = np.empty((sum(rows), width), np.uint8)
     offset = 0
     for (ptr, pitch), n in zip(planes, rows, strict=True):
@@ -339,6 +347,21 @@ def current(device_id: int) -> None:
     if not int(call("cuCtxGetCurrent")):
         rt = cudart()
         check(rt, rt.cudaSetDevice(device_id), "cudaSetDevice")
+
+
+def new_stream(device_id: int) -> int:
+    """A non-blocking stream of the device's primary context, as a raw ``CUstream`` handle: for a
+    producer such as a decoder, whose readers order their work after it (``DeviceFrame.stream``)
+    and which never waits for the legacy default stream. Release it with ``destroy_stream``."""
+    current(device_id)
+    flag = int(driver().CUstream_flags.CU_STREAM_NON_BLOCKING)
+    return int(call("cuStreamCreate", flag))
+
+
+def destroy_stream(handle: int) -> None:
+    """Release a stream from ``new_stream``; work still queued on it completes first (CUDA
+    frees it then)."""
+    call("cuStreamDestroy", handle)
 
 
 def block_on_waits(device_id: int) -> bool:

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from ..detector import Detector
 from ..errors import SsdTrtError
 from ..source_names import unique_names
 from ..sources import Frame, PacedSource, Source, StreamSettings, open_source
+from .decode import shared_decoders
 from .display import display_problem
 from .engine import Engine
 from .grid import GridView
@@ -33,6 +35,9 @@ from .outputs import (
 )
 from .stats import RunStats, track_count
 from .tracks import LaneTracking, TrackSettings
+
+if TYPE_CHECKING:  # the NVDEC module loads where a source decodes there
+    from .nvdec import DecoderFactory
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +182,10 @@ def run_video(
     detector = source = None
     bar = None
     try:
+        decoders = shared_decoders([job.decode])  # --loop reopens the file
 
         def opener(spec: str | int) -> Source:
-            return open_decoded(spec, job.decode)
+            return open_decoded(spec, job.decode, decoders=decoders)
 
         source = LoopSource(str(job.source), opener) if job.loop else opener(job.source)
         if job.realtime:
@@ -269,14 +275,16 @@ def open_decoded(
     decode: str = "cpu",
     streams: StreamSettings = StreamSettings(),
     decode_threads: int | None = None,
+    decoders: DecoderFactory | None = None,
 ) -> Source:
     """``open_source``, or an :class:`NvdecSource` where ``decode`` is ``nvdec`` (a file or
-    RTSP stream on the GPU's decoder; video/decode.py decided it can)."""
+    RTSP stream on the GPU's decoder; video/decode.py decided it can). ``decoders``: the NVDEC
+    factory to share between sources (None: a new ``nvdec_or_cpu()``)."""
     if decode != "nvdec":
         return open_source(spec, **asdict(streams), decode_threads=decode_threads)
     from .nvdec import NvdecSource
 
-    return NvdecSource(str(spec), reconnect=streams)
+    return NvdecSource(str(spec), reconnect=streams, decoder=decoders)
 
 
 def open_sources(
@@ -295,9 +303,10 @@ def open_sources(
     bad: list[str] = []
     try:
         kinds = list(decode) or ["cpu"] * len(specs)
+        decoders = shared_decoders(kinds)
         for spec, kind in zip(specs, kinds, strict=True):
             try:
-                source = open_decoded(spec, kind, streams, threads)
+                source = open_decoded(spec, kind, streams, threads, decoders)
             except SsdTrtError as exc:
                 bad.append(str(exc))  # try the rest, so one run names every bad source
                 continue

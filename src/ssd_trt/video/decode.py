@@ -18,11 +18,14 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import SsdTrtError, first_line
 from ..runtime.registry import candidates, has_module
 from ..sources import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:  # the NVDEC module loads where a source decodes there
+    from .nvdec import DecoderFactory
 
 log = logging.getLogger(__name__)
 
@@ -137,3 +140,13 @@ def choose_for_sources(
         log.log(level, "decode %s: %s (%s)", name, choice.kind, choice.reason)
         choices.append(choice)
     return choices
+
+
+def shared_decoders(kinds: Sequence[str]) -> DecoderFactory | None:
+    """One NVDEC decoder factory for every source that decodes there (it asks the GPU's decoder
+    capabilities once per codec, not once per stream); None where none does."""
+    if "nvdec" not in kinds:
+        return None
+    from .nvdec import nvdec_or_cpu
+
+    return nvdec_or_cpu()

@@ -139,10 +139,11 @@ class CpuDecoder:
 
 def download_nv12(frame: DeviceFrame) -> np.ndarray:
     """An NV12 DeviceFrame's pixels as host BGR (colour.nv12_to_bgr with the frame's colour):
-    its two pitched planes copied to the host. Ran on an H200 from the decoding thread; from
-    other threads (cuda.current) it has not run on a GPU since that fix."""
+    its two pitched planes copied to the host, after the stream that wrote them. Ran on an H200
+    from the decoding thread; from other threads (cuda.current) it has not run on a GPU since
+    that fix."""
     h, w = frame.size
-    host = cuda.download_rows(frame.planes, (h, h // 2), w, frame.device_id or 0)
+    host = cuda.download_rows(frame.planes, (h, h // 2), w, frame.device_id or 0, frame.stream)
     assert frame.matrix is not None
     return nv12_to_bgr(host, frame.matrix, frame.full_range)
 
@@ -151,19 +152,39 @@ class NvdecUnsupported(SsdTrtError):
     """NVDEC on this GPU cannot decode the stream (codec, size or bit depth)."""
 
 
+class _Session:
+    """One PyNvVideoCodec decoder and the CUDA stream its output copies run on (None: the
+    legacy default stream, which the decoder synchronises after every picture). The decoder's
+    surfaces keep their session, so the decoder outlives every picture it handed out, and the
+    stream outlives the decoder (whose own teardown may still queue work on it)."""
+
+    def __init__(self, decoder: Any, stream: int | None) -> None:
+        self.decoder, self.stream = decoder, stream
+
+    def __del__(self) -> None:
+        self.decoder = None  # its C++ destructor runs here
+        if self.stream is not None:
+            try:
+                cuda.destroy_stream(self.stream)
+            except Exception:  # interpreter exit: the driver may be gone already
+                pass
+            self.stream = None
+
+
 class _Surface:
     """A decoded picture in one of the decoder's output buffers, locked (GetLockedFrame) so
     the decoder writes no later picture into it; unlocked when the last reference (the
     DeviceFrame's ``owner``) goes. The fast path keeps frames until the GPU work reading them
     completed, so a buffer is never reused while a batch that reads it is in flight."""
 
-    def __init__(self, decoder: Any, ptr: int) -> None:
-        self._decoder, self.ptr = decoder, ptr
+    def __init__(self, session: _Session, ptr: int) -> None:
+        self._session: _Session | None = session
+        self.ptr = ptr
 
     def release(self) -> None:
-        decoder, self._decoder = self._decoder, None
-        if decoder is not None:
-            decoder.UnlockFrame(self.ptr)
+        session, self._session = self._session, None
+        if session is not None and session.decoder is not None:
+            session.decoder.UnlockFrame(self.ptr)
 
     def __del__(self) -> None:
         try:
@@ -185,57 +206,83 @@ class _DevicePicture:
 class NvdecDecoder:
     """PyNvVideoCodec's decoder: NV12 pictures in GPU memory (ran on an H200, Dec 2026).
 
-    Written against PyNvVideoCodec 2.2.4: ``CreateDecoder(gpuid, codec, usedevicememory=True,
-    latency=...)``; packets go in as ``PacketData`` (``bsl_data`` pointer, ``bsl`` size,
-    ``pts``); ``GetNumDecodedFrame(packet)`` decodes and says how many pictures are ready;
-    ``GetLockedFrame()`` hands each out, in display order, as a device pointer to a packed NV12
-    buffer (pitch = width, chroma after H rows), which the decoder does not reuse until
-    ``UnlockFrame(ptr)``; an empty packet (size 0) drains it. Its pool of output buffers grows
-    when all are locked, so frames held by batches in flight cost memory, never correctness.
-    The locked path reports no pts, so each picture takes the smallest pts of the packets sent
-    and not yet matched (pictures leave in display order, i.e. ascending pts). Latency: LOW
-    (a picture per packet at once) for streams without B-frames, NATIVE otherwise (B-frames
-    need reordering). The decoder completes its copy into the locked buffer before returning
-    (NvDecoder synchronises its stream after the copy), so ``ready`` is None: TO VERIFY on the
-    GPU machine, where decoded planes are compared with OpenCV's.
+    Written against PyNvVideoCodec 2.2.4: ``CreateDecoder(gpuid, codec, cudastream,
+    usedevicememory=True, latency=...)``; packets go in as ``PacketData`` (``bsl_data``
+    pointer, ``bsl`` size, ``pts``); ``GetNumDecodedFrame(packet)`` decodes (without the GIL)
+    and says how many pictures are ready; ``GetLockedFrame()`` hands each out, in display
+    order, as a device pointer to a packed NV12 buffer (pitch = width, chroma after H rows),
+    which the decoder does not reuse until ``UnlockFrame(ptr)``; an empty packet (size 0)
+    drains it. Its pool of output buffers grows when all are locked, so frames held by batches
+    in flight cost memory, never correctness. The locked path reports no pts, so each picture
+    takes the smallest pts of the packets sent and not yet matched (pictures leave in display
+    order, i.e. ascending pts). Latency: LOW (a picture per packet at once) for streams without
+    B-frames, NATIVE otherwise (B-frames need reordering).
+
+    ``own_stream`` (default): the decoder copies each picture out of NVDEC on a non-blocking
+    stream of its own and returns without waiting; each DeviceFrame names that stream, and its
+    reader (the fast path's ``ProducerWaits``, or ``download_nv12``) orders itself after it.
+    Without it, PyNvVideoCodec copies on the legacy default stream, which every decoder of the
+    process shares, and synchronises that stream after every picture: a host wait per frame
+    that also waits for the other decoders' copies. That mode ran on the H200 (Dec 2026);
+    ``own_stream`` has NOT run on a GPU yet (PyNvVideoCodec's own code skips that wait when it
+    is given a stream, and records the copy on it).
+
+    ``caps``: ``GetDecoderCaps``'s answer for this codec where the caller has it already (it
+    makes and destroys a CUDA context per call, so a factory asks once per codec).
     """
 
     name = "nvdec"
 
-    def __init__(self, info: StreamInfo, gpu_id: int = 0) -> None:
+    def __init__(
+        self,
+        info: StreamInfo,
+        gpu_id: int = 0,
+        *,
+        own_stream: bool = True,
+        caps: dict[str, int] | None = None,
+    ) -> None:
         nvc = require("PyNvVideoCodec", "gpu")
         self._nvc, self.info, self.gpu_id = nvc, info, gpu_id
         member = NVDEC_CODECS.get(info.codec)
         if member is None:
             raise NvdecUnsupported(f"NVDEC does not decode {info.codec}")
         self._codec = getattr(nvc.cudaVideoCodec, member)
-        caps = nvc.GetDecoderCaps(gpuid=gpu_id, codec=self._codec)
-        if not caps.get("supported"):
+        self.caps = caps or dict(nvc.GetDecoderCaps(gpuid=gpu_id, codec=self._codec))
+        if not self.caps.get("supported"):
             raise NvdecUnsupported(f"this GPU's NVDEC does not decode {info.codec}")
-        too_big = info.width > caps.get("width_max", 1 << 30) or info.height > caps.get(
+        too_big = info.width > self.caps.get("width_max", 1 << 30) or info.height > self.caps.get(
             "height_max", 1 << 30
         )
         if too_big:
             raise NvdecUnsupported(
-                f"NVDEC decodes {info.codec} up to {caps['width_max']}x{caps['height_max']}, "
-                f"the stream is {info.width}x{info.height}"
+                f"NVDEC decodes {info.codec} up to {self.caps['width_max']}x"
+                f"{self.caps['height_max']}, the stream is {info.width}x{info.height}"
             )
         self._low = not info.has_b_frames
+        self._own_stream = own_stream
         self._pending: list[int] = []  # pts of packets sent, not yet matched to a picture
-        # Each decode call waits for its copy out of NVDEC: sleep there, never spin a core per
-        # stream (the first decoder of the process makes the context; later ones find it made).
-        # Not yet run on a GPU (added after the H200 run).
+        # Any wait left (the legacy mode's per-picture sync, NVDEC's own) sleeps, never spins
+        # a core per stream (the first decoder of the process makes the context; later ones
+        # find it made). Not yet run on a GPU (added after the H200 run).
         cuda.block_on_waits(gpu_id)
-        self._dec = self._create()
+        self._session = self._create()
 
-    def _create(self) -> Any:
+    def _create(self) -> _Session:
         latency = self._nvc.DisplayDecodeLatencyType
-        return self._nvc.CreateDecoder(
-            gpuid=self.gpu_id,
-            codec=self._codec,
-            usedevicememory=True,
-            latency=latency.LOW if self._low else latency.NATIVE,
-        )
+        stream = cuda.new_stream(self.gpu_id) if self._own_stream else None
+        try:
+            decoder = self._nvc.CreateDecoder(
+                gpuid=self.gpu_id,
+                codec=self._codec,
+                cudastream=stream or 0,
+                usedevicememory=True,
+                latency=latency.LOW if self._low else latency.NATIVE,
+            )
+        except BaseException:
+            if stream is not None:
+                cuda.destroy_stream(stream)
+            raise
+        return _Session(decoder, stream)
 
     def _send(self, data: np.ndarray | None, pts: int) -> int:
         packet = self._nvc.PacketData()
@@ -244,7 +291,7 @@ class NvdecDecoder:
         packet.pts = pts
         if self._low and data is not None:
             packet.decode_flag = self._nvc.VideoPacketFlag.ENDOFPICTURE
-        return int(self._dec.GetNumDecodedFrame(packet))
+        return int(self._session.decoder.GetNumDecodedFrame(packet))
 
     def decode(self, packet: Packet | None) -> list[Decoded]:
         if packet is None:
@@ -256,31 +303,33 @@ class NvdecDecoder:
             ready = self._send(data, packet.pts or 0)
         pictures: list[Decoded] = []
         h, w = self.info.height, self.info.width
+        session = self._session
         for _ in range(ready):
-            ptr = int(self._dec.GetLockedFrame())
-            surface = _Surface(self._dec, ptr)
+            ptr = int(session.decoder.GetLockedFrame())
             device = DeviceFrame(
                 "nv12",
                 h,
                 w,
                 ((ptr, w), (ptr + h * w, w)),
                 device_id=self.gpu_id,
+                stream=session.stream,
                 matrix=self.info.matrix,
                 full_range=self.info.full_range,
-                owner=surface,
+                owner=_Surface(session, ptr),
             )
             pts = heapq.heappop(self._pending) if self._pending else None
             pictures.append(_DevicePicture(pts, device))
         return pictures
 
     def reset(self) -> None:
-        # A fresh decoder: locked surfaces of the old one stay valid until released (each
-        # holds its decoder object).
+        # A fresh decoder (and stream): locked surfaces of the old one stay valid until
+        # released (each holds its session).
         self._pending.clear()
-        self._dec = self._create()
+        self._session = self._create()
 
     def close(self) -> None:
-        self._dec = None
+        # The session goes with its last surface.
+        self._session = None  # type: ignore[assignment]
 
 
 # ------------------------------------------------------------------------- the source
@@ -289,15 +338,19 @@ class NvdecDecoder:
 DecoderFactory = Callable[[StreamInfo], PacketDecoder]
 
 
-def nvdec_or_cpu(gpu_id: int = 0) -> DecoderFactory:
-    """NVDEC where it can decode the stream, else the CPU with a one-line warning."""
+def nvdec_or_cpu(gpu_id: int = 0, *, own_stream: bool = True) -> DecoderFactory:
+    """NVDEC where it can decode the stream, else the CPU with a one-line warning. The decoder
+    capabilities are asked once per codec (each ask makes a CUDA context)."""
+    known: dict[str, dict[str, int]] = {}
 
     def make(info: StreamInfo) -> PacketDecoder:
         try:
-            return NvdecDecoder(info, gpu_id)
+            decoder = NvdecDecoder(info, gpu_id, own_stream=own_stream, caps=known.get(info.codec))
         except NvdecUnsupported as exc:
             log.warning("%s; decoding this stream on the CPU", exc)
             return CpuDecoder(info)
+        known[info.codec] = decoder.caps
+        return decoder
 
     return make
 
