@@ -71,19 +71,25 @@ def _nvdec_frames(path: Path, count: int, own_stream: bool = True):
         source.close()
 
 
-@pytest.mark.parametrize("own_stream", [True, False], ids=["own-stream", "legacy-stream"])
-def test_nvdec_planes_are_ffmpegs_and_convert_like_opencv(video: Path, own_stream: bool) -> None:
+def _ffmpeg_nv12(path: Path, count: int) -> list[np.ndarray]:
+    """The first ``count`` pictures of ``path`` as FFmpeg (PyAV) decodes them, NV12."""
     import av
 
+    planes = []
+    with av.open(str(path)) as container:
+        for picture in container.decode(video=0):
+            planes.append(picture.to_ndarray(format="nv12"))
+            if len(planes) == count:
+                break
+    return planes
+
+
+@pytest.mark.parametrize("own_stream", [True, False], ids=["own-stream", "legacy-stream"])
+def test_nvdec_planes_are_ffmpegs_and_convert_like_opencv(video: Path, own_stream: bool) -> None:
     from ssd_trt.colour import nv12_to_bgr
     from ssd_trt.runtime import cuda
 
-    with av.open(str(video)) as container:
-        cpu_nv12 = []
-        for picture in container.decode(video=0):
-            cpu_nv12.append(picture.to_ndarray(format="nv12"))
-            if len(cpu_nv12) == FRAMES:
-                break
+    cpu_nv12 = _ffmpeg_nv12(video, FRAMES)
     expected = _opencv_frames(video, FRAMES)
     worst, means = 0, []
     for i, frame in enumerate(_nvdec_frames(video, FRAMES, own_stream)):
@@ -154,3 +160,36 @@ def test_decoders_of_one_factory_ask_the_capabilities_once(video: Path) -> None:
         second.close()
     finally:
         demuxer.close()
+
+
+def test_concurrent_decoders_on_their_own_streams_give_ffmpegs_planes(video: Path) -> None:
+    """Eight decoders at full speed in eight threads, copies on their own streams and never
+    waited for on the host while decoding: every picture, downloaded only afterwards (after its
+    stream), equals FFmpeg's. Frames stay locked until then, so no buffer is reused."""
+    import threading
+
+    from ssd_trt.runtime import cuda
+
+    expected = _ffmpeg_nv12(video, FRAMES)
+    kept: list[list] = [[] for _ in range(8)]
+    errors: list[BaseException] = []
+
+    def decode(i: int) -> None:
+        try:
+            kept[i].extend(_nvdec_frames(video, FRAMES))
+        except BaseException as exc:  # reported on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    for frames in kept:
+        assert len(frames) == FRAMES
+        for i, frame in enumerate(frames):
+            dev = frame.device
+            h, w = dev.height, dev.width
+            planes = cuda.download_rows(dev.planes, (h, h // 2), w, after=dev.stream)
+            assert np.array_equal(planes, expected[i]), f"frame {i} differs from FFmpeg's"
