@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sources import RtspServer, _free_port, rtsp_server  # noqa: F401 - the fixture
+from test_sources import (  # noqa: F401 - the fixture
+    RtspServer,
+    _free_port,
+    h264_file_launch,
+    rtsp_server,
+    serving,
+)
 
 from ssd_trt.errors import SsdTrtError
 from ssd_trt.sources import StreamSettings
@@ -187,3 +193,33 @@ def test_rtsp_demux_reconnects_after_server_restart(rtsp_server: RtspServer) -> 
             restart.cancel()
             restart.join(timeout=90)
         source.close()
+
+
+def rtsp_h264_pictures(tmp_path: Path, video: Path, decoder, count: int) -> list[np.ndarray]:
+    """The first ``count`` pictures of ``video``'s H.264 stream served over RTSP (RTP over
+    TCP, as the demuxer asks) and read by an NvdecSource with ``decoder``, as host BGR."""
+    with serving(tmp_path, h264_file_launch(video)) as server:
+        source = NvdecSource(server.url, reconnect=StreamSettings(timeout_s=10.0), decoder=decoder)
+        try:
+            assert source.live and source.info.codec == "h264" and source.info.has_b_frames
+            deadline, pictures = time.monotonic() + 120, []
+            while len(pictures) < count:
+                frame = source.read()
+                assert frame is not None, f"stream ended after {len(pictures)} frames"
+                assert time.monotonic() < deadline
+                pictures.append(frame.image)
+            return pictures
+        finally:
+            source.close()
+
+
+def test_rtsp_h264_with_b_frames_gives_the_files_pictures(
+    tmp_path: Path, bikes_video: Path
+) -> None:
+    """What NVDEC gets from a camera: H.264 (High profile, B-frames) depacketized from RTP by
+    the demuxer, decoded here by the CPU decoder from those very packets. Every picture equals
+    the decode of the file it was streamed from, in display order from the first: no packet
+    lost, reordered or cut at a wrong boundary."""
+    got = rtsp_h264_pictures(tmp_path, bikes_video, CpuDecoder, 60)
+    want = _opencv_frames(bikes_video, 60)
+    assert [i for i in range(60) if not np.array_equal(got[i], want[i])] == []

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -150,11 +151,7 @@ server = GstRtspServer.RTSPServer()
 server.set_address("127.0.0.1")
 server.set_service(sys.argv[1])
 factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch(
-    "( videotestsrc is-live=true pattern=ball"
-    " ! video/x-raw,format=I420,width=320,height=240,framerate=25/1"
-    " ! jpegenc quality=80 ! rtpjpegpay name=pay0 pt=26 )"
-)
+factory.set_launch(sys.argv[2])
 factory.set_shared(True)
 server.get_mount_points().add_factory("/live", factory)
 if not server.attach(None):
@@ -162,6 +159,19 @@ if not server.attach(None):
 print("ready", flush=True)
 GLib.MainLoop().run()
 """
+
+
+# A live camera: a moving ball, MJPEG (GStreamer's good plugins only).
+BALL = (
+    "( videotestsrc is-live=true pattern=ball"
+    " ! video/x-raw,format=I420,width=320,height=240,framerate=25/1"
+    " ! jpegenc quality=80 ! rtpjpegpay name=pay0 pt=26 )"
+)
+
+
+def h264_file_launch(path: Path) -> str:
+    """A file's H.264 stream served as it is (no re-encoding, B-frames kept), in real time."""
+    return f"( filesrc location={path} ! qtdemux ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
 
 
 def _gst_rtsp_available() -> bool:
@@ -185,8 +195,8 @@ def _free_port() -> int:
 class RtspServer:
     """A GStreamer RTSP server process on a fixed local port, for the test to kill and restart."""
 
-    def __init__(self, script: Path, port: int) -> None:
-        self.script, self.port = script, port
+    def __init__(self, script: Path, port: int, launch: str = BALL) -> None:
+        self.script, self.port, self.launch = script, port, launch
         self.url = f"rtsp://127.0.0.1:{port}/live"
         self.proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # start() may run on a timer thread
@@ -194,7 +204,7 @@ class RtspServer:
     def start(self, timeout_s: float = 60.0) -> None:
         with self._lock:
             proc = subprocess.Popen(
-                [SYSTEM_PYTHON, str(self.script), str(self.port)],
+                [SYSTEM_PYTHON, str(self.script), str(self.port), self.launch],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
             )
@@ -214,8 +224,9 @@ class RtspServer:
                 self.proc.wait(timeout=30)
 
 
-@pytest.fixture
-def rtsp_server(tmp_path: Path) -> Iterator[RtspServer]:
+@contextmanager
+def serving(tmp_path: Path, launch: str = BALL) -> Iterator[RtspServer]:
+    """A started GStreamer RTSP server streaming ``launch`` at rtsp://127.0.0.1:PORT/live."""
     if not _gst_rtsp_available():
         # Fail, not skip, like the other system-tool tests: CI installs these, so a skip
         # would only hide a broken reconnect path.
@@ -225,12 +236,18 @@ def rtsp_server(tmp_path: Path) -> Iterator[RtspServer]:
         )
     script = tmp_path / "rtsp_server.py"
     script.write_text(RTSP_SERVER)
-    server = RtspServer(script, _free_port())
+    server = RtspServer(script, _free_port(), launch)
     server.start()
     try:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def rtsp_server(tmp_path: Path) -> Iterator[RtspServer]:
+    with serving(tmp_path) as server:
+        yield server
 
 
 def _read_n(source, n: int, deadline: float) -> list[Frame]:
