@@ -23,8 +23,9 @@ the very packets NVDEC would get.
 
 :class:`NvdecDecoder` and :func:`download_nv12` need an NVIDIA GPU with PyNvVideoCodec; they ran
 on an H200 with PyNvVideoCodec 2.2.4 (Dec 2026, tests/test_gpu_nvdec.py: NV12 planes equal
-FFmpeg's, frames in display order, detect and the stream sweep). Everything else in this module
-also runs on the CPU.
+FFmpeg's, frames in display order, detect and the stream sweep), copying on the legacy default
+stream; the decoders' own streams (the default since) have not run on a GPU. Everything else in
+this module also runs on the CPU.
 """
 
 from __future__ import annotations
