@@ -166,6 +166,19 @@ class _TimedSource(Source):
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu_s(tid: int) -> float:
+    """A thread's CPU seconds: schedstat's nanoseconds where the kernel has them; stat's clock
+    ticks (10 ms) otherwise, which round a sleeping camera thread's few microseconds per frame
+    down to nothing, however many such threads there are."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except FileNotFoundError:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def _role(name: str) -> str:
     for prefix, role in (("ssd-trt-cap", "capture"), ("ssd-trt-emit", "emit")):
         if name.startswith(prefix):
@@ -174,7 +187,7 @@ def _role(name: str) -> str:
 
 
 class ThreadCpu:
-    """CPU seconds per thread role over a run, from /proc/self/task/<tid>/stat (utime+stime),
+    """CPU seconds per thread role over a run, from /proc/self/task/<tid> (``_thread_cpu_s``),
     sampled every 0.2 s so threads that end are counted up to their last sample. Threads
     Python did not start (FFmpeg's, ONNX Runtime's, CUDA's) count as ``ffmpeg/native``. The
     same thread samples how late a 1 ms sleep wakes: with the GIL held by others it waits."""
@@ -192,16 +205,16 @@ class ThreadCpu:
 
     def _read(self) -> dict[int, float]:
         times = {}
-        for tid in os.listdir("/proc/self/task"):
+        for name in os.listdir("/proc/self/task"):
+            tid = int(name)
             try:
-                with open(f"/proc/self/task/{tid}/stat") as f:
-                    head, tail = f.read().rsplit(")", 1)
-            except OSError:
+                times[tid] = _thread_cpu_s(tid)
+                if tid not in self.comm:
+                    # Native threads by their OS name, digits dropped (FFmpeg's "av:h264:df0").
+                    with open(f"/proc/self/task/{tid}/comm") as f:
+                        self.comm[tid] = re.sub(r"\d+", "#", f.read().strip())
+            except OSError:  # the thread ended meanwhile
                 continue
-            fields = tail.split()
-            times[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICK
-            # Native threads by their OS name, digits dropped (FFmpeg's "av:h264:df0", ...).
-            self.comm[int(tid)] = re.sub(r"\d+", "#", head.split("(", 1)[1])
         return times
 
     def _sample(self) -> None:
