@@ -13,7 +13,7 @@
 # .nms-none.onnx, the person model's .nms-none.onnx) and the sample video, since a GPU machine
 # without TensorFlow or the registries cannot make them: run `ssd-trt export` and
 # `ssd-trt detect --max-frames 1` with that cache elsewhere first. The stream sweep reads
-# VIDEO_720P (default CACHE/media/vtest_720p30_h264.mp4, made by benchmarks/multi_stream.py
+# VIDEO_720P (default CACHE/media/vtest_720p30_high.mp4, made by benchmarks/multi_stream.py
 # --make-video); without it, the sample video (bikes.mp4, 640x272: say so when you report it).
 set -uo pipefail
 out=${1:?usage: gpu_machine.sh OUTDIR [tests] [sweep] [nvdec]}
@@ -30,7 +30,7 @@ ln -s "${COCO_MINI:-$repo/tests/data/coco_mini}" "$data/coco_mini"
 export SSD_TRT_GPU_DATA=$data PYTHONUNBUFFERED=1
 
 nvidia-smi -L | tee "$out/gpu.txt"
-video=${VIDEO_720P:-$cache/media/vtest_720p30_h264.mp4}
+video=${VIDEO_720P:-$cache/media/vtest_720p30_high.mp4}
 if [ -f "$video" ]; then ln -s "$video" "$data/video_720p.mp4"; else video=$data/bikes.mp4; fi
 
 if [[ $phases == *" tests "* ]]; then

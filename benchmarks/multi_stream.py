@@ -3,12 +3,15 @@
 The test video: Debian opencv-doc's vtest.avi (768x576, 795 frames of pedestrians, a real CCTV
 view) scaled to 1280x960 (aspect kept, bicubic) and centre-cropped to 1280x720, every source
 frame kept once and stamped at 30 FPS (so people walk 3x faster than they did; every frame
-is a distinct real picture), encoded as H.264 (GStreamer's openh264enc, 4 Mbit/s, mp4mux).
-OpenCV's bundled FFmpeg decodes H.264 but cannot encode it, so the encoder runs in Debian's
-python3 with GStreamer (apt: python3-gi gstreamer1.0-plugins-bad for openh264enc); the frames are
-piped to it raw. Make it once, where GStreamer is, and carry the file to the GPU machine::
+is a distinct real picture), encoded as cameras send it: H.264 High profile with 2 B-frames
+between references, a keyframe every 2 s, 4 Mbit/s, BT.709 declared (PyAV's libx264, preset
+fast; the frames are converted to YUV with the BT.709 matrix), in MP4. Make it once and carry
+the file to the GPU machine::
 
     python benchmarks/multi_stream.py --make-video            # -> ~/.cache/ssd_trt/media/...
+
+(Before Dec 5 2026 the file was GStreamer's openh264enc output, Constrained Baseline without
+B-frames, named vtest_720p30_h264.mp4; the H200 stream sweeps of Dec 5 ran on that file.)
 
 Each run opens N streams of that file, each played at 30 FPS like a camera (``PacedSource``:
 its own decoder, stale frames dropped when inference falls behind), through
@@ -56,6 +59,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -63,7 +67,7 @@ import numpy as np
 
 from ssd_trt.cli.groups import track_group, track_settings
 from ssd_trt.detector import Detector
-from ssd_trt.errors import SsdTrtError
+from ssd_trt.errors import SsdTrtError, require
 from ssd_trt.fsutil import atomic_write
 from ssd_trt.quality.bench import machine_info
 from ssd_trt.sources import Frame, PacedSource, Source, open_source
@@ -77,54 +81,63 @@ from ssd_trt.video.tracks import LaneTracking, TrackSettings
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 SIZE = (1280, 720)
-ENCODER = """
-import sys
-import gi
-gi.require_version("Gst", "1.0")
-from gi.repository import Gst
-Gst.init(None)
-w, h, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-pipe = Gst.parse_launch(
-    f"fdsrc fd=0 blocksize={w * h * 3} ! rawvideoparse width={w} height={h} format=bgr "
-    "framerate=30/1 ! videoconvert ! video/x-raw,format=I420 ! openh264enc bitrate=4000000 "
-    f"! h264parse ! mp4mux ! filesink location={out}"
-)
-pipe.set_state(Gst.State.PLAYING)
-ends = Gst.MessageType.EOS | Gst.MessageType.ERROR
-msg = pipe.get_bus().timed_pop_filtered(Gst.CLOCK_TIME_NONE, ends)
-pipe.set_state(Gst.State.NULL)
-sys.exit(0 if msg.type == Gst.MessageType.EOS else msg.parse_error()[0].message)
-"""
 
 
 def test_video() -> Path:
-    return ArtifactStore().root / "media" / "vtest_720p30_h264.mp4"
+    return ArtifactStore().root / "media" / "vtest_720p30_high.mp4"
+
+
+# libx264 settings of a typical IP camera stream (High profile, B-frames, 2 s GOP, 4 Mbit/s).
+CAMERA_X264 = {
+    "profile": "high",
+    "preset": "fast",
+    "x264-params": "bframes=2:keyint=60:min-keyint=60:scenecut=0"
+    ":colorprim=bt709:transfer=bt709:colormatrix=bt709",
+}
+
+
+def vtest_720p(count: int | None = None) -> Iterator[np.ndarray]:
+    """vtest.avi's frames (its first ``count``) scaled and cropped to 1280x720, BGR."""
+    cap = cv2.VideoCapture(str(VTEST))
+    try:
+        n = 0
+        while count is None or n < count:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            big = cv2.resize(frame, (1280, 960), interpolation=cv2.INTER_CUBIC)
+            yield np.ascontiguousarray(big[120:840])
+            n += 1
+    finally:
+        cap.release()
+
+
+def encode_camera_like(frames: Iterable[np.ndarray], dest: Path, fps: int = 30) -> None:
+    """BGR frames into ``dest`` (MP4) as an IP camera encodes them: ``CAMERA_X264``."""
+    av = require("av", "video")
+    with av.open(str(dest), "w", format="mp4") as box:
+        stream = box.add_stream("libx264", rate=fps)
+        stream.pix_fmt, stream.bit_rate, stream.options = "yuv420p", 4_000_000, CAMERA_X264
+        for image in frames:
+            if not stream.codec_context.is_open:  # the size, from the first frame
+                stream.height, stream.width = image.shape[:2]
+            picture = av.VideoFrame.from_ndarray(image, "bgr24")
+            box.mux(stream.encode(picture.reformat(format="yuv420p", dst_colorspace="ITU709")))
+        box.mux(stream.encode(None))
 
 
 def make_video() -> Path:
+    """The camera-like test video (see the module doc), written to a temp file and renamed."""
     out = test_video()
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(".partial_" + out.name)
-    enc = subprocess.Popen(
-        ["/usr/bin/python3", "-c", ENCODER, str(SIZE[0]), str(SIZE[1]), str(tmp)],
-        stdin=subprocess.PIPE,
-    )
-    cap = cv2.VideoCapture(str(VTEST))
     try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            big = cv2.resize(frame, (1280, 960), interpolation=cv2.INTER_CUBIC)
-            enc.stdin.write(np.ascontiguousarray(big[120:840]).tobytes())
-    finally:
-        cap.release()
-        enc.stdin.close()
-    if enc.wait(timeout=600) != 0:
+        encode_camera_like(vtest_720p(), tmp)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        sys.exit("the H.264 encoder failed (needs python3-gi and gstreamer1.0-plugins-bad)")
+        raise
     tmp.replace(out)
     return out
 

@@ -3,7 +3,7 @@
 # at 30 FPS one GPU sustains through MultiPipeline with the GPU fast path, where host time goes,
 # and whether tracking (--track, ByteTrack in each stream's emitter) lowers that count.
 #
-#   VIDEO_720P=path/vtest_720p30_h264.mp4 MODEL_ONNX=path/ssdlite_mobilenet_v2_coco.nms-none.onnx \
+#   VIDEO_720P=path/vtest_720p30_high.mp4 MODEL_ONNX=path/ssdlite_mobilenet_v2_coco.nms-none.onnx \
 #     bash benchmarks/multi_stream_gpu.sh OUTDIR
 #
 # VIDEO_720P: the test video (benchmarks/multi_stream.py --make-video makes it elsewhere).

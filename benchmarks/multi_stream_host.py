@@ -365,7 +365,7 @@ def _save_capacity(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--video", default=str(ArtifactStore().root / "media/vtest_720p30_h264.mp4")
+        "--video", default=str(ArtifactStore().root / "media/vtest_720p30_high.mp4")
     )
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--out")

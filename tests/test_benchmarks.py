@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -170,3 +171,36 @@ def test_compare_detections_on_the_committed_h200_runs():
     report = compare.compare(cpu, nvdec, 2.0)
     assert report == json.loads((results / "detect-720p-nvdec-vs-cpu.json").read_text())
     assert report["matched"] == 3637 and report["unmatched_first"] == 41
+
+
+def test_stream_test_video_is_encoded_as_cameras_send(vtest_video, tmp_path):
+    """The sweep's video (issue 19: "High profile with B-frames, made from a real video"):
+    vtest.avi's frames at 1280x720 as H.264 High with B-frames, a keyframe every 60 frames,
+    BT.709 declared; decoding gives back the pictures within the codec's loss."""
+    import av
+
+    ms = _load("multi_stream")
+    frames = list(ms.vtest_720p(70))
+    path = tmp_path / "camera.mp4"
+    ms.encode_camera_like(frames, path)
+    with av.open(str(path)) as box:
+        stream = box.streams.video[0]
+        ctx = stream.codec_context
+        assert (ctx.name, ctx.profile, ctx.width, ctx.height) == ("h264", "High", 1280, 720)
+        packets = [p for p in box.demux(stream) if p.size]
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)  # as the pipeline reads it
+    decoded = [image for ok, image in iter(cap.read, (False, None)) if ok]
+    cap.release()
+    keys = [i for i, p in enumerate(sorted(packets, key=lambda p: p.dts)) if p.is_keyframe]
+    assert keys == [0, 60]
+    assert any(p.pts != p.dts for p in packets)  # B-frames: shown in another order than sent
+    from ssd_trt.video.demux import Demuxer
+
+    demuxer = Demuxer(str(path))
+    assert demuxer.info.has_b_frames and demuxer.info.matrix == "bt709"
+    demuxer.close()
+    assert len(decoded) == 70
+    error = np.mean(
+        [np.abs(a.astype(int) - b).mean() for a, b in zip(frames, decoded, strict=True)]
+    )
+    assert error < 6, error  # 4 Mbit/s of a CCTV view: a few levels of mean error
