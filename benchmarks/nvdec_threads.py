@@ -38,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,20 +85,22 @@ class _Raw:
         self._dec = self._dmx = None
 
 
-def _open(path: str, kind: str) -> object:
+def _opener(kind: str) -> Callable[[str], object]:
+    """Opens one stream of ``--path kind``; NVDEC streams share one decoder factory, as the
+    package's sources do."""
     if kind == "raw":
-        return _Raw(path)
+        return _Raw
     from ssd_trt.video.nvdec import CpuDecoder, NvdecSource, nvdec_or_cpu
 
-    if kind == "cpu":
-        return NvdecSource(path, decoder=CpuDecoder)
-    return NvdecSource(path, decoder=nvdec_or_cpu(own_stream=kind == "ours"))
+    make = CpuDecoder if kind == "cpu" else nvdec_or_cpu(own_stream=kind == "ours")
+    return lambda path: NvdecSource(path, decoder=make)
 
 
 def child(args: argparse.Namespace) -> dict:
     set_sched(args.sched)
     interval = 1.0 / args.fps
-    sources = [_open(args.video, args.path) for _ in range(args.streams)]
+    opener = _opener(args.path)
+    sources = [opener(args.video) for _ in range(args.streams)]
     lateness: list[list[float]] = [[] for _ in range(args.streams)]
     stop = threading.Event()
     start = time.monotonic() + 0.5

@@ -86,13 +86,28 @@ def test_with_everything_nvdec_is_chosen() -> None:
 
 
 @pytest.mark.fast
-def test_sources_share_one_nvdec_factory_only_where_one_decodes_there() -> None:
-    """Opening many NVDEC streams asks the decoder's capabilities once per codec (one factory
-    for all of them); all-CPU runs make none, so nothing of NVDEC loads."""
-    assert shared_decoders(["cpu", "cpu"]) is None
-    assert shared_decoders([]) is None
-    factory = shared_decoders(["cpu", "nvdec"])
-    assert callable(factory) and factory is not shared_decoders(["nvdec"])
+def test_sources_share_one_nvdec_factory_only_where_one_decodes_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Opening many NVDEC streams asks the decoder's capabilities once per codec: open_sources
+    hands one factory to every NVDEC source; all-CPU runs make none. NvdecSource is replaced
+    by a recorder (it would need PyNvVideoCodec); the sharing is what is tested."""
+    from ssd_trt.video import app, nvdec
+
+    assert shared_decoders(["cpu", "cpu"]) is None and shared_decoders([]) is None
+    given: list = []
+
+    class Recorder:
+        def __init__(self, spec: str, *, reconnect, decoder) -> None:
+            given.append(decoder)
+
+    monkeypatch.setattr(nvdec, "NvdecSource", Recorder)
+    specs = [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
+    app.open_sources(specs, decode=["nvdec", "nvdec"])
+    assert len(given) == 2 and callable(given[0]) and given[0] is given[1]
+    monkeypatch.setenv("SSD_TRT_NVDEC_STREAM", "sideways")
+    with pytest.raises(SsdTrtError, match="SSD_TRT_NVDEC_STREAM='sideways': use own"):
+        shared_decoders(["nvdec"])
 
 
 @pytest.fixture

@@ -171,7 +171,9 @@ BALL = (
 
 def h264_file_launch(path: Path) -> str:
     """A file's H.264 stream served as it is (no re-encoding, B-frames kept), in real time."""
-    return f"( filesrc location={path} ! qtdemux ! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+    return (
+        f'( filesrc location="{path}" ! qtdemux ! rtph264pay name=pay0 pt=96 config-interval=-1 )'
+    )
 
 
 def _gst_rtsp_available() -> bool:

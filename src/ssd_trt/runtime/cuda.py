@@ -352,16 +352,33 @@ def current(device_id: int) -> None:
 def new_stream(device_id: int) -> int:
     """A non-blocking stream of the device's primary context, as a raw ``CUstream`` handle: for a
     producer such as a decoder, whose readers order their work after it (``DeviceFrame.stream``)
-    and which never waits for the legacy default stream. Release it with ``destroy_stream``."""
-    current(device_id)
-    flag = int(driver().CUstream_flags.CU_STREAM_NON_BLOCKING)
-    return int(call("cuStreamCreate", flag))
+    and which never waits for the legacy default stream. The stream holds a reference on the
+    primary context (whatever context this thread has is left as it was); release both with
+    ``destroy_stream``."""
+    call("cuInit", 0)
+    ctx = call("cuDevicePrimaryCtxRetain", device_id)
+    try:
+        call("cuCtxPushCurrent", ctx)
+        try:
+            return int(call("cuStreamCreate", int(driver().CUstream_flags.CU_STREAM_NON_BLOCKING)))
+        finally:
+            call("cuCtxPopCurrent")
+    except BaseException:
+        call("cuDevicePrimaryCtxRelease", device_id)
+        raise
 
 
-def destroy_stream(handle: int) -> None:
-    """Release a stream from ``new_stream``; work still queued on it completes first (CUDA
-    frees it then)."""
-    call("cuStreamDestroy", handle)
+def destroy_stream(handle: int, device_id: int) -> None:
+    """Release a stream from ``new_stream`` and its reference on the primary context, from any
+    thread; work still queued on it completes first (CUDA frees it then)."""
+    ctx = call("cuDevicePrimaryCtxRetain", device_id)
+    call("cuCtxPushCurrent", ctx)
+    try:
+        call("cuStreamDestroy", handle)
+    finally:
+        call("cuCtxPopCurrent")
+        call("cuDevicePrimaryCtxRelease", device_id)  # this call's
+        call("cuDevicePrimaryCtxRelease", device_id)  # new_stream's
 
 
 def block_on_waits(device_id: int) -> bool:

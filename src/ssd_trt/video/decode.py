@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ GPU_BACKENDS = ("cuda", "tensorrt")  # the backends that run on the GPU fast pat
 NVDEC_MODULE = "PyNvVideoCodec"  # PyPI: pynvvideocodec, in the [gpu] extra
 INSTALL = "pip install 'ssd-trt[gpu]'"
 NVDEC_STREAMS = ("rtsp://", "rtsps://")
+NVDEC_STREAM_ENV = "SSD_TRT_NVDEC_STREAM"  # own (default) | legacy: see shared_decoders
 
 
 @dataclass(frozen=True)
@@ -144,9 +146,14 @@ def choose_for_sources(
 
 def shared_decoders(kinds: Sequence[str]) -> DecoderFactory | None:
     """One NVDEC decoder factory for every source that decodes there (it asks the GPU's decoder
-    capabilities once per codec, not once per stream); None where none does."""
+    capabilities once per codec, not once per stream); None where none does.
+    ``SSD_TRT_NVDEC_STREAM=legacy`` makes decoders copy on CUDA's legacy default stream and wait
+    for each picture, as PyNvVideoCodec does by default (``NvdecDecoder``'s ``own_stream``)."""
     if "nvdec" not in kinds:
         return None
     from .nvdec import nvdec_or_cpu
 
-    return nvdec_or_cpu()
+    mode = os.environ.get(NVDEC_STREAM_ENV, "own")
+    if mode not in ("own", "legacy"):
+        raise SsdTrtError(f"{NVDEC_STREAM_ENV}={mode!r}: use own (the default) or legacy")
+    return nvdec_or_cpu(own_stream=mode == "own")

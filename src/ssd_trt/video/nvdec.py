@@ -14,12 +14,10 @@ Three parts, each replaceable:
 * :class:`NvdecSource`, a ``Source``: numbers the frames, times them (media time for files,
   seconds since open for live streams, as the other sources do), ends files, reconnects streams.
 
-Why PyAV demuxes, not PyNvVideoCodec's own demuxer: PyAV already opens the files and RTSP URLs
-the CPU path reads (same FFmpeg options, same timeouts), and the reconnect logic needs to see a
-failed read and reopen, which PyAV reports per packet. Dropping stale frames of a live source
-is the engine's (it keeps each live lane's newest frame), so it works for these frames as for
-any. And the demux half runs and is tested on a machine without a GPU: the CPU decoder decodes
-the very packets NVDEC would get.
+Why PyAV demuxes, not PyNvVideoCodec's own demuxer: PyAV opens the files and RTSP URLs as the
+CPU path does (same options, timeouts), and reconnecting needs each failed read, which PyAV
+reports per packet. Dropping stale live frames is the engine's, for these frames as for any.
+And the demux half is tested without a GPU: the CPU decoder decodes the packets NVDEC gets.
 
 :class:`NvdecDecoder` and :func:`download_nv12` need an NVIDIA GPU with PyNvVideoCodec; they ran
 on an H200 with PyNvVideoCodec 2.2.4 (Dec 2026, tests/test_gpu_nvdec.py: NV12 planes equal
@@ -35,6 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -153,30 +152,58 @@ class NvdecUnsupported(SsdTrtError):
     """NVDEC on this GPU cannot decode the stream (codec, size or bit depth)."""
 
 
+def nvdec_caps(codec: str, gpu_id: int = 0) -> dict[str, int]:
+    """PyNvVideoCodec's ``GetDecoderCaps`` for an FFmpeg codec name ({} where NVDEC has no such
+    codec). Each call makes and destroys a CUDA context (and 2.2.4 asks GPU 0 whatever
+    ``gpuid`` says), so callers keep the answer per codec."""
+    nvc = require("PyNvVideoCodec", "gpu")
+    member = NVDEC_CODECS.get(codec)
+    if member is None:
+        return {}
+    return dict(nvc.GetDecoderCaps(gpuid=gpu_id, codec=getattr(nvc.cudaVideoCodec, member)))
+
+
 class _Session:
     """One PyNvVideoCodec decoder and the CUDA stream its output copies run on (None: the
-    legacy default stream, which the decoder synchronises after every picture). The decoder's
-    surfaces keep their session, so the decoder outlives every picture it handed out, and the
-    stream outlives the decoder (whose own teardown may still queue work on it)."""
+    legacy default stream, which the decoder synchronises after every picture).
 
-    def __init__(self, decoder: Any, stream: int | None) -> None:
-        self.decoder, self.stream = decoder, stream
+    Only the decoding thread calls the decoder: pictures released elsewhere (the batcher, an
+    emitter) queue their buffer in ``released``, and the decoding thread unlocks them before
+    its next packet. PyNvVideoCodec's ``UnlockFrame`` changes vectors that a decode running
+    without the GIL also changes, without a common lock. The decoder's surfaces keep their
+    session, so the decoder outlives every picture it handed out; the last one to go unlocks
+    the rest, then the decoder goes, then the stream (the decoder's teardown may still use it).
+    """
+
+    def __init__(self, decoder: Any, stream: int | None, gpu_id: int) -> None:
+        self.decoder, self.stream, self.gpu_id = decoder, stream, gpu_id
+        self.released: deque[int] = deque()  # deque.append is atomic: any thread may add
+
+    def unlock_released(self) -> None:
+        """Give the buffers of released pictures back to the decoder (decoding thread only)."""
+        while self.released:
+            self.decoder.UnlockFrame(self.released.popleft())
 
     def __del__(self) -> None:
+        try:
+            self.unlock_released()  # no decode can run: whoever decoded dropped us
+        except Exception as exc:  # interpreter exit: the decoder may be half gone
+            log.debug("unlocking NVDEC buffers at teardown: %s", first_line(exc))
         self.decoder = None  # its C++ destructor runs here
         if self.stream is not None:
             try:
-                cuda.destroy_stream(self.stream)
-            except Exception:  # interpreter exit: the driver may be gone already
-                pass
+                cuda.destroy_stream(self.stream, self.gpu_id)
+            except Exception as exc:  # interpreter exit: the driver may be gone already
+                log.debug("destroying an NVDEC stream: %s", first_line(exc))
             self.stream = None
 
 
 class _Surface:
     """A decoded picture in one of the decoder's output buffers, locked (GetLockedFrame) so
-    the decoder writes no later picture into it; unlocked when the last reference (the
-    DeviceFrame's ``owner``) goes. The fast path keeps frames until the GPU work reading them
-    completed, so a buffer is never reused while a batch that reads it is in flight."""
+    the decoder writes no later picture into it; handed back (``_Session.released``) when the
+    last reference (the DeviceFrame's ``owner``) goes. The fast path keeps frames until the GPU
+    work reading them completed, so a buffer is never reused while a batch that reads it is in
+    flight."""
 
     def __init__(self, session: _Session, ptr: int) -> None:
         self._session: _Session | None = session
@@ -184,14 +211,11 @@ class _Surface:
 
     def release(self) -> None:
         session, self._session = self._session, None
-        if session is not None and session.decoder is not None:
-            session.decoder.UnlockFrame(self.ptr)
+        if session is not None:
+            session.released.append(self.ptr)
 
     def __del__(self) -> None:
-        try:
-            self.release()
-        except Exception:  # the decoder is gone at interpreter exit: nothing to unlock
-            pass
+        self.release()
 
 
 @dataclass
@@ -219,17 +243,14 @@ class NvdecDecoder:
     order, i.e. ascending pts). Latency: LOW (a picture per packet at once) for streams without
     B-frames, NATIVE otherwise (B-frames need reordering).
 
-    ``own_stream`` (default): the decoder copies each picture out of NVDEC on a non-blocking
-    stream of its own and returns without waiting; each DeviceFrame names that stream, and its
-    reader (the fast path's ``ProducerWaits``, or ``download_nv12``) orders itself after it.
-    Without it, PyNvVideoCodec copies on the legacy default stream, which every decoder of the
-    process shares, and synchronises that stream after every picture: a host wait per frame
-    that also waits for the other decoders' copies. That mode ran on the H200 (Dec 2026);
-    ``own_stream`` has NOT run on a GPU yet (PyNvVideoCodec's own code skips that wait when it
-    is given a stream, and records the copy on it).
-
-    ``caps``: ``GetDecoderCaps``'s answer for this codec where the caller has it already (it
-    makes and destroys a CUDA context per call, so a factory asks once per codec).
+    ``own_stream`` (default): pictures are copied out of NVDEC on a non-blocking stream of the
+    decoder's own, not waited for; each DeviceFrame names it and its readers (``ProducerWaits``,
+    ``download_nv12``) order themselves after it. Else PyNvVideoCodec copies on the legacy
+    default stream, shared by all decoders, and waits for it after every picture (what ran on
+    the H200). NOT yet run on a GPU: with a stream, PyNvVideoCodec unmaps NVDEC's surface right
+    after queueing the copy, so correctness rests on the driver ordering that unmap after the
+    copy (tests/test_gpu_nvdec.py checks the pictures under load; ``SSD_TRT_NVDEC_STREAM=
+    legacy`` goes back). ``caps``: ``nvdec_caps``'s answer where the caller has it.
     """
 
     name = "nvdec"
@@ -248,7 +269,7 @@ class NvdecDecoder:
         if member is None:
             raise NvdecUnsupported(f"NVDEC does not decode {info.codec}")
         self._codec = getattr(nvc.cudaVideoCodec, member)
-        self.caps = caps or dict(nvc.GetDecoderCaps(gpuid=gpu_id, codec=self._codec))
+        self.caps = nvdec_caps(info.codec, gpu_id) if caps is None else caps
         if not self.caps.get("supported"):
             raise NvdecUnsupported(f"this GPU's NVDEC does not decode {info.codec}")
         too_big = info.width > self.caps.get("width_max", 1 << 30) or info.height > self.caps.get(
@@ -281,11 +302,13 @@ class NvdecDecoder:
             )
         except BaseException:
             if stream is not None:
-                cuda.destroy_stream(stream)
+                with suppress(Exception):  # the decoder's error is the one to report
+                    cuda.destroy_stream(stream, self.gpu_id)
             raise
-        return _Session(decoder, stream)
+        return _Session(decoder, stream, self.gpu_id)
 
     def _send(self, data: np.ndarray | None, pts: int) -> int:
+        self._session.unlock_released()  # this thread's turn with the decoder
         packet = self._nvc.PacketData()
         packet.bsl_data = 0 if data is None else data.ctypes.data
         packet.bsl = 0 if data is None else data.size
@@ -341,17 +364,18 @@ DecoderFactory = Callable[[StreamInfo], PacketDecoder]
 
 def nvdec_or_cpu(gpu_id: int = 0, *, own_stream: bool = True) -> DecoderFactory:
     """NVDEC where it can decode the stream, else the CPU with a one-line warning. The decoder
-    capabilities are asked once per codec (each ask makes a CUDA context)."""
+    capabilities are asked once per codec (each ask makes a CUDA context), also where the
+    answer is no. ``own_stream``: see :class:`NvdecDecoder`."""
     known: dict[str, dict[str, int]] = {}
 
     def make(info: StreamInfo) -> PacketDecoder:
+        if info.codec not in known:
+            known[info.codec] = nvdec_caps(info.codec, gpu_id)
         try:
-            decoder = NvdecDecoder(info, gpu_id, own_stream=own_stream, caps=known.get(info.codec))
+            return NvdecDecoder(info, gpu_id, own_stream=own_stream, caps=known[info.codec])
         except NvdecUnsupported as exc:
             log.warning("%s; decoding this stream on the CPU", exc)
             return CpuDecoder(info)
-        known[info.codec] = decoder.caps
-        return decoder
 
     return make
 
