@@ -56,6 +56,9 @@ fi
 if [[ $phases != *" nvdec "* ]]; then
   :
 elif python3 -c "import PyNvVideoCodec" 2>/dev/null; then
+  # NVDEC's single-stream rate on this file (the single-file target's denominator), then detect.
+  timeout 120 python3 benchmarks/nvdec_rate.py "$video" --out "$out/nvdec-rate.json" 2>&1 |
+    tee "$out/nvdec-rate.log"
   timeout 90 python3 -m ssd_trt.cli detect "$video" --backend cuda --decode nvdec --no-show \
     --json "$out/detect-nvdec.jsonl" 2>&1 | grep -E "FPS\)|rror" | tee "$out/detect-nvdec.log"
   timeout 90 python3 -m ssd_trt.cli detect "$video" --backend cuda --decode cpu --no-show \

@@ -204,3 +204,17 @@ def test_stream_test_video_is_encoded_as_cameras_send(vtest_video, tmp_path):
         [np.abs(a.astype(int) - b).mean() for a, b in zip(frames, decoded, strict=True)]
     )
     assert error < 6, error  # 4 Mbit/s of a CCTV view: a few levels of mean error
+
+
+def test_nvdec_rate_measures_a_whole_file_and_refuses_bad_input(bikes_video, tmp_path):
+    """The single-stream rate benchmark (the denominator of issue 19's single-file target), on
+    the CPU decoder here: every frame counted, the JSON written whole; bad input is one line."""
+    out = tmp_path / "rate.json"
+    done = _bench("nvdec_rate.py", str(bikes_video), "--paths", "cpu", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    assert run["path"] == "cpu" and run["frames"] == 250 and run["fps"] > 0
+    assert result["machine"]["cores"] >= 1
+    bad = _bench("nvdec_rate.py", str(bikes_video), "--paths", "gpu")
+    assert bad.returncode == 2 and "unknown path 'gpu'" in bad.stderr.strip().splitlines()[-1]
