@@ -272,7 +272,7 @@ class ThreadCpu:
             "wall_s": round(self.wall, 2),
             "process_cpu_s": round(self.cpu, 2),
             "cores_busy": round(self.cpu / self.wall, 2),
-            "cpu_s_by_role": {k: round(v, 2) for k, v in sorted(by_role.items())},
+            "cpu_s_by_role": {k: round(v, 4) for k, v in sorted(by_role.items())},
             "native_cpu_s_by_thread_name": {
                 k: round(v, 2) for k, v in sorted(native.items(), key=lambda kv: -kv[1])[:8]
             },

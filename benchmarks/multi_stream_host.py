@@ -47,7 +47,7 @@ from ssd_trt.cli.groups import track_group, track_settings
 from ssd_trt.detections import Detections
 from ssd_trt.errors import SsdTrtError
 from ssd_trt.quality.bench import machine_info
-from ssd_trt.sources import Frame, Source
+from ssd_trt.sources import Frame, PacedSource, Source
 from ssd_trt.store import ArtifactStore
 from ssd_trt.video.engine import Engine
 from ssd_trt.video.outputs import Output
@@ -230,6 +230,40 @@ def bookkeeping(detector: Any, streams: int, frames: int, image: np.ndarray) -> 
     }
 
 
+def engine_only(streams: int, fps: float, seconds: float, max_batch: int) -> dict[str, Any]:
+    """The engine's own host cost at camera counts (``--engine-streams``): ``streams`` sources
+    played at ``fps`` whose decode costs nothing (one preallocated frame), a detector that does
+    nothing with two batches in flight (as the GPU fast path queues them), batches up to
+    ``max_batch``: what capture threads, pacing, the batcher and the emitters cost per frame
+    before any decoder or model, as with NVDEC frames that are pointers."""
+    frames = int(fps * seconds)
+    image = np.zeros((8, 8, 3), np.uint8)
+    sources = [PacedSource(_MemorySource(image, 2 * frames), fps) for _ in range(streams)]
+    outs = [multi_stream._Latencies() for _ in range(streams)]
+    engine = Engine(_NullDetector(True), sources, [[o] for o in outs],
+                    [f"cam{i}" for i in range(streams)], max_batch=max_batch, max_wait_ms=10,
+                    max_frames=frames, draw=False)  # fmt: skip
+    with multi_stream.ThreadCpu() as cpu:
+        stats = engine.run()
+    host = cpu.report()
+    n = max(1, stats.frames)
+    delivered = min(s.frames / max(1, s.frames + s.dropped) for s in stats.sources.values())
+    p99 = float(np.percentile(np.concatenate([o.values for o in outs]), 99))
+    return {
+        "streams": streams,
+        "frames": stats.frames,
+        "cores_busy": host["cores_busy"],
+        "cpu_us_per_frame": round(cpu.cpu / n * 1e6, 1),
+        "cpu_us_per_frame_by_role": {
+            k: round(v / n * 1e6, 1) for k, v in host["cpu_s_by_role"].items()
+        },
+        "delivered_min": round(delivered, 4),
+        "latency_ms_p99": round(p99, 1),
+        "sustained": delivered >= 0.99 and p99 <= 100.0,
+        "mean_batch": round(stats.mean_batch, 2),
+    }
+
+
 # ------------------------------------------------------------------------- capacity (--streams)
 
 
@@ -362,6 +396,22 @@ def _save_capacity(
     multi_stream.write_json(out, result)
 
 
+def engine_sweep(args: argparse.Namespace) -> int:
+    rows = []
+    for n in (int(c) for c in args.engine_streams.split(",")):
+        rows.append(engine_only(n, args.fps, args.seconds, args.max_batch))
+        print(json.dumps(rows[-1]), flush=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
+    out = Path(args.out or Path(__file__).parent / "results" / f"engine-host-{stamp}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    multi_stream.write_json(out, {"benchmark": "multi_stream_host --engine-streams",
+                                  "fps": args.fps, "seconds": args.seconds,
+                                  "max_batch": args.max_batch, "runs": rows,
+                                  "machine": machine_info()})  # fmt: skip
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -371,6 +421,10 @@ def main() -> int:
     parser.add_argument("--out")
     cap = parser.add_argument_group("capacity (--streams: only this sweep)")
     cap.add_argument("--streams", help="stream counts, e.g. 1,8,16,32")
+    cap.add_argument(
+        "--engine-streams",
+        help="only the engine's own cost at these counts (no decode, no model), e.g. 32,128",
+    )
     cap.add_argument("--fps", type=float, default=30.0, help="each stream's frame rate")
     cap.add_argument("--seconds", type=float, default=10.0, help="per stream count")
     cap.add_argument("--max-batch", type=int, default=32)
@@ -395,6 +449,8 @@ def main() -> int:
         track = TrackSettings()
     if (track or args.compare_track) and not args.streams:
         parser.error("--track and --compare-track belong to the capacity sweep: add --streams")
+    if args.engine_streams:
+        return engine_sweep(args)
     video = Path(args.video)
     if not video.is_file():
         sys.exit(f"{video} is missing; make it with benchmarks/multi_stream.py --make-video")

@@ -218,3 +218,17 @@ def test_nvdec_rate_measures_a_whole_file_and_refuses_bad_input(bikes_video, tmp
     assert result["machine"]["cores"] >= 1
     bad = _bench("nvdec_rate.py", str(bikes_video), "--paths", "gpu")
     assert bad.returncode == 2 and "unknown path 'gpu'" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_engine_only_host_cost_runs_and_writes_machine_details(tmp_path):
+    """--engine-streams: the engine's own cost per frame at camera counts (no decode, no
+    model), every stream's frames delivered, the JSON written with the machine."""
+    out = tmp_path / "engine.json"
+    done = _bench("multi_stream_host.py", "--engine-streams", "2,4", "--fps", "10",
+                  "--seconds", "1", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert [r["streams"] for r in result["runs"]] == [2, 4] and result["machine"]["cores"] >= 1
+    for run in result["runs"]:
+        assert run["frames"] == run["streams"] * 10 and run["sustained"]
+        assert {"batcher", "capture", "emit"} <= set(run["cpu_us_per_frame_by_role"])
