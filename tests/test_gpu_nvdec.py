@@ -206,18 +206,16 @@ def test_concurrent_decoders_on_their_own_streams_give_ffmpegs_planes(video: Pat
 def test_rtsp_h264_decoded_by_nvdec_gives_the_files_pictures(
     tmp_path: Path, gpu_data: Path
 ) -> None:
-    """A camera's stream on NVDEC: bikes.mp4's H.264 (High, B-frames) served over RTSP by
-    GStreamer, read by NvdecSource with the NVDEC decoder; every picture equals OpenCV's decode
-    of the file (same bytes: the conversion is OpenCV's). Needs GStreamer's RTSP server (the
-    CPU tests' system packages), which the GPU machine lacked in Dec 2026."""
-    from test_nvdec import rtsp_h264_pictures
-    from test_sources import _gst_rtsp_available
+    """A camera's stream on NVDEC: bikes.mp4's H.264 (High, B-frames) served over RTSP by the
+    tests' Python server (the GPU machine has no GStreamer; the CPU tests check that server
+    against FFmpeg), read by NvdecSource with the NVDEC decoder, no CPU fallback: every picture
+    equals OpenCV's decode of the file (same bytes: the conversion is OpenCV's)."""
+    from test_nvdec import h264_camera, rtsp_h264_pictures
 
     from ssd_trt.video.nvdec import NvdecDecoder
 
-    if not _gst_rtsp_available():
-        pytest.skip("no GStreamer RTSP server here (apt: gir1.2-gst-rtsp-server-1.0)")
     video = gpu_data / "bikes.mp4"
-    got = rtsp_h264_pictures(tmp_path, video, NvdecDecoder, FRAMES)  # no CPU fallback
+    with h264_camera(tmp_path, video, "python") as url:
+        got = rtsp_h264_pictures(url, NvdecDecoder, FRAMES)
     want = _opencv_frames(video, FRAMES)
     assert [i for i in range(FRAMES) if not np.array_equal(got[i], want[i])] == []

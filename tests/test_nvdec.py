@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rtsp_h264 import H264RtspServer
 from test_sources import (  # noqa: F401 - the fixture
     RtspServer,
     _free_port,
@@ -195,31 +198,46 @@ def test_rtsp_demux_reconnects_after_server_restart(rtsp_server: RtspServer) -> 
         source.close()
 
 
-def rtsp_h264_pictures(tmp_path: Path, video: Path, decoder, count: int) -> list[np.ndarray]:
-    """The first ``count`` pictures of ``video``'s H.264 stream served over RTSP (RTP over
-    TCP, as the demuxer asks) and read by an NvdecSource with ``decoder``, as host BGR."""
-    with serving(tmp_path, h264_file_launch(video)) as server:
-        source = NvdecSource(server.url, reconnect=StreamSettings(timeout_s=10.0), decoder=decoder)
-        try:
-            assert source.live and source.info.codec == "h264" and source.info.has_b_frames
-            deadline, pictures = time.monotonic() + 120, []
-            while len(pictures) < count:
-                frame = source.read()
-                assert frame is not None, f"stream ended after {len(pictures)} frames"
-                assert time.monotonic() < deadline
-                pictures.append(frame.image)
-            return pictures
-        finally:
-            source.close()
+@contextmanager
+def h264_camera(tmp_path: Path, video: Path, server: str) -> Iterator[str]:
+    """An RTSP URL serving ``video``'s H.264 stream as it is (no re-encoding, B-frames kept):
+    GStreamer's RTSP server (``gstreamer``) or the tests' own Python one (``python``,
+    tests/rtsp_h264.py, for machines without GStreamer)."""
+    if server == "gstreamer":
+        with serving(tmp_path, h264_file_launch(video)) as gst:
+            yield gst.url
+    else:
+        with H264RtspServer(video) as ours:
+            yield ours.url
 
 
+def rtsp_h264_pictures(url: str, decoder, count: int) -> list[np.ndarray]:
+    """The first ``count`` pictures of the H.264 stream at ``url`` (RTP over TCP, as the
+    demuxer asks) read by an NvdecSource with ``decoder``, as host BGR."""
+    source = NvdecSource(url, reconnect=StreamSettings(timeout_s=10.0), decoder=decoder)
+    try:
+        assert source.live and source.info.codec == "h264" and source.info.has_b_frames
+        deadline, pictures = time.monotonic() + 120, []
+        while len(pictures) < count:
+            frame = source.read()
+            assert frame is not None, f"stream ended after {len(pictures)} frames"
+            assert time.monotonic() < deadline
+            pictures.append(frame.image)
+        return pictures
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("server", ["gstreamer", "python"])
 def test_rtsp_h264_with_b_frames_gives_the_files_pictures(
-    tmp_path: Path, bikes_video: Path
+    tmp_path: Path, bikes_video: Path, server: str
 ) -> None:
     """What NVDEC gets from a camera: H.264 (High profile, B-frames) depacketized from RTP by
     the demuxer, decoded here by the CPU decoder from those very packets. Every picture equals
     the decode of the file it was streamed from, in display order from the first: no packet
-    lost, reordered or cut at a wrong boundary."""
-    got = rtsp_h264_pictures(tmp_path, bikes_video, CpuDecoder, 60)
+    lost, reordered or cut at a wrong boundary. With the Python server, this also checks that
+    server against FFmpeg's RTSP client (the GPU machine's RTSP test relies on it)."""
+    with h264_camera(tmp_path, bikes_video, server) as url:
+        got = rtsp_h264_pictures(url, CpuDecoder, 60)
     want = _opencv_frames(bikes_video, 60)
     assert [i for i in range(60) if not np.array_equal(got[i], want[i])] == []
