@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_nv12 import ffmpeg_nv12
 from test_nvdec import _opencv_frames
 
 from ssd_trt.precision.trt_compat import local_gpu
@@ -71,25 +72,12 @@ def _nvdec_frames(path: Path, count: int, own_stream: bool = True):
         source.close()
 
 
-def _ffmpeg_nv12(path: Path, count: int) -> list[np.ndarray]:
-    """The first ``count`` pictures of ``path`` as FFmpeg (PyAV) decodes them, NV12."""
-    import av
-
-    planes = []
-    with av.open(str(path)) as container:
-        for picture in container.decode(video=0):
-            planes.append(picture.to_ndarray(format="nv12"))
-            if len(planes) == count:
-                break
-    return planes
-
-
 @pytest.mark.parametrize("own_stream", [True, False], ids=["own-stream", "legacy-stream"])
 def test_nvdec_planes_are_ffmpegs_and_convert_like_opencv(video: Path, own_stream: bool) -> None:
     from ssd_trt.colour import nv12_to_bgr
     from ssd_trt.runtime import cuda
 
-    cpu_nv12 = _ffmpeg_nv12(video, FRAMES)
+    cpu_nv12 = ffmpeg_nv12(video, FRAMES)
     expected = _opencv_frames(video, FRAMES)
     worst, means = 0, []
     for i, frame in enumerate(_nvdec_frames(video, FRAMES, own_stream)):
@@ -171,7 +159,7 @@ def test_concurrent_decoders_on_their_own_streams_give_ffmpegs_planes(video: Pat
 
     from ssd_trt.runtime import cuda
 
-    expected = _ffmpeg_nv12(video, FRAMES)
+    expected = ffmpeg_nv12(video, FRAMES)
     kept: list[list] = [[] for _ in range(8)]
     wrong: list[str] = []
     errors: list[BaseException] = []

@@ -76,12 +76,15 @@ def camera_file(frames: list[np.ndarray], dest: Path, colorspace: int, full: boo
     return dest
 
 
-def ffmpeg_nv12(path: Path) -> list[np.ndarray]:
-    """FFmpeg's decoded planes, interleaved into NV12 (what NVDEC gives: the same bytes)."""
+def ffmpeg_nv12(path: Path, count: int | None = None) -> list[np.ndarray]:
+    """FFmpeg's decoded planes (the first ``count`` pictures, or all), interleaved into NV12
+    (what NVDEC gives: the same bytes)."""
     av = optional("av", "video")
-    blocks = []
+    blocks: list[np.ndarray] = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
+            if len(blocks) == count:
+                break
             i420 = frame.to_ndarray()  # yuv420p / yuvj420p as they are: Y, then U, then V
             h, w = frame.height, frame.width
             u = i420[h : h + h // 4].reshape(h // 2, w // 2)

@@ -269,16 +269,16 @@ class NvdecDecoder:
         if member is None:
             raise NvdecUnsupported(f"NVDEC does not decode {info.codec}")
         self._codec = getattr(nvc.cudaVideoCodec, member)
-        self.caps = nvdec_caps(info.codec, gpu_id) if caps is None else caps
-        if not self.caps.get("supported"):
+        self.caps = caps = nvdec_caps(info.codec, gpu_id) if caps is None else caps
+        if not caps.get("supported"):
             raise NvdecUnsupported(f"this GPU's NVDEC does not decode {info.codec}")
-        too_big = info.width > self.caps.get("width_max", 1 << 30) or info.height > self.caps.get(
+        too_big = info.width > caps.get("width_max", 1 << 30) or info.height > caps.get(
             "height_max", 1 << 30
         )
         if too_big:
             raise NvdecUnsupported(
-                f"NVDEC decodes {info.codec} up to {self.caps['width_max']}x"
-                f"{self.caps['height_max']}, the stream is {info.width}x{info.height}"
+                f"NVDEC decodes {info.codec} up to {caps['width_max']}x{caps['height_max']}, "
+                f"the stream is {info.width}x{info.height}"
             )
         self._low = not info.has_b_frames
         self._own_stream = own_stream
