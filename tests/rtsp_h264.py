@@ -90,39 +90,63 @@ class H264RtspServer:
             f"a=fmtp:{PT} packetization-mode=1;profile-level-id={sps[1:4].hex()};"
             f"sprop-parameter-sets={b64}\r\na=control:track0\r\n"
         )
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"rtsp://127.0.0.1:{self._listener.getsockname()[1]}/live"
+        self._listener: socket.socket | None = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"rtsp://127.0.0.1:{self.port}/live"
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+
+    def start(self) -> None:
+        """Listen (again, on the same port after ``kill``) and serve clients."""
+        if self._listener is None:
+            self._listener = socket.create_server(("127.0.0.1", self.port))  # SO_REUSEADDR
+        self._stop = threading.Event()
+        self._listener.settimeout(0.2)
+        accept = threading.Thread(
+            target=self._accept, args=(self._listener, self._stop), daemon=True
+        )
+        accept.start()
+        self._threads = [accept]
+
+    def kill(self) -> None:
+        """A camera that dies: every connection cut at once, nothing listening."""
+        self._stop.set()
+        for conn in list(self._conns):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(timeout=10)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        self._conns = []
 
     def __enter__(self) -> H264RtspServer:
-        self._listener.settimeout(0.2)
-        accept = threading.Thread(target=self._accept, daemon=True)
-        accept.start()
-        self._threads.append(accept)
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=10)
-        self._listener.close()
+        self.kill()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
+    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._conns.append(conn)
+            t = threading.Thread(target=self._serve, args=(conn, stop), daemon=True)
             t.start()
             self._threads.append(t)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, stop: threading.Event) -> None:
         with conn:
             conn.settimeout(0.2)
             buffer = b""
-            while not self._stop.is_set():
+            while not stop.is_set():
                 try:
                     data = conn.recv(4096)
                 except TimeoutError:
@@ -135,7 +159,7 @@ class H264RtspServer:
                 while b"\r\n\r\n" in buffer:
                     request, buffer = buffer.split(b"\r\n\r\n", 1)
                     if self._answer(conn, request.decode("latin-1")):
-                        self._play(conn)
+                        self._play(conn, stop)
                         return
 
     def _answer(self, conn: socket.socket, request: str) -> bool:
@@ -160,12 +184,12 @@ class H264RtspServer:
         conn.sendall((head + f"Content-Length: {len(body)}\r\n\r\n" + body).encode())
         return method == "PLAY"
 
-    def _play(self, conn: socket.socket) -> None:
+    def _play(self, conn: socket.socket, stop: threading.Event) -> None:
         """Access units in decode order at the file's rate, looping, until the client goes."""
         seq, start, loop_ts, n = 0, time.monotonic(), 0, 0
         span = int(round(len(self.units) * 90000 / self.rate))  # one pass of the file
         conn.settimeout(5)
-        while not self._stop.is_set():
+        while not stop.is_set():
             for pts, nals in self.units:
                 delay = start + n / self.rate - time.monotonic()
                 if delay > 0:
@@ -182,6 +206,6 @@ class H264RtspServer:
                     )
                 except OSError:
                     return
-                if self._stop.is_set():
+                if stop.is_set():
                     return
             loop_ts += span

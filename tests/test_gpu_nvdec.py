@@ -207,3 +207,26 @@ def test_rtsp_h264_decoded_by_nvdec_gives_the_files_pictures(
         got = rtsp_h264_pictures(url, NvdecDecoder, FRAMES)
     want = _opencv_frames(video, FRAMES)
     assert [i for i in range(FRAMES) if not np.array_equal(got[i], want[i])] == []
+
+
+def test_rtsp_h264_on_nvdec_reconnects_and_starts_over_cleanly(gpu_data: Path) -> None:
+    """Issue 19's live behaviour on the GPU: the camera dies and comes back; the NVDEC source
+    reconnects, and the new session's pictures are the file's from its first (a fresh decoder,
+    no stale surface)."""
+    from test_nvdec import rtsp_h264_across_a_restart
+
+    from ssd_trt.video.nvdec import NvdecDecoder
+
+    rtsp_h264_across_a_restart(gpu_data / "bikes.mp4", NvdecDecoder)
+
+
+def test_a_slow_output_drops_only_its_own_nvdec_cameras_stale_frames(gpu_data: Path) -> None:
+    """Stale frames dropped per stream on NVDEC: the dropped frames' surfaces go back to their
+    decoder (on its decoding thread) while the fast path reads the kept ones in place."""
+    from test_nvdec import two_cameras_one_slow_output
+
+    from ssd_trt import Detector
+    from ssd_trt.video.nvdec import NvdecDecoder
+
+    with Detector(gpu_data / "coco_none.onnx", "cuda", score_threshold=0.3) as gpu:
+        two_cameras_one_slow_output(gpu_data / "bikes.mp4", NvdecDecoder, gpu)

@@ -26,11 +26,14 @@ from test_sources import (  # noqa: F401 - the fixture
     serving,
 )
 
+from ssd_trt import Detector
 from ssd_trt.errors import SsdTrtError
 from ssd_trt.sources import StreamSettings
 from ssd_trt.video.app import open_decoded
 from ssd_trt.video.demux import Demuxer, colour_of
+from ssd_trt.video.engine import Engine
 from ssd_trt.video.nvdec import CpuDecoder, NvdecSource
+from ssd_trt.video.outputs import Output
 
 START_CODES = (b"\x00\x00\x00\x01", b"\x00\x00\x01")
 
@@ -226,6 +229,104 @@ def rtsp_h264_pictures(url: str, decoder, count: int) -> list[np.ndarray]:
         return pictures
     finally:
         source.close()
+
+
+def rtsp_h264_across_a_restart(video: Path, decoder, before: int = 10, total: int = 40) -> None:
+    """A camera that dies and comes back: ``video``'s H.264 served by the Python RTSP server,
+    read by an NvdecSource with ``decoder``; after ``before`` frames the server cuts every
+    connection and listens again on the same port a second later. The source reconnects and
+    goes on numbered and timed in order; its pictures are the file's up to the cut, then the
+    file's again from the first (the restarted camera starts over at a keyframe): no picture
+    of the old session mixed into the new one, none decoded from a stale reference."""
+    want = _opencv_frames(video, total)
+    settings = StreamSettings(reconnect_attempts=12, backoff_s=0.2, max_backoff_s=0.5, timeout_s=3)
+    with H264RtspServer(video) as server:
+        source = NvdecSource(server.url, reconnect=settings, decoder=decoder)
+        restart: threading.Timer | None = None
+        try:
+            deadline, frames = time.monotonic() + 120, []
+            while len(frames) < total:
+                if len(frames) == before:
+                    server.kill()
+                    restart = threading.Timer(1.0, server.start)
+                    restart.start()
+                frame = source.read()
+                assert frame is not None, f"stream ended after {len(frames)} frames"
+                assert time.monotonic() < deadline
+                frames.append(frame)
+            assert source.reconnects >= 1
+        finally:
+            if restart is not None:
+                restart.cancel()
+                restart.join(timeout=30)
+            source.close()
+    assert [f.index for f in frames] == list(range(total))
+    stamps = [f.timestamp for f in frames]
+    assert all(b >= a for a, b in zip(stamps, stamps[1:], strict=False))
+    assert stamps[-1] - stamps[before - 1] >= 1.0  # the outage lies between these frames
+    same = [any(np.array_equal(f.image, w) for w in want[:1]) for f in frames]
+    assert True in same[before:], "the restarted stream's first picture never came"
+    again = same.index(True, before)  # before it: what the old session had sent (buffered)
+    old, new = frames[:again], frames[again:]
+    assert all(np.array_equal(f.image, want[i]) for i, f in enumerate(old))
+    assert all(np.array_equal(f.image, want[i]) for i, f in enumerate(new))
+
+
+def test_rtsp_h264_reconnects_and_starts_over_cleanly(bikes_video: Path) -> None:
+    rtsp_h264_across_a_restart(bikes_video, CpuDecoder)
+
+
+class _Paced(Output):
+    """An output that takes ``seconds`` per frame (a slow disk or remote sink) and records the
+    frame numbers it wrote."""
+
+    shows_image = False
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.frames = seconds, []
+
+    def write(self, result, annotated) -> None:
+        time.sleep(self.seconds)
+        self.frames.append(result.frame.index)
+
+
+def two_cameras_one_slow_output(video: Path, decoder, detector, frames: int = 15) -> None:
+    """Two cameras, each serving ``video``'s H.264 in real time, read by NvdecSources with
+    ``decoder`` into one engine; one camera's output takes 0.2 s a frame. That camera's lane
+    drops its stale frames (it writes its newest ones, in order); the other camera's lane is
+    not held back by it."""
+    with H264RtspServer(video) as one, H264RtspServer(video) as two:
+        settings = StreamSettings(timeout_s=10)
+        sources = [NvdecSource(s.url, reconnect=settings, decoder=decoder) for s in (one, two)]
+        slow, fast = _Paced(0.2), _Paced(0.0)
+        try:
+            stats = Engine(
+                detector,
+                sources,
+                [[slow], [fast]],
+                ["slow", "fast"],
+                max_frames=frames,
+                draw=False,
+            ).run()
+        finally:
+            for source in sources:
+                source.close()
+    for out in (slow, fast):
+        assert len(out.frames) == frames and out.frames == sorted(set(out.frames))
+    # ~3 s for its 15 frames while the camera sends 25 a second: most of them go stale.
+    assert stats.sources["slow"].dropped >= 2 * frames, stats.sources["slow"]
+    assert slow.frames[-1] >= 3 * frames  # what it wrote is recent, not the first frames
+    # The other camera: what piled up while the run started goes stale too (its first frame,
+    # then the newest); from then on every frame, or all but a stray one or two.
+    gaps = fast.frames[-1] - fast.frames[1] + 1 - (frames - 1)
+    assert gaps <= 2, fast.frames
+
+
+def test_a_slow_output_drops_only_its_own_cameras_stale_frames(
+    coco_onnx: Path, bikes_video: Path
+) -> None:
+    with Detector(coco_onnx, "cpu", threads=1) as detector:
+        two_cameras_one_slow_output(bikes_video, CpuDecoder, detector)
 
 
 @pytest.mark.parametrize("server", ["gstreamer", "python"])
