@@ -124,6 +124,27 @@ def test_source_numbers_and_times_frames_as_the_file_source_does(bikes_video: Pa
     assert all(np.array_equal(a.image, b.image) for a, b in zip(ours, theirs, strict=True))
 
 
+def test_the_first_picture_is_decoded_when_the_source_opens(bikes_video: Path) -> None:
+    """NVDEC makes its decoder on the stream's first sequence header: opening decodes up to
+    the first picture, so cameras opened together do that before the run, not inside it."""
+    packets: list = []
+
+    class Counting(CpuDecoder):
+        def decode(self, packet):
+            packets.append(packet)
+            return super().decode(packet)
+
+    source = NvdecSource(str(bikes_video), decoder=Counting)
+    try:
+        opened = len(packets)
+        assert opened >= 1
+        first = source.read()
+        assert first is not None and first.index == 0 and len(packets) == opened
+        assert np.array_equal(first.image, _opencv_frames(bikes_video, 1)[0])
+    finally:
+        source.close()
+
+
 def test_declared_colour_and_defaults() -> None:
     assert colour_of(1, 1) == ("bt709", False)  # declared BT.709, limited
     assert colour_of(6, 2) == ("bt601", True)  # declared SMPTE 170M, full
@@ -294,7 +315,9 @@ def two_cameras_one_slow_output(video: Path, decoder, detector, frames: int = 15
     """Two cameras, each serving ``video``'s H.264 in real time, read by NvdecSources with
     ``decoder`` into one engine; one camera's output takes 0.2 s a frame. That camera's lane
     drops its stale frames (it writes its newest ones, in order); the other camera's lane is
-    not held back by it."""
+    not held back by it. The detector is warmed up first: cameras opened before a GPU warm-up
+    of seconds would start with a backlog that the lanes drop as stale (as they should)."""
+    detector.warm_up()
     with H264RtspServer(video) as one, H264RtspServer(video) as two:
         settings = StreamSettings(timeout_s=10)
         sources = [NvdecSource(s.url, reconnect=settings, decoder=decoder) for s in (one, two)]

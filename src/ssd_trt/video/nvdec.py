@@ -20,10 +20,8 @@ reports per packet. Dropping stale live frames is the engine's, for these frames
 And the demux half is tested without a GPU: the CPU decoder decodes the packets NVDEC gets.
 
 :class:`NvdecDecoder` and :func:`download_nv12` need an NVIDIA GPU with PyNvVideoCodec; they ran
-on an H200 with PyNvVideoCodec 2.2.4 (Dec 2026, tests/test_gpu_nvdec.py: NV12 planes equal
-FFmpeg's, frames in display order, detect and the stream sweep), copying on the legacy default
-stream; the decoders' own streams (the default since) have not run on a GPU. Everything else in
-this module also runs on the CPU.
+on an H200 and an H100 with PyNvVideoCodec 2.2.4 (Dec 2026, tests/test_gpu_nvdec.py). The rest
+also runs on the CPU.
 """
 
 from __future__ import annotations
@@ -50,17 +48,9 @@ log = logging.getLogger(__name__)
 
 # FFmpeg codec name -> PyNvVideoCodec's cudaVideoCodec member; NVDEC is asked at open whether
 # this GPU decodes it (GetDecoderCaps).
-NVDEC_CODECS = {
-    "h264": "H264",
-    "hevc": "HEVC",
-    "av1": "AV1",
-    "vp9": "VP9",
-    "vp8": "VP8",
-    "mpeg2video": "MPEG2",
-    "mpeg4": "MPEG4",
-    "mpeg1video": "MPEG1",
-    "vc1": "VC1",
-}
+NVDEC_CODECS = {"h264": "H264", "hevc": "HEVC", "av1": "AV1", "vp9": "VP9", "vp8": "VP8",
+                "mpeg2video": "MPEG2", "mpeg4": "MPEG4", "mpeg1video": "MPEG1",
+                "vc1": "VC1"}  # fmt: skip
 
 
 # ------------------------------------------------------------------------- decoders
@@ -139,9 +129,8 @@ class CpuDecoder:
 
 def download_nv12(frame: DeviceFrame) -> np.ndarray:
     """An NV12 DeviceFrame's pixels as host BGR (colour.nv12_to_bgr with the frame's colour):
-    its two pitched planes copied to the host, after the stream that wrote them. Ran on an H200
-    from the decoding thread; from other threads (cuda.current) it has not run on a GPU since
-    that fix."""
+    its two pitched planes copied to the host, after the stream that wrote them (from any
+    thread: eight decoding threads at once on an H100)."""
     h, w = frame.size
     host = cuda.download_rows(frame.planes, (h, h // 2), w, frame.device_id or 0, frame.stream)
     assert frame.matrix is not None
@@ -246,11 +235,9 @@ class NvdecDecoder:
     ``own_stream`` (default): pictures are copied out of NVDEC on a non-blocking stream of the
     decoder's own, not waited for; each DeviceFrame names it and its readers (``ProducerWaits``,
     ``download_nv12``) order themselves after it. Else PyNvVideoCodec copies on the legacy
-    default stream, shared by all decoders, and waits for it after every picture (what ran on
-    the H200). NOT yet run on a GPU: with a stream, PyNvVideoCodec unmaps NVDEC's surface right
-    after queueing the copy, so correctness rests on the driver ordering that unmap after the
-    copy (tests/test_gpu_nvdec.py checks the pictures under load; ``SSD_TRT_NVDEC_STREAM=
-    legacy`` goes back). ``caps``: ``nvdec_caps``'s answer where the caller has it.
+    default stream, shared by all decoders, and waits for it after every picture
+    (``SSD_TRT_NVDEC_STREAM=legacy``). Both give FFmpeg's planes, also with eight decoders at
+    once (H100, Dec 5). ``caps``: ``nvdec_caps``'s answer where the caller has it.
     """
 
     name = "nvdec"
@@ -284,8 +271,7 @@ class NvdecDecoder:
         self._own_stream = own_stream
         self._pending: list[int] = []  # pts of packets sent, not yet matched to a picture
         # Any wait left (the legacy mode's per-picture sync, NVDEC's own) sleeps, never spins
-        # a core per stream (the first decoder of the process makes the context; later ones
-        # find it made). Not yet run on a GPU (added after the H200 run).
+        # a core per stream (the first decoder of the process makes the context).
         cuda.block_on_waits(gpu_id)
         self._session = self._create()
 
@@ -412,15 +398,24 @@ class NvdecSource(Source):
         self._index = 0
         self._t0 = time.monotonic()
         self._drained = False
+        # The first picture now, not in the run: NVDEC makes its decoder on the stream's first
+        # sequence header (context-wide work), which for many cameras opened together would
+        # otherwise all happen at the run's start, beside the detector's graph captures.
+        try:
+            self._fill()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def info(self) -> StreamInfo:
         return self._demuxer.info
 
-    def read(self) -> Frame | None:
+    def _fill(self) -> None:
+        """Decode until a picture is ready or the stream ended."""
         while not self._ready:
             if self._decoder is None or self._drained:
-                return None
+                return
             packet = self._demuxer.read()
             self.reconnects = self._demuxer.reconnects  # the demuxer counts them
             if packet is not None and packet.fresh and self._index:
@@ -429,6 +424,11 @@ class NvdecSource(Source):
             if packet is None:
                 self._drained = True
             self._ready.extend(pictures)
+
+    def read(self) -> Frame | None:
+        self._fill()
+        if not self._ready:
+            return None
         picture = self._ready.popleft()
         frame = picture.frame(self._index, self._timestamp(picture.pts))
         self._index += 1

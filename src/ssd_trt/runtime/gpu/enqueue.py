@@ -70,11 +70,13 @@ class BatchEnqueuer:
         (options.is_large). Frames already on the GPU: ``kind`` "nv12" (the header names
         decoder surfaces) or "packed", and ``before`` issues what must run between the upload
         and the preprocess kernel (producer waits, device copies); such batches are never
-        captured whole-layout ("split" graphs), since their pointers change every batch."""
+        captured whole-layout ("split" graphs), since their pointers change every batch.
+        NV12 batches are not captured at all: while NVDEC decoders worked in other threads,
+        a capture failed inside cuDNN and left ONNX Runtime unable to run (H100, Dec 5)."""
         if before is not None:
             self._upload(slot, n, dev, total)
             before()
-            if self.graph_mode == "whole" and not large:
+            if self.graph_mode == "whole" and not large and kind != "nv12":
                 self._whole(slot, net, dev, start, bgr, kind)
             else:
                 self._issue_preprocess(slot, net, dev, start, bgr, kind)
