@@ -105,6 +105,7 @@ def child(args: argparse.Namespace) -> dict:
     # sequence header, seconds of set-up for 128 streams that a camera pays once, not per frame.
     for s in sources:
         s.read()  # type: ignore[attr-defined]
+    print("measuring", file=sys.stderr, flush=True)  # for a profiler to attach now
     lateness: list[list[float]] = [[] for _ in range(args.streams)]
     stop = threading.Event()
     start = time.monotonic() + 0.5
