@@ -21,6 +21,7 @@ from rtsp_h264 import H264RtspServer
 from test_sources import (  # noqa: F401 - the fixture
     RtspServer,
     _free_port,
+    _read_n,
     h264_file_launch,
     rtsp_server,
     serving,
@@ -241,13 +242,7 @@ def rtsp_h264_pictures(url: str, decoder, count: int) -> list[np.ndarray]:
     source = NvdecSource(url, reconnect=StreamSettings(timeout_s=10.0), decoder=decoder)
     try:
         assert source.live and source.info.codec == "h264" and source.info.has_b_frames
-        deadline, pictures = time.monotonic() + 120, []
-        while len(pictures) < count:
-            frame = source.read()
-            assert frame is not None, f"stream ended after {len(pictures)} frames"
-            assert time.monotonic() < deadline
-            pictures.append(frame.image)
-        return pictures
+        return [f.image for f in _read_n(source, count, time.monotonic() + 120)]
     finally:
         source.close()
 
@@ -263,31 +258,26 @@ def rtsp_h264_across_a_restart(video: Path, decoder, before: int = 10, total: in
     settings = StreamSettings(reconnect_attempts=12, backoff_s=0.2, max_backoff_s=0.5, timeout_s=3)
     with H264RtspServer(video) as server:
         source = NvdecSource(server.url, reconnect=settings, decoder=decoder)
-        restart: threading.Timer | None = None
+        restart = threading.Timer(1.0, server.start)
         try:
-            deadline, frames = time.monotonic() + 120, []
-            while len(frames) < total:
-                if len(frames) == before:
-                    server.kill()
-                    restart = threading.Timer(1.0, server.start)
-                    restart.start()
-                frame = source.read()
-                assert frame is not None, f"stream ended after {len(frames)} frames"
-                assert time.monotonic() < deadline
-                frames.append(frame)
+            deadline = time.monotonic() + 120
+            frames = _read_n(source, before, deadline)
+            server.kill()
+            restart.start()
+            frames += _read_n(source, total - before, deadline)
             assert source.reconnects >= 1
         finally:
-            if restart is not None:
-                restart.cancel()
+            restart.cancel()
+            if restart.is_alive():
                 restart.join(timeout=30)
             source.close()
     assert [f.index for f in frames] == list(range(total))
     stamps = [f.timestamp for f in frames]
     assert all(b >= a for a, b in zip(stamps, stamps[1:], strict=False))
     assert stamps[-1] - stamps[before - 1] >= 1.0  # the outage lies between these frames
-    same = [any(np.array_equal(f.image, w) for w in want[:1]) for f in frames]
-    assert True in same[before:], "the restarted stream's first picture never came"
-    again = same.index(True, before)  # before it: what the old session had sent (buffered)
+    first = [np.array_equal(f.image, want[0]) for f in frames]
+    assert True in first[before:], "the restarted stream's first picture never came"
+    again = first.index(True, before)  # before it: what the old session had sent (buffered)
     old, new = frames[:again], frames[again:]
     assert all(np.array_equal(f.image, want[i]) for i, f in enumerate(old))
     assert all(np.array_equal(f.image, want[i]) for i, f in enumerate(new))
