@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -85,21 +86,75 @@ class _Raw:
         self._dec = self._dmx = None
 
 
-def _opener(kind: str) -> Callable[[str], object]:
+class _Tally:
+    """CPU and wall seconds spent inside decoder calls, over all threads (the decode call
+    holds no GIL, so thread CPU time there is the decoder library's and the driver's)."""
+
+    def __init__(self) -> None:
+        self.cpu = self.wall = 0.0
+        self.calls = 0
+        self.on = False  # counted once the clock runs
+
+    def add(self, cpu: float, wall: float) -> None:
+        if self.on:  # float += from many threads may lose an update: a gauge, not a ledger
+            self.cpu, self.wall, self.calls = self.cpu + cpu, self.wall + wall, self.calls + 1
+
+
+class _TimedDecoder:
+    """A package decoder whose ``decode`` calls are timed into a ``_Tally``."""
+
+    def __init__(self, inner: object, tally: _Tally) -> None:
+        self.inner, self.tally = inner, tally
+
+    def decode(self, packet: object) -> list:
+        c, w = time.thread_time(), time.perf_counter()
+        out = self.inner.decode(packet)  # type: ignore[attr-defined]
+        self.tally.add(time.thread_time() - c, time.perf_counter() - w)
+        return out
+
+    def __getattr__(self, name: str) -> object:  # reset, close, info, name
+        return getattr(self.inner, name)
+
+
+def _opener(kind: str, tally: _Tally) -> Callable[[str], object]:
     """Opens one stream of ``--path kind``; NVDEC streams share one decoder factory, as the
     package's sources do."""
     if kind == "raw":
         return _Raw
-    from ssd_trt.video.nvdec import CpuDecoder, NvdecSource, nvdec_or_cpu
+    from ssd_trt.video.nvdec import CpuDecoder, NvdecDecoder, NvdecSource, nvdec_or_cpu
 
-    make = CpuDecoder if kind == "cpu" else nvdec_or_cpu(own_stream=kind == "ours")
-    return lambda path: NvdecSource(path, decoder=make)
+    if kind == "ours-async":
+        # PyNvVideoCodec's other CreateDecoder form: stream-ordered buffers and an event per
+        # picture instead of a stream synchronisation per picture.
+        make = _async_factory(NvdecDecoder)
+    else:
+        make = CpuDecoder if kind == "cpu" else nvdec_or_cpu(own_stream=kind == "ours")
+    return lambda path: NvdecSource(path, decoder=lambda info: _TimedDecoder(make(info), tally))
+
+
+def _async_factory(base: type) -> Callable[[object], object]:
+    from ssd_trt.runtime import cuda
+    from ssd_trt.video import nvdec
+
+    class AsyncDecoder(base):  # type: ignore[misc, valid-type]
+        def _create(self) -> object:
+            ctx = cuda.check_driver(cuda.driver().cuDevicePrimaryCtxRetain(self.gpu_id), "retain")
+            stream = cuda.new_stream(self.gpu_id)
+            latency = self._nvc.DisplayDecodeLatencyType
+            decoder = self._nvc.CreateDecoder(
+                gpuid=self.gpu_id, codec=self._codec, cudacontext=int(ctx), cudastream=stream,
+                usedevicememory=True, enableasyncallocations=True,
+                latency=latency.LOW if self._low else latency.NATIVE)  # fmt: skip
+            return nvdec._Session(decoder, stream, self.gpu_id)
+
+    return lambda info: AsyncDecoder(info)
 
 
 def child(args: argparse.Namespace) -> dict:
     set_sched(args.sched)
     interval = 1.0 / args.fps
-    opener = _opener(args.path)
+    tally = _Tally()
+    opener = _opener(args.path, tally)
     sources = [opener(args.video) for _ in range(args.streams)]
     # Each stream's first picture before the clock starts: NVDEC makes a decoder on the first
     # sequence header, seconds of set-up for 128 streams that a camera pays once, not per frame.
@@ -109,6 +164,7 @@ def child(args: argparse.Namespace) -> dict:
     lateness: list[list[float]] = [[] for _ in range(args.streams)]
     stop = threading.Event()
     start = time.monotonic() + 0.5
+    end = start + args.seconds
     # Streams start spread over one interval, as unsynchronised cameras do.
     due = [start + interval * i / args.streams for i in range(args.streams)]
 
@@ -125,7 +181,8 @@ def child(args: argparse.Namespace) -> dict:
             reads.append(time.monotonic() - t_read)
             if frame is None:
                 continue
-            lateness[i].append(time.monotonic() - when)
+            if when < end:  # frames due in the window only
+                lateness[i].append(time.monotonic() - when)
             del frame  # the surface goes back to the decoder
             # A late stream does not catch up with a burst: a camera's frames would be dropped.
             heapq.heappush(heap, (max(when + interval, time.monotonic() - interval), i))
@@ -143,10 +200,24 @@ def child(args: argparse.Namespace) -> dict:
               for g in range(0, args.streams, args.group)]  # fmt: skip
     threads = [threading.Thread(target=serve, args=(g,), daemon=True) for g in groups]
     threads.append(threading.Thread(target=probe, daemon=True))
+    from multi_stream import _thread_cpu_s  # schedstat's nanoseconds per thread
+
+    tasks0 = {int(t): _thread_cpu_s(int(t)) for t in os.listdir("/proc/self/task")}
     cpu0, t0 = time.process_time(), time.monotonic()
+    tally.on = True
     for t in threads:
         t.start()
     time.sleep(args.seconds + 0.5)
+    # Where the CPU went: the serving threads (Python, demux, decoder calls) or threads the
+    # process did not start itself (the driver's, FFmpeg's).
+    serve_ids = {t.native_id for t in threads[:-1]}
+    by_kind = {"serve": 0.0, "other": 0.0}
+    for name in os.listdir("/proc/self/task"):
+        with suppress(OSError):
+            tid = int(name)
+            used = _thread_cpu_s(tid) - tasks0.get(tid, 0.0)
+            by_kind["serve" if tid in serve_ids else "other"] += used
+    tally.on = False
     stop.set()
     for t in threads:
         t.join(timeout=10)
@@ -155,7 +226,7 @@ def child(args: argparse.Namespace) -> dict:
         s.close()  # type: ignore[attr-defined]
     late = np.concatenate([np.asarray(x) for x in lateness if x]) * 1000
     frames = int(late.size)
-    expected = args.streams * args.fps * (wall - 0.5)
+    expected = args.streams * args.fps * args.seconds
     return {
         "streams": args.streams,
         "sched": args.sched,
@@ -163,7 +234,7 @@ def child(args: argparse.Namespace) -> dict:
         "threads": len(groups),
         "path": args.path,
         "frames": frames,
-        "fps_total": round(frames / (wall - 0.5), 1),  # the first frames are due 0.5 s in
+        "fps_total": round(frames / args.seconds, 1),
         "delivered_share": round(frames / expected, 4),
         "late_ms_p50": round(float(np.percentile(late, 50)), 2),
         "late_ms_p99": round(float(np.percentile(late, 99)), 2),
@@ -171,6 +242,11 @@ def child(args: argparse.Namespace) -> dict:
         "read_ms_mean": round(float(np.mean(reads)) * 1000, 3),
         "cores_busy": round(cpu / wall, 2),
         "cpu_ms_per_frame": round(cpu * 1000 / max(1, frames), 3),
+        "serve_threads_cores": round(by_kind["serve"] / wall, 2),
+        "other_threads_cores": round(by_kind["other"] / wall, 2),
+        "decode_call_cpu_ms_per_frame": round(tally.cpu * 1000 / max(1, frames), 3),
+        "decode_call_wall_ms_mean": round(tally.wall * 1000 / max(1, tally.calls), 3),
+        "decode_calls": tally.calls,
         "probe_wake_late_ms_p50": round(float(np.percentile(wakes, 50)), 2),
         "probe_wake_late_ms_p99": round(float(np.percentile(wakes, 99)), 2),
     }
