@@ -121,33 +121,10 @@ def _opener(kind: str, tally: _Tally) -> Callable[[str], object]:
     package's sources do."""
     if kind == "raw":
         return _Raw
-    from ssd_trt.video.nvdec import CpuDecoder, NvdecDecoder, NvdecSource, nvdec_or_cpu
+    from ssd_trt.video.nvdec import CpuDecoder, NvdecSource, nvdec_or_cpu
 
-    if kind == "ours-async":
-        # PyNvVideoCodec's other CreateDecoder form: stream-ordered buffers and an event per
-        # picture instead of a stream synchronisation per picture.
-        make = _async_factory(NvdecDecoder)
-    else:
-        make = CpuDecoder if kind == "cpu" else nvdec_or_cpu(own_stream=kind == "ours")
+    make = CpuDecoder if kind == "cpu" else nvdec_or_cpu(own_stream=kind == "ours")
     return lambda path: NvdecSource(path, decoder=lambda info: _TimedDecoder(make(info), tally))
-
-
-def _async_factory(base: type) -> Callable[[object], object]:
-    from ssd_trt.runtime import cuda
-    from ssd_trt.video import nvdec
-
-    class AsyncDecoder(base):  # type: ignore[misc, valid-type]
-        def _create(self) -> object:
-            ctx = cuda.check_driver(cuda.driver().cuDevicePrimaryCtxRetain(self.gpu_id), "retain")
-            stream = cuda.new_stream(self.gpu_id)
-            latency = self._nvc.DisplayDecodeLatencyType
-            decoder = self._nvc.CreateDecoder(
-                gpuid=self.gpu_id, codec=self._codec, cudacontext=int(ctx), cudastream=stream,
-                usedevicememory=True, enableasyncallocations=True,
-                latency=latency.LOW if self._low else latency.NATIVE)  # fmt: skip
-            return nvdec._Session(decoder, stream, self.gpu_id)
-
-    return lambda info: AsyncDecoder(info)
 
 
 def child(args: argparse.Namespace) -> dict:
