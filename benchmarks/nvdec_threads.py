@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import itertools
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import threading
@@ -101,14 +103,19 @@ class _Tally:
 
 
 class _TimedDecoder:
-    """A package decoder whose ``decode`` calls are timed into a ``_Tally``."""
+    """A package decoder whose ``decode`` calls are timed into a ``_Tally``; with a ``slot``
+    lock, only one decoder of those sharing it decodes at a time (``--slots``)."""
 
-    def __init__(self, inner: object, tally: _Tally) -> None:
-        self.inner, self.tally = inner, tally
+    def __init__(self, inner: object, tally: _Tally, slot: threading.Lock | None) -> None:
+        self.inner, self.tally, self.slot = inner, tally, slot
 
     def decode(self, packet: object) -> list:
         c, w = time.thread_time(), time.perf_counter()
-        out = self.inner.decode(packet)  # type: ignore[attr-defined]
+        if self.slot is None:
+            out = self.inner.decode(packet)  # type: ignore[attr-defined]
+        else:
+            with self.slot:  # a C lock: blocking on it releases the GIL
+                out = self.inner.decode(packet)  # type: ignore[attr-defined]
         self.tally.add(time.thread_time() - c, time.perf_counter() - w)
         return out
 
@@ -116,22 +123,36 @@ class _TimedDecoder:
         return getattr(self.inner, name)
 
 
-def _opener(kind: str, tally: _Tally) -> Callable[[str], object]:
+def _opener(kind: str, tally: _Tally, slots: int) -> Callable[[str], object]:
     """Opens one stream of ``--path kind``; NVDEC streams share one decoder factory, as the
-    package's sources do."""
+    package's sources do. ``slots`` > 0: at most that many decode calls run at once (stream i
+    takes lock i % slots), to see whether decoders contending inside the driver cost CPU."""
     if kind == "raw":
         return _Raw
     from ssd_trt.video.nvdec import CpuDecoder, NvdecSource, nvdec_or_cpu
 
     make = CpuDecoder if kind == "cpu" else nvdec_or_cpu(own_stream=kind == "ours")
-    return lambda path: NvdecSource(path, decoder=lambda info: _TimedDecoder(make(info), tally))
+    locks = [threading.Lock() for _ in range(slots)]
+    count = itertools.count()
+
+    def timed(info: object) -> _TimedDecoder:
+        slot = locks[next(count) % slots] if slots else None
+        return _TimedDecoder(make(info), tally, slot)
+
+    return lambda path: NvdecSource(path, decoder=timed)
+
+
+def _switches() -> int:
+    """The process's context switches so far, voluntary (sleeps, lock waits) and not."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
 
 
 def child(args: argparse.Namespace) -> dict:
     set_sched(args.sched)
     interval = 1.0 / args.fps
     tally = _Tally()
-    opener = _opener(args.path, tally)
+    opener = _opener(args.path, tally, args.slots)
     sources = [opener(args.video) for _ in range(args.streams)]
     # Each stream's first picture before the clock starts: NVDEC makes a decoder on the first
     # sequence header, seconds of set-up for 128 streams that a camera pays once, not per frame.
@@ -181,6 +202,7 @@ def child(args: argparse.Namespace) -> dict:
 
     tasks0 = {int(t): _thread_cpu_s(int(t)) for t in os.listdir("/proc/self/task")}
     cpu0, t0 = time.process_time(), time.monotonic()
+    switches0 = _switches()
     tally.on = True
     for t in threads:
         t.start()
@@ -199,6 +221,7 @@ def child(args: argparse.Namespace) -> dict:
     for t in threads:
         t.join(timeout=10)
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    switches = _switches() - switches0
     for s in sources:
         s.close()  # type: ignore[attr-defined]
     late = np.concatenate([np.asarray(x) for x in lateness if x]) * 1000
@@ -219,6 +242,8 @@ def child(args: argparse.Namespace) -> dict:
         "read_ms_mean": round(float(np.mean(reads)) * 1000, 3),
         "cores_busy": round(cpu / wall, 2),
         "cpu_ms_per_frame": round(cpu * 1000 / max(1, frames), 3),
+        "slots": args.slots,
+        "context_switches_per_frame": round(switches / max(1, frames), 1),
         "serve_threads_cores": round(by_kind["serve"] / wall, 2),
         "other_threads_cores": round(by_kind["other"] / wall, 2),
         "decode_call_cpu_ms_per_frame": round(tally.cpu * 1000 / max(1, frames), 3),
@@ -254,6 +279,7 @@ def main() -> int:
     p.add_argument("--path", default="ours")
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--slots", type=int, default=0, help="decode calls at once (0: no limit)")
     p.add_argument("--out", type=Path)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -268,7 +294,8 @@ def main() -> int:
                 for group in args.group.split(","):
                     cmd = [sys.executable, __file__, args.video, "--child", "--streams", streams,
                            "--sched", sched, "--group", group, "--path", path,
-                           "--fps", str(args.fps), "--seconds", str(args.seconds)]  # fmt: skip
+                           "--fps", str(args.fps), "--seconds", str(args.seconds),
+                           "--slots", str(args.slots)]  # fmt: skip
                     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
                     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                     if proc.returncode or not lines:
