@@ -18,11 +18,18 @@ decode side to find out what that time is:
   PyNvVideoCodec's own demuxer and ``Decode`` (its minimal Python, default stream), cpu =
   ``NvdecSource`` with PyAV's CPU decoder (with ``--sched none``: runs without a GPU).
 
-Each configuration runs in its own process (the context flags are per process). Reported per run:
-frames decoded per second in total, how late frames were against their camera's schedule (p50,
-p99, and the share later than one frame interval: a live stream would drop those), CPU cores
-busy for the process, CPU ms per frame, and how late a 1 ms sleep wakes up in a probe thread (a
-GIL gauge: the waker needs the GIL).
+* ``--slots K``: at most K decode calls run at once (stream i takes lock i % K): if decoders
+  contending inside the driver burn CPU, fewer at once costs less.
+
+Each configuration runs in its own process (the context flags are per process). The clock starts
+after every stream's first picture (decoder set-up is paid once per camera, not per frame), and
+frames due in the window count. Reported per run: frames decoded per second in total, how late
+frames were against their camera's schedule (p50, p99, and the share later than one frame
+interval: a live stream would drop those), CPU cores busy for the process, split into the
+serving threads and the threads the process did not start (the driver's, FFmpeg's), CPU ms per
+frame and the part of it inside the decoder calls (which hold no GIL: the decoder library's and
+the driver's), context switches per frame (the probe's ~2,000 a second included), and how late a
+1 ms sleep wakes up in a probe thread (a GIL gauge: the waker needs the GIL).
 
     python benchmarks/nvdec_threads.py VIDEO --streams 64,128 --sched auto,blocking --group 1,8
 """
