@@ -179,7 +179,7 @@ class _TimedSource(Source):
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _thread_cpu_s(tid: int) -> float:
+def thread_cpu_s(tid: int) -> float:
     """A thread's CPU seconds: schedstat's nanoseconds where the kernel has them; stat's clock
     ticks (10 ms) otherwise, which round a sleeping camera thread's few microseconds per frame
     down to nothing, however many such threads there are."""
@@ -200,7 +200,7 @@ def _role(name: str) -> str:
 
 
 class ThreadCpu:
-    """CPU seconds per thread role over a run, from /proc/self/task/<tid> (``_thread_cpu_s``),
+    """CPU seconds per thread role over a run, from /proc/self/task/<tid> (``thread_cpu_s``),
     sampled every 0.2 s so threads that end are counted up to their last sample. Threads
     Python did not start (FFmpeg's, ONNX Runtime's, CUDA's) count as ``ffmpeg/native``. The
     same thread samples how late a 1 ms sleep wakes: with the GIL held by others it waits."""
@@ -221,7 +221,7 @@ class ThreadCpu:
         for name in os.listdir("/proc/self/task"):
             tid = int(name)
             try:
-                times[tid] = _thread_cpu_s(tid)
+                times[tid] = thread_cpu_s(tid)
                 if tid not in self.comm:
                     # Native threads by their OS name, digits dropped (FFmpeg's "av:h264:df0").
                     with open(f"/proc/self/task/{tid}/comm") as f:

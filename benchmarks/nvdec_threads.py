@@ -26,7 +26,7 @@ after every stream's first picture (decoder set-up is paid once per camera, not 
 frames due in the window count. Reported per run: frames decoded per second in total, how late
 frames were against their camera's schedule (p50, p99, and the share later than one frame
 interval: a live stream would drop those), CPU cores busy for the process, split into the
-serving threads and the threads the process did not start (the driver's, FFmpeg's), CPU ms per
+serving threads and the others (the driver's and FFmpeg's threads, the probe), CPU ms per
 frame and the part of it inside the decoder calls (which hold no GIL: the decoder library's and
 the driver's), context switches per frame (the probe's ~2,000 a second included), and how late a
 1 ms sleep wakes up in a probe thread (a GIL gauge: the waker needs the GIL).
@@ -156,6 +156,8 @@ def _switches() -> int:
 
 
 def child(args: argparse.Namespace) -> dict:
+    from multi_stream import thread_cpu_s  # schedstat's nanoseconds per thread
+
     set_sched(args.sched)
     interval = 1.0 / args.fps
     tally = _Tally()
@@ -205,23 +207,21 @@ def child(args: argparse.Namespace) -> dict:
               for g in range(0, args.streams, args.group)]  # fmt: skip
     threads = [threading.Thread(target=serve, args=(g,), daemon=True) for g in groups]
     threads.append(threading.Thread(target=probe, daemon=True))
-    from multi_stream import _thread_cpu_s  # schedstat's nanoseconds per thread
-
-    tasks0 = {int(t): _thread_cpu_s(int(t)) for t in os.listdir("/proc/self/task")}
+    tasks0 = {int(t): thread_cpu_s(int(t)) for t in os.listdir("/proc/self/task")}
     cpu0, t0 = time.process_time(), time.monotonic()
     switches0 = _switches()
     tally.on = True
     for t in threads:
         t.start()
     time.sleep(args.seconds + 0.5)
-    # Where the CPU went: the serving threads (Python, demux, decoder calls) or threads the
-    # process did not start itself (the driver's, FFmpeg's).
+    # Where the CPU went: the serving threads (Python, demux, decoder calls) or the others
+    # (the driver's and FFmpeg's threads; this one and the probe, which mostly sleep).
     serve_ids = {t.native_id for t in threads[:-1]}
     by_kind = {"serve": 0.0, "other": 0.0}
     for name in os.listdir("/proc/self/task"):
         with suppress(OSError):
             tid = int(name)
-            used = _thread_cpu_s(tid) - tasks0.get(tid, 0.0)
+            used = thread_cpu_s(tid) - tasks0.get(tid, 0.0)
             by_kind["serve" if tid in serve_ids else "other"] += used
     tally.on = False
     stop.set()
