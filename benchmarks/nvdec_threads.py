@@ -20,6 +20,9 @@ decode side to find out what that time is:
 
 * ``--slots K``: at most K decode calls run at once (stream i takes lock i % K): if decoders
   contending inside the driver burn CPU, fewer at once costs less.
+* ``--processes P``: the streams split over P processes decoding side by side (their windows
+  start together): if decode calls run one at a time per process (per CUDA context), P
+  processes decode up to P times as many frames in time.
 
 Each configuration runs in its own process (the context flags are per process). The clock starts
 after every stream's first picture (decoder set-up is paid once per camera, not per frame), and
@@ -32,6 +35,7 @@ the driver's), context switches per frame (the probe's ~2,000 a second included)
 1 ms sleep wakes up in a probe thread (a GIL gauge: the waker needs the GIL).
 
     python benchmarks/nvdec_threads.py VIDEO --streams 64,128 --sched auto,blocking --group 1,8
+    python benchmarks/nvdec_threads.py VIDEO --streams 128 --sched auto --group 1 --processes 2
 """
 
 from __future__ import annotations
@@ -167,6 +171,10 @@ def child(args: argparse.Namespace) -> dict:
     # sequence header, seconds of set-up for 128 streams that a camera pays once, not per frame.
     for s in sources:
         s.read()  # type: ignore[attr-defined]
+    lag = 0.0
+    if args.start_at:  # side by side with other processes: start when they all do
+        lag = time.time() - args.start_at  # > 0: this one's set-up overran the agreed start
+        time.sleep(max(0.0, -lag))
     print("measuring", file=sys.stderr, flush=True)  # for a profiler to attach now
     lateness: list[list[float]] = [[] for _ in range(args.streams)]
     stop = threading.Event()
@@ -250,6 +258,7 @@ def child(args: argparse.Namespace) -> dict:
         "cores_busy": round(cpu / wall, 2),
         "cpu_ms_per_frame": round(cpu * 1000 / max(1, frames), 3),
         "slots": args.slots,
+        "start_lag_s": round(max(0.0, lag), 2),
         "context_switches_per_frame": round(switches / max(1, frames), 1),
         "serve_threads_cores": round(by_kind["serve"] / wall, 2),
         "other_threads_cores": round(by_kind["other"] / wall, 2),
@@ -277,6 +286,50 @@ def machine() -> dict:
     return info
 
 
+def _run_config(
+    args: argparse.Namespace, path: str, streams: int, sched: str, group: str
+) -> dict | None:
+    """One configuration: ``--processes`` children side by side, each with its share of the
+    streams, their clocks started at one agreed time after everyone's set-up, so their windows
+    overlap. One process: its row; several: the sums, and each child's row."""
+    procs, share = args.processes, streams // args.processes
+    start_at = time.time() + 3.0 + 0.15 * share  # the decoders' set-up, with room to spare
+    cmd = [sys.executable, __file__, args.video, "--child", "--streams", str(share),
+           "--sched", sched, "--group", group, "--path", path, "--fps", str(args.fps),
+           "--seconds", str(args.seconds), "--slots", str(args.slots),
+           "--start-at", str(start_at)]  # fmt: skip
+    children = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(procs)
+    ]
+    rows = []
+    for child_proc in children:
+        out, err = child_proc.communicate(timeout=300)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if child_proc.returncode or not lines:
+            tail = err.strip().splitlines()[-3:]
+            print(f"{path} {streams} {sched} {group}: failed: {tail}", flush=True)
+            return None
+        rows.append(json.loads(lines[-1]))
+    if procs == 1:
+        return rows[0]
+    frames = sum(r["frames"] for r in rows)
+    return {
+        "streams": share * procs,
+        "processes": procs,
+        "path": path,
+        "sched": sched,
+        "group": int(group),
+        "frames": frames,
+        "fps_total": round(frames / args.seconds, 1),
+        "delivered_share": round(frames / (share * procs * args.fps * args.seconds), 4),
+        "late_ms_p99_worst": max(r["late_ms_p99"] for r in rows),
+        "cores_busy": round(sum(r["cores_busy"] for r in rows), 2),
+        "start_lag_s_worst": max(r["start_lag_s"] for r in rows),
+        "per_process": rows,
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("video")
@@ -287,6 +340,8 @@ def main() -> int:
     p.add_argument("--fps", type=float, default=30.0)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--slots", type=int, default=0, help="decode calls at once (0: no limit)")
+    p.add_argument("--processes", type=int, default=1, help="processes side by side")
+    p.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -299,19 +354,10 @@ def main() -> int:
         for streams in args.streams.split(","):
             for sched in args.sched.split(","):
                 for group in args.group.split(","):
-                    cmd = [sys.executable, __file__, args.video, "--child", "--streams", streams,
-                           "--sched", sched, "--group", group, "--path", path,
-                           "--fps", str(args.fps), "--seconds", str(args.seconds),
-                           "--slots", str(args.slots)]  # fmt: skip
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-                    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-                    if proc.returncode or not lines:
-                        tail = proc.stderr.strip().splitlines()[-3:]
-                        print(f"{path} {streams} {sched} {group}: failed: {tail}", flush=True)
-                        continue
-                    row = json.loads(lines[-1])
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    row = _run_config(args, path, int(streams), sched, group)
+                    if row is not None:
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
     result = {"benchmark": "nvdec_threads", "video": args.video, "fps": args.fps,
               "seconds": args.seconds, "runs": rows, "machine": machine()}  # fmt: skip
     if args.out:
