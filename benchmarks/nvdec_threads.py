@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 import numpy as np
@@ -122,11 +122,8 @@ class _TimedDecoder:
 
     def decode(self, packet: object) -> list:
         c, w = time.thread_time(), time.perf_counter()
-        if self.slot is None:
+        with self.slot or nullcontext():  # a C lock: blocking on it releases the GIL
             out = self.inner.decode(packet)  # type: ignore[attr-defined]
-        else:
-            with self.slot:  # a C lock: blocking on it releases the GIL
-                out = self.inner.decode(packet)  # type: ignore[attr-defined]
         self.tally.add(time.thread_time() - c, time.perf_counter() - w)
         return out
 
@@ -293,7 +290,9 @@ def _run_config(
     streams, their clocks started at one agreed time after everyone's set-up, so their windows
     overlap. One process: its row; several: the sums, and each child's row."""
     procs, share = args.processes, streams // args.processes
-    start_at = time.time() + 3.0 + 0.15 * share  # the decoders' set-up, with room to spare
+    # Side by side, the children start their clocks together, once every decoder is set up
+    # (with room to spare); alone, one starts as soon as its own set-up is done.
+    start_at = time.time() + 3.0 + 0.15 * share if procs > 1 else 0.0
     cmd = [sys.executable, __file__, args.video, "--child", "--streams", str(share),
            "--sched", sched, "--group", group, "--path", path, "--fps", str(args.fps),
            "--seconds", str(args.seconds), "--slots", str(args.slots),
