@@ -544,6 +544,117 @@ def write_json(out: Path, result: dict) -> None:
         f.write((json.dumps(result, indent=2) + "\n").encode())
 
 
+def warm_up(detector: Detector, video: Path, args: argparse.Namespace, options: dict) -> None:
+    """Every batch size the batcher can form builds its session/graph now, not inside the first
+    measured stream count; then one stream for 2 s, the whole pipeline once."""
+    with open_source(str(video)) as src:
+        first = src.read().image
+    size = 1
+    while size <= args.max_batch:
+        detector.detect([first] * size)
+        size *= 2
+    detector.detect([first] * args.max_batch)
+    run(detector, video, 1, args.fps, 2.0, args.max_batch, **options)
+
+
+def combine(rows: list[dict]) -> dict[str, object]:
+    """One stream count run as ``--processes`` side by side, as one row: frames and CPU summed,
+    the worst process's delivered share and latency (the p99 of all frames together is at most
+    the largest of the processes' p99s), the GPU's compute share summed (the processes'
+    contexts take turns on it), nvidia-smi's GPU and NVDEC utilisation (the whole GPU's) at
+    their largest, the least idle batcher. Each process's own row is kept."""
+    streams = sum(r["streams"] for r in rows)
+    busy = [r["gpu_busy"] for r in rows if r["gpu_busy"] is not None]
+    smi = [r for r in rows if r.get("nvdec_util") is not None]
+    row: dict[str, object] = {
+        "streams": streams,
+        "processes": len(rows),
+        "target_fps": rows[0]["target_fps"],
+        "frames_per_stream": rows[0]["frames_per_stream"],
+        "delivered_min": min(r["delivered_min"] for r in rows),
+        "dropped": sum(r["dropped"] for r in rows),
+        "fps_total": round(sum(r["fps_total"] for r in rows), 1),
+        "latency_ms_p50": max(r["latency_ms_p50"] for r in rows),
+        "latency_ms_p99": max(r["latency_ms_p99"] for r in rows),
+        "mean_batch": round(sum(r["mean_batch"] for r in rows) / len(rows), 2),
+        "sustained": all(r["sustained"] for r in rows),
+        "gpu_busy": round(sum(busy), 3) if busy else None,
+        "smi_gpu_util": max((r["smi_gpu_util"] for r in smi), default=None),
+        "nvdec_util": max((r["nvdec_util"] for r in smi), default=None),
+        "batcher_share": min((r["batcher_share"] for r in rows), key=lambda b: b.get("wait", 1)),
+        "host": {"cores_busy": round(sum(r["host"]["cores_busy"] for r in rows), 2)},
+        "track": None,
+        "per_process": rows,
+    }
+    row["limited_by"] = limiter(row)
+    return row
+
+
+def sharded_sweep(args: argparse.Namespace, video: Path, out: Path) -> int:
+    """--processes P: each stream count split over P processes of this script, each with its
+    own detector and CUDA context (and so its own GIL), set up and warmed, then started
+    together (each says "ready" and waits for "go"), as ``ssd-trt detect --processes`` runs."""
+    procs = args.processes
+    counts = [int(c) for c in args.streams.split(",")]
+    if any(n % procs for n in counts):
+        raise SsdTrtError(f"--streams: every count must be a multiple of --processes {procs}")
+    rows: list[dict] = []
+    options = {"overlap": not args.no_overlap, "decode_threads": args.decode_threads,
+               "max_wait_ms": args.max_wait_ms, "decode": args.decode,
+               "processes": procs, "precision": args.precision}  # fmt: skip
+    for n in counts:
+        cmd = [sys.executable, __file__, "--child", "--streams", str(n // procs),
+               "--model", args.model, "--backend", args.backend, "--video", str(video),
+               "--fps", str(args.fps), "--seconds", str(args.seconds),
+               "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+               "--decode", args.decode, "--precision", args.precision]  # fmt: skip
+        cmd += ["--no-overlap"] if args.no_overlap else []
+        if args.decode_threads is not None:
+            cmd += ["--decode-threads", str(args.decode_threads)]
+        print(f"measuring {n} streams in {procs} processes", file=sys.stderr, flush=True)
+        children = [
+            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for _ in range(procs)
+        ]
+        try:
+            ready = [c.stdout.readline().strip() == "ready" for c in children]  # type: ignore[union-attr]
+            for c in children:
+                if c.poll() is None:
+                    c.stdin.write("go\n")  # type: ignore[union-attr]
+                    c.stdin.flush()  # type: ignore[union-attr]
+            outs = [c.communicate(timeout=args.seconds * 10 + 300)[0] for c in children]
+        finally:
+            for c in children:
+                if c.poll() is None:
+                    c.kill()
+        lines = [[ln for ln in o.splitlines() if ln.startswith("{")] for o in outs]
+        if not all(ready) or not all(lines) or any(c.returncode for c in children):
+            raise SsdTrtError(f"{n} streams: a process failed (its error is above)")
+        row = {"config": args.label or "main", **combine([json.loads(x[-1]) for x in lines])}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        result = {
+            "benchmark": "multi_stream",
+            "video": str(video),
+            "max_batch": args.max_batch,
+            "options": options,
+            "backend": args.backend,
+            "model": args.model,
+            "criterion": ">= 99% of frames delivered per stream, p99 latency <= 100 ms",
+            "max_sustained_streams": max((r["streams"] for r in rows if r["sustained"]), default=0),
+            "runs": rows,
+            "machine": machine_info(),
+        }
+        write_json(out, result)
+        if not row["sustained"] and not args.keep_going:
+            break
+    best = max((r["streams"] for r in rows if r["sustained"]), default=0)
+    print(f"{best} streams of 720p at {args.fps:g} FPS sustained in {procs} processes; wrote {out}")
+    for row in rows:
+        print(f"  {row['streams']} streams: limited by {row['limited_by']}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ssdlite_mobilenet_v2_coco")
@@ -577,6 +688,15 @@ def main() -> int:
         "before:16,24,32:0:0 is the pipeline before two batches in flight",
     )
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/...)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="split each stream count over this many processes side by side (each with its own "
+        "detector and GIL), as 'ssd-trt detect --processes' does",
+    )
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     track_group(parser)
     parser.add_argument(
         "--compare-track",
@@ -593,6 +713,8 @@ def main() -> int:
         parser.error(f"--decode nvdec: {why} (pip install 'ssd-trt[gpu]')")
     if args.compare_track and track is None:
         track = TrackSettings()
+    if args.processes > 1 and (track or args.variant):
+        parser.error("--processes runs the plain sweep: drop --track, --compare-track, --variant")
     if args.make_video:
         print(make_video())
         return 0
@@ -601,16 +723,11 @@ def main() -> int:
     out = Path(args.out or Path(__file__).parent / "results" / f"multi-stream-{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    with Detector(args.model, args.backend, max_batch=args.max_batch) as detector:
-        # Warm-up: every batch size the batcher can form builds its session/graph now, not
-        # inside the first measured stream count.
-        with open_source(str(video)) as src:
-            first = src.read().image
-        size = 1
-        while size <= args.max_batch:
-            detector.detect([first] * size)
-            size *= 2
-        detector.detect([first] * args.max_batch)
+    if args.processes > 1:
+        return sharded_sweep(args, video, out)
+    with Detector(
+        args.model, args.backend, max_batch=args.max_batch, precision=args.precision
+    ) as detector:
         options = {
             "overlap": not args.no_overlap,
             "decode_threads": args.decode_threads,
@@ -619,7 +736,14 @@ def main() -> int:
             # --compare-track: the sweep's second run of each count; the variants run plain
             "track": None if args.compare_track else track,
         }
-        run(detector, video, 1, args.fps, 2.0, args.max_batch, **dict(options, track=track))
+        warm_up(detector, video, args, dict(options, track=track))
+        if args.child:  # one process of --processes: one count, when the parent says go
+            print("ready", flush=True)
+            sys.stdin.readline()
+            n = int(args.streams)
+            print(json.dumps(run(detector, video, n, args.fps, args.seconds, args.max_batch,
+                                 **options)), flush=True)  # fmt: skip
+            return 0
         plan = [(args.label or "main", args.streams, options, args.keep_going)]
         for spec in args.variant:
             name, counts, overlap, threads = spec.split(":")
