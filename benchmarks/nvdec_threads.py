@@ -255,7 +255,9 @@ def child(args: argparse.Namespace) -> dict:
         "delivered_share": round(frames / expected, 4) if args.fps else None,
         "late_ms_p50": round(float(np.percentile(late, 50)), 2),
         "late_ms_p99": round(float(np.percentile(late, 99)), 2),
-        "late_over_interval": round(float(np.mean(late > interval * 1000)), 4) if args.fps else None,
+        "late_over_interval": round(float(np.mean(late > interval * 1000)), 4)
+        if args.fps
+        else None,
         "read_ms_mean": round(float(np.mean(reads)) * 1000, 3),
         "cores_busy": round(cpu / wall, 2),
         "cpu_ms_per_frame": round(cpu * 1000 / max(1, frames), 3),

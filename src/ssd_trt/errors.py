@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import signal
+import threading
 
 
 class SsdTrtError(Exception):
@@ -37,3 +39,15 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 class Terminated(KeyboardInterrupt):
     """SIGTERM (docker stop, systemd, kill), raised as a KeyboardInterrupt so everything that
     cleans up after Ctrl-C cleans up after it too, but told apart in what a run reports."""
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (docker stop, systemd, kill) ends a run as Ctrl-C does: outputs are finalized
+    and no temp file is left behind, instead of the process dying mid-write. Main thread only
+    (where Python delivers signals); elsewhere it does nothing."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)

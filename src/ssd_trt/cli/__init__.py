@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from .. import progress
-from ..errors import SsdTrtError, Terminated, first_line
+from ..errors import SsdTrtError, Terminated, first_line, stop_on_sigterm
 from .args import build_parser
 from .console import EXIT_FAILURE, EXIT_INTERRUPTED
 from .verbs import VERBS
@@ -38,21 +36,10 @@ def _log_levels(verbose: bool, quiet: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (docker stop, systemd, kill) ends a run as Ctrl-C does: outputs are finalized
-    and no temp file is left behind, instead of the process dying mid-write."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise Terminated
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_levels(args.verbose, args.quiet)
-    _stop_on_sigterm()
+    stop_on_sigterm()
     try:
         return int(VERBS[args.verb](args))
     except SsdTrtError as exc:

@@ -6,6 +6,7 @@ Results go to stdout; progress and notes go through logging (stderr), which -q q
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -82,8 +83,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _detector_factory(args: argparse.Namespace) -> Callable[[], Detector]:
+    """The detector the options describe, made where it runs: a partial, so that it also
+    reaches the processes of --processes."""
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    return lambda: Detector(
+    return functools.partial(
+        Detector,
         args.model,
         args.backend,
         score_threshold=args.score_threshold,
@@ -153,6 +157,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     decoders = tuple(c.kind for c in choices)
     if args.ray or args.output_dir or len(specs) > 1:
         return _many(args, specs, decoders)
+    if args.processes > 1:
+        raise SsdTrtError(
+            "--processes spreads several sources over processes; one source runs in one "
+            "(drop --processes, or pass more sources with --output-dir DIR)"
+        )
     source = specs[0] if specs else str(ArtifactStore(args.cache_dir).sample_video())
     return _video(args, source, decoders[0])
 
@@ -183,6 +192,8 @@ def _many(args: argparse.Namespace, specs: list[str], decoders: tuple[str, ...] 
             "--track cannot run with --ray: a video's chunks go to several Ray actors, out of "
             "frame order; drop --ray to track (one host batches many sources), or drop --track"
         )
+    if args.ray and args.processes > 1:
+        raise SsdTrtError("--processes and --ray both spread the sources; pick one")
     if args.ray:
         if (args.iou, args.max_det, args.max_per_class) != (None, None, None):
             raise SsdTrtError(
@@ -216,6 +227,7 @@ def _many(args: argparse.Namespace, specs: list[str], decoders: tuple[str, ...] 
                 max_wait_ms=args.batch_wait_ms,
                 track=track,
                 decode=decoders,
+                processes=args.processes,
             ),
             _detector_factory(args),
         )

@@ -184,6 +184,28 @@ class RunStats:
 MultiStats = RunStats  # its old name for many sources
 
 
+def combined(parts: list[RunStats]) -> RunStats:
+    """Runs side by side (video/shards.py: one per process) as one: every source, counts and
+    times summed, the longest wall time, and what stopped the first one that did not end."""
+    total = RunStats()
+    for part in parts:
+        total.sources.update(part.sources)
+        total.batches += part.batches
+        total.batched_frames += part.batched_frames
+        total.inference_ms += part.inference_ms
+        total.overlapped_batches += part.overlapped_batches
+        total.seconds = max(total.seconds, part.seconds)
+        if part.stopped_by != total.stopped_by:
+            total.stopped_by = part.stopped_by
+        for into, add in ((total.batcher_s, part.batcher_s), (total.stage_ms, part.stage_ms),
+                          (total.stage_total_ms, part.stage_total_ms)):  # fmt: skip
+            for key, value in add.items():
+                into[key] = into.get(key, 0.0) + value
+        for key, n in part.stage_count.items():
+            total.stage_count[key] = total.stage_count.get(key, 0) + n
+    return total
+
+
 class FpsMeter:
     """Frames per second: the frames ticked in the last ``window_s`` seconds over the time
     they took (the time since the meter started, while that is shorter).
