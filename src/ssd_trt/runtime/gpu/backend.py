@@ -23,9 +23,12 @@ from .options import FastPathOptions
 
 
 def graph_sizes(max_batch: int) -> list[int]:
-    """The fast path's network batch sizes for ``max_batch``: few, since each is a network and
-    a CUDA graph built once (seconds); smaller batches are padded up to the next one."""
-    return [b for b in (1, 8, 32) if b < max_batch] + [max_batch]
+    """The fast path's network batch sizes for ``max_batch``: 1, then one every 8 frames (each
+    is a network and a CUDA graph, built once: seconds). A batch runs padded up to the next
+    size, and padding is GPU work thrown away: with sizes 1, 8, 32, 64 a batch of 33 ran as 64,
+    and at 128 camera streams in 4 processes (H100, Dec 2026) batches of 25-30 frames held the
+    GPU 94% busy."""
+    return sorted({1, *range(8, max_batch, 8), max_batch})
 
 
 class FastPathBackend(FrameDetector):
