@@ -70,6 +70,7 @@ from ssd_trt.detector import Detector
 from ssd_trt.errors import SsdTrtError, require
 from ssd_trt.fsutil import atomic_write
 from ssd_trt.quality.bench import machine_info
+from ssd_trt.runtime.gpu import backend as gpu_backend
 from ssd_trt.sources import Frame, PacedSource, Source, open_source
 from ssd_trt.store import ArtifactStore
 from ssd_trt.video.app import decode_threads_for, open_decoded
@@ -601,7 +602,8 @@ def sharded_sweep(args: argparse.Namespace, video: Path, out: Path) -> int:
     rows: list[dict] = []
     options = {"overlap": not args.no_overlap, "decode_threads": args.decode_threads,
                "max_wait_ms": args.max_wait_ms, "decode": args.decode,
-               "processes": procs, "precision": args.precision}  # fmt: skip
+               "processes": procs, "precision": args.precision,
+               "graph_sizes": args.graph_sizes or "default"}  # fmt: skip
     for n in counts:
         cmd = [sys.executable, __file__, "--child", "--streams", str(n // procs),
                "--model", args.model, "--backend", args.backend, "--video", str(video),
@@ -609,6 +611,7 @@ def sharded_sweep(args: argparse.Namespace, video: Path, out: Path) -> int:
                "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                "--decode", args.decode, "--precision", args.precision]  # fmt: skip
         cmd += ["--no-overlap"] if args.no_overlap else []
+        cmd += ["--graph-sizes", args.graph_sizes] if args.graph_sizes else []
         if args.decode_threads is not None:
             cmd += ["--decode-threads", str(args.decode_threads)]
         print(f"measuring {n} streams in {procs} processes", file=sys.stderr, flush=True)
@@ -696,6 +699,11 @@ def main() -> int:
         help="split each stream count over this many processes side by side (each with its own "
         "detector and GIL), as 'ssd-trt detect --processes' does",
     )
+    parser.add_argument(
+        "--graph-sizes",
+        help="the fast path's network batch sizes, e.g. 1,8,32,64 (the ladder before Dec 5 "
+        "2026), for an A/B in one run (default: the package's, every 8 frames)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     track_group(parser)
     parser.add_argument(
@@ -723,6 +731,9 @@ def main() -> int:
     out = Path(args.out or Path(__file__).parent / "results" / f"multi-stream-{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.graph_sizes:  # the backend reads its ladder from here when it is made
+        ladder = sorted(int(b) for b in args.graph_sizes.split(","))
+        gpu_backend.graph_sizes = lambda m: [b for b in ladder if b < m] + [m]
     if args.processes > 1:
         return sharded_sweep(args, video, out)
     with Detector(
