@@ -270,7 +270,7 @@ def many_sources_group(p: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N",
         help="spread the sources over N processes, each with its own detector and decoders "
-        "(one Python process keeps up with ~48 NVDEC streams of 720p30; 128 need 3 or more)",
+        "(one Python process keeps up with about 48 NVDEC streams of 720p30)",
     )
     g.add_argument(
         "--ray",

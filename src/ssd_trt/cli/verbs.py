@@ -26,9 +26,10 @@ from ..scale.serving import ServeConfig, serve_until_interrupted
 from ..scale.triton import write_repository
 from ..source_names import read_source_list
 from ..store import ArtifactStore, Calibration
-from ..video.app import FoundSummary, MultiJob, VideoJob, parse_hostport, run_multi, run_video
+from ..video.app import FoundSummary, MultiJob, VideoJob, parse_hostport, run_video
 from ..video.decode import choose_for_sources
 from ..video.outputs import FrameResult
+from ..video.shards import run_sharded
 from ..video.stats import RunStats
 from .console import (
     EXIT_OK,
@@ -214,7 +215,7 @@ def _many(args: argparse.Namespace, specs: list[str], decoders: tuple[str, ...] 
             )
         )
     else:
-        stats = run_multi(
+        stats = run_sharded(
             MultiJob(
                 sources=tuple(specs),
                 output_dir=Path(args.output_dir),
@@ -227,9 +228,9 @@ def _many(args: argparse.Namespace, specs: list[str], decoders: tuple[str, ...] 
                 max_wait_ms=args.batch_wait_ms,
                 track=track,
                 decode=decoders,
-                processes=args.processes,
             ),
             _detector_factory(args),
+            args.processes,
         )
     log.info("%s", stats.summary())
     if isinstance(stats, RunStats):

@@ -261,11 +261,6 @@ class MultiJob:
     track: TrackSettings | None = None  # one tracker per source, each with its own IDs
     decode: tuple[str, ...] = ()  # per source: cpu or nvdec (video/decode.py); () all cpu
     names: tuple[str, ...] = ()  # per source: its outputs' name; () from the sources
-    processes: int = 1  # the sources spread over this many processes (video/shards.py)
-
-
-# NVDEC streams one process serves well (video/shards.py says why); a hint past it.
-NVDEC_PER_PROCESS = 48
 
 
 def decode_threads_for(sources: int, cores: int | None = None) -> int:
@@ -336,30 +331,15 @@ def run_multi(
     make_detector: Callable[[], Detector],
     on_frame: Callable[[int, FrameResult, np.ndarray], None] | None = None,
 ) -> RunStats:
-    """Open the sources, then the detector and each source's outputs in ``job.output_dir``.
-    With ``job.processes`` > 1 the sources are spread over that many processes
-    (video/shards.py; ``make_detector`` must pickle, ``on_frame`` cannot be given)."""
+    """Open the sources, then the detector and each source's outputs in ``job.output_dir``,
+    in this process (video/shards.py spreads them over several)."""
     if not job.sources:
         raise SsdTrtError("no sources given; pass one or more files, folders, URLs or cameras")
     check_batching(job.max_batch, job.max_wait_ms)
     out_dir = Path(job.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SsdTrtError(f"--output-dir {out_dir} is a file; pass a folder")
-    if job.processes > 1 and len(job.sources) > 1:
-        if on_frame is not None:
-            raise SsdTrtError("on_frame runs in one process; leave processes at 1 to use it")
-        from .shards import run_sharded
-
-        return run_sharded(job, make_detector)
     names = list(job.names) or unique_names(job.sources)
-    nvdec = sum(kind == "nvdec" for kind in job.decode)
-    if nvdec > NVDEC_PER_PROCESS:
-        log.info(
-            "%d streams decode on NVDEC in one process; past ~%d one Python process falls "
-            "behind: spread them with --processes (video/shards.py)",
-            nvdec,
-            NVDEC_PER_PROCESS,
-        )
     sources: list[Source] = []
     outputs: list[list[Output]] = []
     detector = grid = None

@@ -27,24 +27,24 @@ from typing import TYPE_CHECKING, Any
 from .. import progress
 from ..errors import SsdTrtError, first_line, stop_on_sigterm
 from ..source_names import unique_names
+from .app import MultiJob, decode_threads_for, run_multi
 from .stats import RunStats, combined, stopped_by
 
 if TYPE_CHECKING:
     from ..detector import Detector
-    from .app import MultiJob
 
 log = logging.getLogger(__name__)
 
 # How long a process may take to finalize its outputs after SIGTERM.
 STOP_TIMEOUT_S = 60.0
+# NVDEC streams one process serves with detection (48 sustained, 64 not: H100, Dec 2026).
+NVDEC_PER_PROCESS = 48
 
 
 def split(job: MultiJob, processes: int) -> list[MultiJob]:
     """The job's sources dealt out in turn over ``processes`` jobs (never more than one per
     source), each source keeping the name and decoder it has in the whole job, and FFmpeg's
     threads shared out over all sources, not each process's."""
-    from .app import decode_threads_for
-
     count = min(processes, len(job.sources))
     names = job.names or tuple(unique_names(job.sources))
     kinds = job.decode or ("cpu",) * len(job.sources)
@@ -56,7 +56,6 @@ def split(job: MultiJob, processes: int) -> list[MultiJob]:
             names=names[i::count],
             decode=kinds[i::count],
             decode_threads=threads,
-            processes=1,
         )
         for i in range(count)
     ]
@@ -66,8 +65,6 @@ def _shard(
     slot: int, job: MultiJob, make_detector: Callable[[], Detector], level: int, results: Any
 ) -> None:
     """One process: its share of the sources, its stats (or its error) back to the parent."""
-    from .app import run_multi
-
     progress.configure(level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent relays Ctrl-C as one SIGTERM
     stop_on_sigterm()
@@ -81,14 +78,27 @@ def _shard(
         results.put((slot, "error", f"unexpected {type(exc).__name__}: {first_line(exc)}"))
 
 
-def run_sharded(job: MultiJob, make_detector: Callable[[], Detector]) -> RunStats:
-    """``run_multi`` of ``job`` over ``job.processes`` processes; their stats as one.
-    ``make_detector`` must pickle (``functools.partial(Detector, ...)``, not a lambda)."""
+def run_sharded(
+    job: MultiJob, make_detector: Callable[[], Detector], processes: int = 1
+) -> RunStats:
+    """``run_multi`` of ``job`` over ``processes`` processes (one: in this one); their stats as
+    one. ``make_detector`` must pickle (``functools.partial(Detector, ...)``, not a lambda)."""
+    if processes <= 1 or len(job.sources) <= 1:
+        nvdec = sum(kind == "nvdec" for kind in job.decode)
+        if nvdec > NVDEC_PER_PROCESS:
+            log.warning(
+                "%d streams decode on NVDEC in one process, which keeps up with about %d; "
+                "spread them with --processes %d",
+                nvdec,
+                NVDEC_PER_PROCESS,
+                -(-nvdec // NVDEC_PER_PROCESS),
+            )
+        return run_multi(job, make_detector)
     if job.serve:
         raise SsdTrtError(
             "--serve shows one process's streams; drop --processes to serve them all on one page"
         )
-    jobs = split(job, job.processes)
+    jobs = split(job, processes)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     level = logging.getLogger("ssd_trt").getEffectiveLevel()
