@@ -65,12 +65,19 @@ elif python3 -c "import PyNvVideoCodec" 2>/dev/null; then
     --json "$out/detect-cpu-decode.jsonl" 2>&1 | grep -E "FPS\)|rror" | tee -a "$out/detect-nvdec.log"
   nvidia-smi dmon -s u -d 1 >"$out/dmon-nvdec.txt" 2>&1 &
   dmon=$!
-  # Counts per decoder (CPU decoding stops far below NVDEC); batches up to NVDEC_MAX_BATCH.
+  # Counts per decoder (CPU decoding stops far below NVDEC); batches up to NVDEC_MAX_BATCH, the
+  # same precision both ways. NVDEC streams spread over NVDEC_PROCESSES processes (one Python
+  # process keeps up with ~48: README, Scaling out); CPU decoding runs in one, as it sustains
+  # fewer streams than one process can serve.
   for decode in nvdec cpu; do
-    if [ $decode = nvdec ]; then counts=${NVDEC_STREAMS:-32,64,96,128,160}; else counts=${CPU_STREAMS:-32,64}; fi
-    timeout 240 python3 benchmarks/multi_stream.py --backend cuda --model "$data/coco_none.onnx" \
+    if [ $decode = nvdec ]; then
+      counts=${NVDEC_STREAMS:-64,128,160}; spread=(--processes "${NVDEC_PROCESSES:-4}")
+    else
+      counts=${CPU_STREAMS:-16,24,32}; spread=()
+    fi
+    timeout 300 python3 benchmarks/multi_stream.py --backend cuda --model "$data/coco_none.onnx" \
       --video "$video" --fps 30 --max-batch "${NVDEC_MAX_BATCH:-64}" --seconds 10 --decode "$decode" \
-      --streams "$counts" --label "$decode" \
+      --precision "${PRECISION:-fp16}" --streams "$counts" --label "$decode" "${spread[@]}" \
       --out "$out/multi-stream-$decode.json" 2>&1 | grep -v '^{' | tee -a "$out/multi-stream-nvdec.log"
   done
   kill "$dmon"
