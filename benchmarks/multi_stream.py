@@ -546,15 +546,12 @@ def write_json(out: Path, result: dict) -> None:
 
 
 def warm_up(detector: Detector, video: Path, args: argparse.Namespace, options: dict) -> None:
-    """Every batch size the batcher can form builds its session/graph now, not inside the first
-    measured stream count; then one stream for 2 s, the whole pipeline once."""
+    """Every network batch size of the fast path's builds its session and graphs now, not
+    inside the first measured stream count; then one stream for 2 s, the whole pipeline once."""
     with open_source(str(video)) as src:
         first = src.read().image
-    size = 1
-    while size <= args.max_batch:
+    for size in gpu_backend.graph_sizes(args.max_batch):
         detector.detect([first] * size)
-        size *= 2
-    detector.detect([first] * args.max_batch)
     run(detector, video, 1, args.fps, 2.0, args.max_batch, **options)
 
 
@@ -597,8 +594,6 @@ def sharded_sweep(args: argparse.Namespace, video: Path, out: Path) -> int:
     together (each says "ready" and waits for "go"), as ``ssd-trt detect --processes`` runs."""
     procs = args.processes
     counts = [int(c) for c in args.streams.split(",")]
-    if any(n % procs for n in counts):
-        raise SsdTrtError(f"--streams: every count must be a multiple of --processes {procs}")
     rows: list[dict] = []
     options = {"overlap": not args.no_overlap, "decode_threads": args.decode_threads,
                "max_wait_ms": args.max_wait_ms, "decode": args.decode,
@@ -723,6 +718,8 @@ def main() -> int:
         track = TrackSettings()
     if args.processes > 1 and (track or args.variant):
         parser.error("--processes runs the plain sweep: drop --track, --compare-track, --variant")
+    if any(int(n) % args.processes for n in args.streams.split(",")):
+        parser.error(f"--streams: every count must be a multiple of --processes {args.processes}")
     if args.make_video:
         print(make_video())
         return 0

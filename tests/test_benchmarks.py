@@ -126,6 +126,27 @@ def test_multi_stream_compare_track_runs_on_cpu(vtest_video, model_cache, tmp_pa
     assert "streams: limited by " in proc.stdout
 
 
+@pytest.mark.needs("onnxruntime", "ort")
+def test_multi_stream_splits_a_count_over_processes(vtest_video, model_cache, tmp_path):
+    """--processes 2: each count in two processes started together, one combined row that
+    keeps each process's own; the count is sustained only where both processes sustained."""
+    out = tmp_path / "ms.json"
+    proc = _bench(
+        "multi_stream.py",
+        *("--backend", "cpu", "--video", str(vtest_video), "--streams", "2", "--fps", "5"),
+        *("--seconds", "1.5", "--max-batch", "2", "--processes", "2", "--out", str(out)),
+        cache=model_cache,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["runs"]
+    assert row["processes"] == 2 and [p["streams"] for p in row["per_process"]] == [1, 1]
+    assert row["fps_total"] == pytest.approx(sum(p["fps_total"] for p in row["per_process"]))
+    assert row["sustained"] == all(p["sustained"] for p in row["per_process"])
+    assert row["limited_by"] and "in 2 processes" in proc.stdout
+    bad = _bench("multi_stream.py", "--streams", "3", "--processes", "2", "--video", str(out))
+    assert bad.returncode != 0 and "multiple of --processes 2" in bad.stderr
+
+
 @pytest.mark.fast
 @pytest.mark.needs("trackers", "track")
 @pytest.mark.parametrize(
