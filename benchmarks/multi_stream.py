@@ -65,7 +65,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ssd_trt.cli.groups import track_group, track_settings
+from ssd_trt.cli.groups import positive_int, track_group, track_settings
 from ssd_trt.detector import Detector
 from ssd_trt.errors import SsdTrtError, require
 from ssd_trt.fsutil import atomic_write
@@ -616,17 +616,18 @@ def sharded_sweep(args: argparse.Namespace, video: Path, out: Path) -> int:
         ]
         try:
             ready = [c.stdout.readline().strip() == "ready" for c in children]  # type: ignore[union-attr]
+            if not all(ready):  # the others would measure alone: none does
+                raise SsdTrtError(f"{n} streams: a process failed before it was ready (above)")
             for c in children:
-                if c.poll() is None:
-                    c.stdin.write("go\n")  # type: ignore[union-attr]
-                    c.stdin.flush()  # type: ignore[union-attr]
+                c.stdin.write("go\n")  # type: ignore[union-attr]
+                c.stdin.flush()  # type: ignore[union-attr]
             outs = [c.communicate(timeout=args.seconds * 10 + 300)[0] for c in children]
         finally:
             for c in children:
                 if c.poll() is None:
                     c.kill()
         lines = [[ln for ln in o.splitlines() if ln.startswith("{")] for o in outs]
-        if not all(ready) or not all(lines) or any(c.returncode for c in children):
+        if not all(lines) or any(c.returncode for c in children):
             raise SsdTrtError(f"{n} streams: a process failed (its error is above)")
         row = {"config": args.label or "main", **combine([json.loads(x[-1]) for x in lines])}
         rows.append(row)
@@ -689,7 +690,7 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     parser.add_argument(
         "--processes",
-        type=int,
+        type=positive_int,
         default=1,
         help="split each stream count over this many processes side by side (each with its own "
         "detector and GIL), as 'ssd-trt detect --processes' does",

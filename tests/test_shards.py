@@ -5,6 +5,7 @@ same run in one process; bad input, a failing process and SIGTERM."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -59,6 +60,8 @@ def test_combined_stats_add_up() -> None:
     assert (both.frames, both.dropped, both.batches, both.seconds) == (8, 1, 4, 3.0)
     assert both.mean_ms("decode") == pytest.approx(10.0 / 8)
     assert both.stopped_by == "SIGTERM" and both.mean_batch == 6 / 4
+    # What stopped a run is the first reason other than an end, in either order.
+    assert combined([b, a]).stopped_by == "SIGTERM" == combined([a, b]).stopped_by
 
 
 def test_cli_processes_gives_what_one_process_gives(
@@ -128,14 +131,32 @@ def test_a_failing_process_ends_the_run_in_one_line(tmp_path, exported, bikes_vi
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "missing.mp4" in error_line(proc)
+    assert "Traceback" not in proc.stderr  # the stopped process exits quietly
     # The other process stopped too, and left nothing half-written.
     leftovers = [p.name for p in out.rglob("*") if ".partial" in p.name] if out.exists() else []
     assert not leftovers
 
 
-def test_sigterm_reaches_every_process_and_outputs_are_whole(
-    tmp_path, exported, bikes_video
+def _shard_pids(parent: int) -> list[int]:
+    """The spawned processes of ``parent`` (from /proc: their parent and command line)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # not a process, or it ended
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("target", ["parent", "one process"])
+def test_sigterm_stops_every_process_and_outputs_are_whole(
+    tmp_path, exported, bikes_video, target
 ) -> None:
+    """SIGTERM to the parent is relayed to each process; SIGTERM to one of them stops the
+    whole run, as it would stop one process. Either way: exit 130, every output whole."""
     onnx = exported(MODEL)
     out = tmp_path / "out"
     app = subprocess.Popen(
@@ -152,8 +173,13 @@ def test_sigterm_reaches_every_process_and_outputs_are_whole(
                 break
             time.sleep(0.2)
         time.sleep(1.0)
+        shards = _shard_pids(app.pid)
+        assert len(shards) == 2, shards
     finally:
-        app.send_signal(signal.SIGTERM)
+        if target == "parent":
+            app.send_signal(signal.SIGTERM)
+        else:
+            os.kill(shards[0], signal.SIGTERM)
         _, err = app.communicate(timeout=120)
     assert app.returncode == 130, err[-3000:]
     assert err.rstrip("\n").splitlines()[-1] == "ssd-trt: stopped by SIGTERM"

@@ -186,7 +186,7 @@ MultiStats = RunStats  # its old name for many sources
 
 def combined(parts: list[RunStats]) -> RunStats:
     """Runs side by side (video/shards.py: one per process) as one: every source, counts and
-    times summed, the longest wall time, and what stopped the first one that did not end."""
+    times summed, the longest wall time, and what stopped the first that did not just end."""
     total = RunStats()
     for part in parts:
         total.sources.update(part.sources)
@@ -195,7 +195,7 @@ def combined(parts: list[RunStats]) -> RunStats:
         total.inference_ms += part.inference_ms
         total.overlapped_batches += part.overlapped_batches
         total.seconds = max(total.seconds, part.seconds)
-        if part.stopped_by != total.stopped_by:
+        if total.stopped_by == RunStats.stopped_by:  # the first that did not just end says
             total.stopped_by = part.stopped_by
         for into, add in ((total.batcher_s, part.batcher_s), (total.stage_ms, part.stage_ms),
                           (total.stage_total_ms, part.stage_total_ms)):  # fmt: skip
