@@ -122,17 +122,24 @@ def test_processes_bad_input_is_one_line(tmp_path, extra, message) -> None:
     assert message in proc.stderr.splitlines()[-1], proc.stderr
 
 
-def test_a_failing_process_ends_the_run_in_one_line(tmp_path, exported, bikes_video) -> None:
-    onnx = exported(MODEL)
+@pytest.mark.parametrize("broken", ["source", "model"])
+def test_a_failing_process_ends_the_run_in_one_line(
+    tmp_path, exported, bikes_video, broken
+) -> None:
+    """A source that cannot open (the second process: the first is running by then, and is
+    stopped with its outputs whole) or a model that cannot load (the first process, alone:
+    the others never start) ends the run in one line, exit 2."""
+    model = str(exported(MODEL)) if broken == "source" else str(tmp_path / "nope.onnx")
+    second = str(tmp_path / "missing.mp4") if broken == "source" else str(bikes_video)
     out = tmp_path / "out"
     proc = run_cli(
-        "detect", str(bikes_video), str(tmp_path / "missing.mp4"), "--output-dir", str(out),
-        "--model", str(onnx), "--backend", "cpu", "--json", "--processes", "2",
+        "detect", str(bikes_video), second, "--output-dir", str(out),
+        "--model", model, "--backend", "cpu", "--json", "--processes", "2",
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
-    assert "missing.mp4" in error_line(proc)
+    assert ("missing.mp4" if broken == "source" else "nope.onnx") in error_line(proc)
     assert "Traceback" not in proc.stderr  # the stopped process exits quietly
-    # The other process stopped too, and left nothing half-written.
+    # Nothing is left half-written.
     leftovers = [p.name for p in out.rglob("*") if ".partial" in p.name] if out.exists() else []
     assert not leftovers
 
