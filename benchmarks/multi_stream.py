@@ -595,6 +595,7 @@ def sharded_sweep(args: argparse.Namespace, video: Path, out: Path) -> int:
     procs = args.processes
     counts = [int(c) for c in args.streams.split(",")]
     rows: list[dict] = []
+    best = 0
     options = {"overlap": not args.no_overlap, "decode_threads": args.decode_threads,
                "max_wait_ms": args.max_wait_ms, "decode": args.decode,
                "processes": procs, "precision": args.precision,
@@ -632,22 +633,10 @@ def sharded_sweep(args: argparse.Namespace, video: Path, out: Path) -> int:
         row = {"config": args.label or "main", **combine([json.loads(x[-1]) for x in lines])}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        result = {
-            "benchmark": "multi_stream",
-            "video": str(video),
-            "max_batch": args.max_batch,
-            "options": options,
-            "backend": args.backend,
-            "model": args.model,
-            "criterion": ">= 99% of frames delivered per stream, p99 latency <= 100 ms",
-            "max_sustained_streams": max((r["streams"] for r in rows if r["sustained"]), default=0),
-            "runs": rows,
-            "machine": machine_info(),
-        }
-        write_json(out, result)
+        # Written after every row, as the one-process sweep does.
+        best = save(out, args, options, args.backend, row["config"], rows)
         if not row["sustained"] and not args.keep_going:
             break
-    best = max((r["streams"] for r in rows if r["sustained"]), default=0)
     print(f"{best} streams of 720p at {args.fps:g} FPS sustained in {procs} processes; wrote {out}")
     for row in rows:
         print(f"  {row['streams']} streams: limited by {row['limited_by']}")
