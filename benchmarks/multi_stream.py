@@ -323,12 +323,17 @@ class GpuUtilisation:
 def limiter(row: dict) -> str:
     """What held a run back, from its own measurements: the network (the GPU's compute stream
     busy), NVDEC, the one batcher thread (never waiting for frames), else the host threads
-    that capture and hand frames on."""
-    gpu = row["gpu_busy"] or 0.0
+    that capture and hand frames on. For processes side by side, the whole GPU's busy share
+    (nvidia-smi) where there is one: their contexts take turns on the GPU, so each one's own
+    compute spans take in the others' turns and add up past 100%."""
+    smi = row.get("smi_gpu_util")
+    whole = (row.get("processes") or 1) > 1 and smi is not None
+    gpu = smi if whole else row["gpu_busy"] or 0.0
     dec = row.get("nvdec_util") or 0.0
     wait = row["batcher_share"].get("wait", 1.0)
     if gpu >= 0.85:
-        return f"network: the GPU computed {gpu:.0%} of the time"
+        what = "was busy" if whole else "computed"
+        return f"network: the GPU {what} {gpu:.0%} of the time"
     if dec >= 0.85:
         return f"NVDEC: busy {dec:.0%} of the time"
     if wait < 0.1:

@@ -194,6 +194,27 @@ def test_compare_detections_on_the_committed_h200_runs():
     assert report["matched"] == 3637 and report["unmatched_first"] == 41
 
 
+@pytest.mark.fast
+def test_committed_h100_runs_in_processes_give_their_verdicts():
+    """The H100 runs of Dec 5 (session 12, same call): 129 streams in 3 processes sustained and
+    held by the network, judged by the whole GPU's busy share (each process's own compute spans
+    add up past 100% as their contexts take turns), while each process alone waited on its
+    host threads; NVDEC frames gave the CPU-decoded file's detections."""
+    ms, compare = _load("multi_stream"), _load("compare_detections")
+    results = BENCHMARKS / "results" / "h100-20261205-s12"
+    run = json.loads((results / "B-nvdec-3proc-129-144.json").read_text())["runs"][0]
+    row = ms.combine(run["per_process"])
+    assert (row["streams"], row["processes"], row["sustained"]) == (129, 3, True)
+    assert row["gpu_busy"] > 1 and row["host"]["cores_busy"] <= 4
+    assert row["limited_by"] == "network: the GPU was busy 88% of the time"
+    assert all(ms.limiter(p).startswith("host threads") for p in run["per_process"])
+    cpu = compare.load(results / "B-detect-720p-cpu-decode.jsonl.gz")
+    nvdec = compare.load(results / "B-detect-720p-nvdec.jsonl.gz")
+    report = compare.compare(cpu, nvdec, 2.0)
+    assert report == json.loads((results / "B-detect-720p-nvdec-vs-cpu.json").read_text())
+    assert report["matched"] == 3689 and report["unmatched_first"] == 0
+
+
 def test_stream_test_video_is_encoded_as_cameras_send(vtest_video, tmp_path):
     """The sweep's video (issue 19: "High profile with B-frames, made from a real video"):
     vtest.avi's frames at 1280x720 as H.264 High with B-frames, a keyframe every 60 frames,

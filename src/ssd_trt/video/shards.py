@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 # How long a process may take to finalize its outputs after SIGTERM.
 STOP_TIMEOUT_S = 60.0
-# NVDEC streams one process serves with detection (48 sustained, 64 not: H100, Dec 2026).
+# NVDEC streams one process serves with detection (48 sustained, 64 not; 129 and 144 held in
+# 3 processes, 128 in 4 only at times: H100, Dec 2026; fewer, larger batches use the GPU better).
 NVDEC_PER_PROCESS = 48
 
 
@@ -115,11 +116,11 @@ def run_sharded(
         if nvdec > NVDEC_PER_PROCESS:
             log.warning(
                 "%d streams decode on NVDEC in one process, which keeps up with about %d; "
-                "spread them with --processes %d (32 a process: 128 cameras were sustained in 4 "
-                "on an H100)",
+                "spread them with --processes %d (128-144 cameras were sustained in 3 on an "
+                "H100)",
                 nvdec,
                 NVDEC_PER_PROCESS,
-                -(-nvdec // 32),
+                -(-nvdec // NVDEC_PER_PROCESS),
             )
         return run_multi(job, make_detector)
     if job.serve:
