@@ -330,10 +330,12 @@ def two_cameras_one_slow_output(video: Path, decoder, detector, frames: int = 15
     assert stats.sources["slow"].dropped >= 2 * frames, stats.sources["slow"]
     assert slow.frames[-1] >= 3 * frames  # what it wrote is recent, not the first frames
     # The other camera: what piled up while the run started goes stale too (its first frame,
-    # then the newest); from then on nearly every frame. Held back by the slow output it would
-    # write one frame in five (~56 gaps); a loaded 2-core machine drops a few (4 seen in CI).
-    gaps = fast.frames[-1] - fast.frames[1] + 1 - (frames - 1)
-    assert gaps <= frames // 2, fast.frames
+    # then the newest); from then on it writes frame after frame. Held back by the slow output
+    # it would write one frame in five (every step ~5). A loaded 2-core machine skips a few
+    # frames as the run starts (CI: steps of 9 and 14 before an unbroken run), so the test
+    # asks that most steps are 1.
+    steps = np.diff(fast.frames[1:])
+    assert np.count_nonzero(steps == 1) >= len(steps) * 2 // 3, fast.frames
 
 
 def test_a_slow_output_drops_only_its_own_cameras_stale_frames(
